@@ -1,0 +1,1 @@
+"""The distillation pipeline: recipes, data, staged Accelerate training, evaluation and publishing."""

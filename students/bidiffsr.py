@@ -1,0 +1,368 @@
+"""BI-DiffSR: the binarized noise-estimation UNet of "Binarized Diffusion Model for Image Super-Resolution".
+
+Layer for layer the official network (zhengchen1999/BI-DiffSR, `unet_BI_DiffSR_arch.py`): BI-Conv blocks with
+TaR/TaA, CP-Down / CP-Up, CS-Fusion skips, full-precision first/last conv, time MLP, middle attention and the
+decoder levels whose nominal resolution is in `fp_resolutions`. Two deliberate differences: the TaR/TaA group is
+chosen per sample (the official code uses the first sample's timestep for the whole batch), and inputs of any size
+are reflect-padded to a multiple of 2^(levels - 1) and cropped back.
+
+Ablation switches of the paper's Table 1: `identity_shortcut`, `downsample`/`upsample` ("cp" or plain binarized
+"conv"), `fusion` ("csf", "split", "concat", "add"), `timestep_aware_shift` / `timestep_aware_activation` (TaR/TaA)
+and `timestep_groups` (K, the number of pairs). `binarizer` swaps in the Table 2 baselines.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from torch import Tensor, nn
+
+from students.binarizers import get_binarizer
+from students.binary import BinaryConv2d, FPConv2d
+from students.timestep import timestep_group
+
+ConvBuilder = Callable[..., nn.Module]
+
+DOWNSAMPLE_CHOICES = ("cp", "conv")
+UPSAMPLE_CHOICES = ("cp", "conv")
+FUSION_CHOICES = ("csf", "split", "concat", "add")
+
+
+class ResBlock(nn.Module):
+    """GN -> Swish -> conv3x3, + Linear(Swish(t_emb)), GN -> Swish -> Dropout -> conv3x3, + x (identity shortcut)."""
+
+    def __init__(self, channels: int, temb_dim: int, conv: ConvBuilder, binary: bool, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = conv(channels, channels, 3, binary)
+        self.time_proj = nn.Linear(temb_dim, channels)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv(channels, channels, 3, binary)
+
+    def forward(self, x: Tensor, temb: Tensor, group: Tensor | None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), group)
+        h = h + self.time_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))), group)
+        return h + x
+
+
+class SelfAttention(nn.Module):
+    """Single-head full-precision self-attention over all positions (the middle block's)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, 1, c, h * w).transpose(-1, -2).unbind(1)
+        o = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
+        return x + self.out(o.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class CPDown(nn.Module):
+    """Channel-preserving down: two convs on the channel halves, summed, then PixelUnshuffle(2): C -> 2C, H -> H/2."""
+
+    def __init__(self, channels: int, conv: ConvBuilder):
+        super().__init__()
+        self.half = channels // 2
+        self.conv_a = conv(self.half, self.half, 3, True)
+        self.conv_b = conv(self.half, self.half, 3, True)
+
+    def forward(self, x: Tensor, group: Tensor | None) -> Tensor:
+        y = self.conv_a(x[:, : self.half], group) + self.conv_b(x[:, self.half :], group)
+        return F.pixel_unshuffle(y, 2)
+
+
+class CPUp(nn.Module):
+    """Channel-preserving up: two convs on the same input, concatenated, then PixelShuffle(2): C -> C/2, H -> 2H."""
+
+    def __init__(self, channels: int, conv: ConvBuilder):
+        super().__init__()
+        self.conv_a = conv(channels, channels, 3, True)
+        self.conv_b = conv(channels, channels, 3, True)
+
+    def forward(self, x: Tensor, group: Tensor | None) -> Tensor:
+        return F.pixel_shuffle(torch.cat([self.conv_a(x, group), self.conv_b(x, group)], dim=1), 2)
+
+
+class ConvDown(nn.Module):
+    """Ablation baseline: one binarized 3x3 conv with stride 2, C -> C_out (no shortcut: shapes differ)."""
+
+    def __init__(self, channels: int, out_channels: int, conv: ConvBuilder):
+        super().__init__()
+        self.conv = conv(channels, out_channels, 3, True, stride=2)
+
+    def forward(self, x: Tensor, group: Tensor | None) -> Tensor:
+        return self.conv(x, group)
+
+
+class ConvUp(nn.Module):
+    """Ablation baseline: nearest x2 upsampling, then one binarized 3x3 conv C -> C_out."""
+
+    def __init__(self, channels: int, out_channels: int, conv: ConvBuilder):
+        super().__init__()
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv = conv(channels, out_channels, 3, True)
+
+    def forward(self, x: Tensor, group: Tensor | None) -> Tensor:
+        return self.conv(self.upsample(x), group)
+
+
+class SplitFusion(nn.Module):
+    """Fuses concat(dec, skip) (2C) to C with two 1x1 convs summed. With `shuffle` this is CS-Fusion: branch 1 sees
+    the odd decoder channels then the even skip channels, branch 2 the even decoder then the odd skip channels;
+    without it each branch sees one half as it is (the "split" ablation)."""
+
+    def __init__(self, channels: int, conv: ConvBuilder, binary: bool, shuffle: bool):
+        super().__init__()
+        self.shuffle = shuffle
+        self.conv_a = conv(channels, channels, 1, binary)
+        self.conv_b = conv(channels, channels, 1, binary)
+
+    def forward(self, dec: Tensor, skip: Tensor, group: Tensor | None) -> Tensor:
+        if self.shuffle:
+            f1 = torch.cat([dec[:, 1::2], skip[:, 0::2]], dim=1)
+            f2 = torch.cat([dec[:, 0::2], skip[:, 1::2]], dim=1)
+        else:
+            f1, f2 = dec, skip
+        return self.conv_a(f1, group) + self.conv_b(f2, group)
+
+
+class ConcatFusion(nn.Module):
+    """Ablation baseline: one 1x1 conv on concat(dec, skip), 2C -> C (no shortcut: shapes differ)."""
+
+    def __init__(self, channels: int, conv: ConvBuilder, binary: bool):
+        super().__init__()
+        self.conv = conv(2 * channels, channels, 1, binary)
+
+    def forward(self, dec: Tensor, skip: Tensor, group: Tensor | None) -> Tensor:
+        return self.conv(torch.cat([dec, skip], dim=1), group)
+
+
+class AddFusion(nn.Module):
+    """Ablation baseline: dec + skip, no parameters."""
+
+    def forward(self, dec: Tensor, skip: Tensor, group: Tensor | None) -> Tensor:
+        return dec + skip
+
+
+class EncoderLevel(nn.Module):
+    def __init__(self, blocks: list[ResBlock], down: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.down = down
+
+
+class DecoderLevel(nn.Module):
+    def __init__(self, fusions: list[nn.Module], blocks: list[ResBlock], up: nn.Module | None, full_precision: bool):
+        super().__init__()
+        self.fusions = nn.ModuleList(fusions)
+        self.blocks = nn.ModuleList(blocks)
+        self.up = up
+        self.full_precision = full_precision
+
+
+def _config_error(field: str, value, why: str) -> ValueError:
+    return ValueError(f"BIDiffSRUNet config: {field}={value!r} {why}")
+
+
+class BIDiffSRUNet(ModelMixin, ConfigMixin):
+    """The BI-DiffSR denoiser: `forward(x_t, cond, t) -> predicted noise`, input concat [cond, x_t].
+
+    Defaults are the official x2/x4 configuration (51,280,387 parameters; 4.58M / 36.67G by the paper's rule).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 6,
+        out_channels: int = 3,
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 2, 4, 8),
+        num_res_blocks: int = 2,
+        dropout: float = 0.2,
+        norm_groups: int = 16,
+        image_size: int = 256,
+        fp_resolutions: tuple[int, ...] = (256, 128),
+        num_train_timesteps: int = 2000,
+        timestep_groups: int = 5,
+        binarizer: str = "bidiffsr",
+        identity_shortcut: bool = True,
+        downsample: str = "cp",
+        upsample: str = "cp",
+        fusion: str = "csf",
+        timestep_aware_shift: bool = True,
+        timestep_aware_activation: bool = True,
+        middle_attention: bool = True,
+    ):
+        super().__init__()
+        channel_mults = tuple(channel_mults)
+        fp_resolutions = tuple(fp_resolutions)
+        widths = [base_channels * m for m in channel_mults]
+        self._validate(widths)
+        quantizer = get_binarizer(binarizer)
+        groups_k = timestep_groups if quantizer.timestep_aware else 1
+        shift_groups = groups_k if timestep_aware_shift else 1
+        activation_groups = groups_k if timestep_aware_activation else 1
+        self.uses_groups = max(shift_groups, activation_groups) > 1
+
+        def conv(cin: int, cout: int, k: int, binary: bool, stride: int = 1) -> nn.Module:
+            if not binary:
+                return FPConv2d(cin, cout, k, stride=stride)
+            return BinaryConv2d(cin, cout, k, quantizer, stride=stride, shift_groups=shift_groups,
+                                activation_groups=activation_groups, shortcut=identity_shortcut)
+
+        temb_dim = base_channels
+        self.time_proj = Timesteps(base_channels, flip_sin_to_cos=False, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(base_channels, 4 * base_channels, out_dim=temb_dim)
+        self.conv_in = FPConv2d(in_channels, base_channels, 3)
+
+        def res_block(ch: int, binary: bool) -> ResBlock:
+            return ResBlock(ch, temb_dim, conv, binary, dropout, norm_groups)
+
+        last = len(widths) - 1
+        self.encoder = nn.ModuleList()
+        for i, ch in enumerate(widths):
+            down = None
+            if i < last:
+                down = CPDown(ch, conv) if downsample == "cp" else ConvDown(ch, widths[i + 1], conv)
+            self.encoder.append(EncoderLevel([res_block(ch, True) for _ in range(num_res_blocks)], down))
+
+        self.mid_blocks = nn.ModuleList([res_block(widths[-1], True), res_block(widths[-1], True)])
+        self.mid_attention = SelfAttention(widths[-1], norm_groups) if middle_attention else None
+
+        def make_fusion(ch: int, binary: bool) -> nn.Module:
+            if fusion == "add":
+                return AddFusion()
+            if fusion == "concat":
+                return ConcatFusion(ch, conv, binary)
+            return SplitFusion(ch, conv, binary, shuffle=fusion == "csf")
+
+        self.decoder = nn.ModuleList()
+        for i in reversed(range(len(widths))):
+            ch = widths[i]
+            fp = image_size // 2**i in fp_resolutions
+            up = None
+            if i > 0:  # the up-sampler stays binarized even after a full-precision level, as in the official net
+                up = CPUp(ch, conv) if upsample == "cp" else ConvUp(ch, widths[i - 1], conv)
+            n = num_res_blocks + 1
+            self.decoder.append(
+                DecoderLevel([make_fusion(ch, not fp) for _ in range(n)], [res_block(ch, not fp) for _ in range(n)],
+                             up, full_precision=fp)
+            )
+
+        self.norm_out = nn.GroupNorm(norm_groups, base_channels)
+        self.conv_out = FPConv2d(base_channels, out_channels, 3)
+
+    def _validate(self, widths: list[int]) -> None:
+        c = self.config
+        if c.in_channels < 2 or c.in_channels % 2:
+            raise _config_error("in_channels", c.in_channels, "must be even: the condition and x_t are concatenated")
+        if c.base_channels <= 0 or not c.channel_mults or min(c.channel_mults) <= 0:
+            raise _config_error("channel_mults", c.channel_mults, "must be a non-empty list of positive integers")
+        if c.num_res_blocks < 1:
+            raise _config_error("num_res_blocks", c.num_res_blocks, "must be at least 1")
+        if not 0.0 <= c.dropout < 1.0:
+            raise _config_error("dropout", c.dropout, "must be in [0, 1)")
+        for w in widths:
+            if w % c.norm_groups:
+                raise _config_error("norm_groups", c.norm_groups, f"must divide every level width; {w} is not a multiple")
+        if c.downsample not in DOWNSAMPLE_CHOICES:
+            raise _config_error("downsample", c.downsample, f"is not one of {DOWNSAMPLE_CHOICES}")
+        if c.upsample not in UPSAMPLE_CHOICES:
+            raise _config_error("upsample", c.upsample, f"is not one of {UPSAMPLE_CHOICES}")
+        if c.fusion not in FUSION_CHOICES:
+            raise _config_error("fusion", c.fusion, f"is not one of {FUSION_CHOICES}")
+        for i in range(len(widths) - 1):
+            if c.downsample == "cp" and widths[i + 1] != 2 * widths[i]:
+                raise _config_error(
+                    "channel_mults", list(c.channel_mults),
+                    "must double from level to level with downsample='cp' (CP-Down maps C to 2C); "
+                    f"level {i} has width {widths[i]}, level {i + 1} has {widths[i + 1]}",
+                )
+            if c.upsample == "cp" and widths[i] * 2 != widths[i + 1]:
+                raise _config_error("channel_mults", list(c.channel_mults),
+                                    "must double from level to level with upsample='cp' (CP-Up maps C to C/2)")
+        if len(widths) > 1 and widths[0] % 2:
+            raise _config_error("base_channels", c.base_channels, "must be even: CP-Down/CP-Up split channels in halves")
+        if not 1 <= c.timestep_groups <= c.num_train_timesteps:
+            raise _config_error("timestep_groups", c.timestep_groups,
+                                f"must be between 1 and num_train_timesteps={c.num_train_timesteps}")
+        nominal = {c.image_size // 2**i for i in range(len(widths))}
+        for r in c.fp_resolutions:
+            if r not in nominal:
+                raise _config_error("fp_resolutions", list(c.fp_resolutions),
+                                    f"names {r}, which is not a level resolution of image_size={c.image_size} "
+                                    f"(levels: {sorted(nominal, reverse=True)})")
+
+    @property
+    def size_multiple(self) -> int:
+        """Inputs are padded to a multiple of this (one factor 2 per down-sampling)."""
+        return 2 ** (len(self.config.channel_mults) - 1)
+
+    def forward(self, x_t: Tensor, cond: Tensor, t: Tensor, return_features: bool = False):
+        """Predicted noise for noisy images `x_t` (B, 3, H, W) given `cond` = bicubic(LR) at HR size and integer
+        timesteps `t` (B,), (B, 1) or a scalar. With `return_features=True` also returns the res-block outputs by
+        name ("down.{level}.{block}", "mid.{block}", "up.{level}.{block}", level 0 the finest), at padded size."""
+        b, _, h, w = x_t.shape
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(b)
+        elif t.numel() != b:
+            raise ValueError(f"t has {t.numel()} timesteps for a batch of {b}; pass one per sample (or one in all)")
+        group = timestep_group(t, self.config.timestep_groups, self.config.num_train_timesteps) if self.uses_groups else None
+        temb = self.time_embedding(self.time_proj(t).to(x_t.dtype))
+
+        x = self._pad(torch.cat([cond, x_t], dim=1))
+        features: dict[str, Tensor] = {}
+        x = self.conv_in(x)
+        skips = [x]
+        for i, level in enumerate(self.encoder):
+            for j, block in enumerate(level.blocks):
+                x = block(x, temb, group)
+                features[f"down.{i}.{j}"] = x
+                skips.append(x)
+            if level.down is not None:
+                x = level.down(x, group)
+                skips.append(x)
+
+        x = self.mid_blocks[0](x, temb, group)
+        if self.mid_attention is not None:
+            x = self.mid_attention(x)
+        features["mid.0"] = x
+        x = self.mid_blocks[1](x, temb, group)
+        features["mid.1"] = x
+
+        for k, level in enumerate(self.decoder):
+            i = len(self.decoder) - 1 - k
+            for j, (fusion, block) in enumerate(zip(level.fusions, level.blocks)):
+                x = block(fusion(x, skips.pop(), group), temb, group)
+                features[f"up.{i}.{j}"] = x
+            if level.up is not None:
+                x = level.up(x, group)
+
+        out = self.conv_out(F.silu(self.norm_out(x)))[:, :, :h, :w]
+        return (out, features) if return_features else out
+
+    def _pad(self, x: Tensor) -> Tensor:
+        m = self.size_multiple
+        ph, pw = -x.shape[-2] % m, -x.shape[-1] % m
+        if ph == 0 and pw == 0:
+            return x
+        mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+        return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+    def set_training_progress(self, progress: float | Tensor) -> None:
+        """Training progress in [0, 1] for binarizers with a schedule (IR-Net's EDE); a no-op for the others."""
+        for module in self.modules():
+            if isinstance(module, BinaryConv2d) and hasattr(module, "progress"):
+                module.progress.fill_(float(progress))

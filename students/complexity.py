@@ -1,0 +1,277 @@
+"""Params and OPs by the BI-DiffSR paper's counting rule, and the command that prints them.
+
+Params = (real-valued weights of binarized convs) / 32 + every other parameter.
+OPs    = full-precision OPs + (MACs of binarized convs) / 64, where full-precision OPs are conv and linear MACs,
+         2 N^2 C per self-attention over N positions, 5 x input elements per GroupNorm and the output elements of
+         every nearest-neighbour upsampling; element-wise work (adds, activations, shifts, softmax, pixel
+         (un)shuffle) is free. Counted on one forward pass at batch 1 (the paper: output 3 x 256 x 256).
+
+OPs are counted with forward hooks on a model on the meta device, so the full-size count costs no compute.
+Any leaf module holding parameters that no rule covers is an error rather than a silent zero.
+
+    python -m students.complexity                 # paper config, Table 2 binarizers, Table 1 switches
+    python -m students.complexity --config DIR    # a saved student (config.json) at --size
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from students.binary import BinaryConv2d
+from students.timestep import TimestepRPReLU, TimestepShift
+
+BINARY_PARAM_DIVISOR = 32
+BINARY_OP_DIVISOR = 64
+
+# handler(module, inputs, output) -> (bucket, count); buckets are summed into fp OPs except "binary_macs".
+OpCounter = Callable[[nn.Module, tuple, Tensor], tuple[str, int]]
+OP_COUNTERS: dict[type, OpCounter] = {}
+FREE_PARAMETRIC_LEAVES: set[type] = {TimestepShift, TimestepRPReLU}  # element-wise: no OPs by the rule
+
+
+def register_op_counter(cls: type) -> Callable[[OpCounter], OpCounter]:
+    """Decorator: count OPs for modules of `cls` (and subclasses). Teachers register theirs the same way."""
+
+    def wrap(fn: OpCounter) -> OpCounter:
+        OP_COUNTERS[cls] = fn
+        return fn
+
+    return wrap
+
+
+def conv_macs(module: nn.Module, output: Tensor) -> int:
+    kh, kw = (module.kernel_size, module.kernel_size) if isinstance(module.kernel_size, int) else module.kernel_size
+    groups = getattr(module, "groups", 1)
+    return module.in_channels // groups * kh * kw * output.numel()
+
+
+@register_op_counter(BinaryConv2d)
+def _binary_conv(module, inputs, output):
+    return "binary_macs", conv_macs(module, output)
+
+
+@register_op_counter(nn.Conv2d)
+def _conv(module, inputs, output):
+    return "conv_macs", conv_macs(module, output)
+
+
+@register_op_counter(nn.Linear)
+def _linear(module, inputs, output):
+    return "linear_macs", module.in_features * output.numel()
+
+
+@register_op_counter(nn.GroupNorm)
+def _group_norm(module, inputs, output):
+    return "groupnorm_ops", 5 * inputs[0].numel()
+
+
+@register_op_counter(nn.Upsample)
+def _upsample(module, inputs, output):
+    if module.mode != "nearest":
+        raise NotImplementedError(f"OPs rule covers nearest upsampling only, not mode={module.mode!r}")
+    return "upsample_ops", output.numel()
+
+
+def _register_student_attention() -> None:
+    from students.bidiffsr import SelfAttention
+
+    @register_op_counter(SelfAttention)
+    def _attention(module, inputs, output):
+        b, c, h, w = inputs[0].shape
+        return "attention_ops", 2 * b * (h * w) ** 2 * c
+
+
+_register_student_attention()
+
+
+def _counter_for(module: nn.Module) -> OpCounter | None:
+    for cls in type(module).__mro__:
+        if cls in OP_COUNTERS:
+            return OP_COUNTERS[cls]
+    return None
+
+
+@dataclass
+class Complexity:
+    """Counts for one model; `params` and `ops` apply the paper's rule."""
+
+    binary_params: int
+    fp_params: int
+    ops_by_kind: dict[str, int] = field(default_factory=dict)
+    ops_by_component: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def raw_params(self) -> int:
+        return self.binary_params + self.fp_params
+
+    @property
+    def params(self) -> float:
+        return self.binary_params / BINARY_PARAM_DIVISOR + self.fp_params
+
+    @property
+    def binary_macs(self) -> int:
+        return self.ops_by_kind.get("binary_macs", 0)
+
+    @property
+    def fp_ops(self) -> int:
+        return sum(v for k, v in self.ops_by_kind.items() if k != "binary_macs")
+
+    @property
+    def ops(self) -> float:
+        return self.fp_ops + self.binary_macs / BINARY_OP_DIVISOR
+
+
+def binary_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The real-valued latent weights that are stored and used as 1 bit."""
+    return [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(binary weights, full-precision parameters)."""
+    binary = sum(p.numel() for p in binary_weights(model))
+    return binary, sum(p.numel() for p in model.parameters()) - binary
+
+
+def measure(model: nn.Module, height: int = 256, width: int = 256, forward: Callable | None = None) -> Complexity:
+    """Params and OPs of one forward pass at batch 1 and output size (height, width).
+
+    `forward(model, x, cond, t)` runs the model (default: the denoiser call); the model may live on the meta device.
+    """
+    binary, fp = count_params(model)
+    by_kind: dict[str, int] = defaultdict(int)
+    by_component: dict[str, float] = defaultdict(float)
+    handles = []
+
+    def hook_for(name: str, counter: OpCounter):
+        component = name.split(".")[0] if not name.startswith(("encoder.", "decoder.")) else ".".join(name.split(".")[:2])
+
+        def hook(module, inputs, output):
+            kind, n = counter(module, inputs, output)
+            by_kind[kind] += n
+            by_component[component] += n / BINARY_OP_DIVISOR if kind == "binary_macs" else n
+
+        return hook
+
+    for name, module in model.named_modules():
+        counter = _counter_for(module)
+        if counter is not None:
+            handles.append(module.register_forward_hook(hook_for(name, counter)))
+        elif not any(True for _ in module.children()) and any(True for _ in module.parameters(recurse=False)):
+            if type(module) not in FREE_PARAMETRIC_LEAVES:
+                for h in handles:
+                    h.remove()
+                raise NotImplementedError(f"no OPs rule for module {name!r} of type {type(module).__name__}")
+    try:
+        device = next(model.parameters()).device
+        x = torch.zeros(1, 3, height, width, device=device)
+        t = torch.zeros(1, dtype=torch.long, device=device)
+        with torch.no_grad():
+            (forward or (lambda m, x, c, t: m(x, c, t)))(model, x, x, t)
+    finally:
+        for h in handles:
+            h.remove()
+    return Complexity(binary, fp, dict(by_kind), dict(by_component))
+
+
+def measure_student(config: dict | None = None, height: int = 256, width: int = 256, **overrides) -> Complexity:
+    """Build a BI-DiffSR student on the meta device from a config (default: the paper's) and measure it."""
+    from students.bidiffsr import BIDiffSRUNet
+
+    kwargs = {**(config or {}), **overrides}
+    with torch.device("meta"):
+        model = BIDiffSRUNet(**kwargs).eval()
+    return measure(model, height, width)
+
+
+# Published numbers (paper Table 2; identical for x2 and x4). Only BI-DiffSR is defined by public code: the
+# baselines were plugged into an unpublished UNet, so our rows for them use the BI-DiffSR UNet instead.
+PUBLISHED = {
+    "bidiffsr": (4.58, 36.67),
+    "bnn": (4.78, 37.93),
+    "dorefa": (4.78, 37.93),
+    "xnor": (4.78, 37.93),
+    "irnet": (4.78, 37.93),
+    "reactnet": (4.85, 37.93),
+    "bbcu": (4.82, 37.75),
+}
+
+ABLATIONS: list[tuple[str, dict]] = [
+    ("no identity shortcut", {"identity_shortcut": False}),
+    ("conv down / up (no CP)", {"downsample": "conv", "upsample": "conv"}),
+    ("fusion: add", {"fusion": "add"}),
+    ("fusion: concat", {"fusion": "concat"}),
+    ("fusion: split (no shuffle)", {"fusion": "split"}),
+    ("no TaR", {"timestep_aware_shift": False}),
+    ("no TaA", {"timestep_aware_activation": False}),
+    ("no TaR / TaA (K = 1)", {"timestep_groups": 1}),
+    ("K = 2", {"timestep_groups": 2}),
+    ("K = 10", {"timestep_groups": 10}),
+]
+
+
+def format_params(value: float) -> str:
+    return f"{value / 1e6:.2f}M"
+
+
+def format_ops(value: float) -> str:
+    return f"{value / 1e9:.2f}G"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(prog="python -m students.complexity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="a student folder or config.json (default: the paper's configuration)")
+    parser.add_argument("--size", type=int, default=256, help="output height and width (default 256)")
+    args = parser.parse_args(argv)
+
+    console = Console()
+    rows: list[tuple[str, Complexity, tuple[float, float] | None]] = []
+    if args.config:
+        from students.bidiffsr import BIDiffSRUNet
+
+        config = dict(BIDiffSRUNet.load_config(args.config))
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        rows.append((args.config, measure_student(config, args.size, args.size), None))
+    else:
+        for name, published in PUBLISHED.items():
+            label = "BI-DiffSR (paper config)" if name == "bidiffsr" else f"binarizer: {name}"
+            rows.append((label, measure_student(None, args.size, args.size, binarizer=name), published))
+        for label, overrides in ABLATIONS:
+            rows.append((f"ablation: {label}", measure_student(None, args.size, args.size, **overrides), None))
+
+    table = Table(title=f"Params / OPs by the paper's rule, one step at 3x{args.size}x{args.size}")
+    for col in ("model", "Params", "OPs", "paper"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, c, published in rows:
+        paper = f"{published[0]:.2f}M / {published[1]:.2f}G" if published and args.size == 256 else ""
+        table.add_row(label, format_params(c.params), format_ops(c.ops), paper)
+    console.print(table)
+    if not args.config:
+        console.print(
+            "Only the BI-DiffSR row is defined by public code; the paper's baseline rows used an unpublished UNet, "
+            "ours plug each binarizer into the BI-DiffSR UNet."
+        )
+    if len(rows) == 1:
+        c = rows[0][1]
+        detail = Table(title="Counts")
+        detail.add_column("quantity")
+        detail.add_column("value", justify="right")
+        for name, value in (("binary weights", c.binary_params), ("full-precision params", c.fp_params),
+                            ("binary MACs", c.binary_macs), *sorted((k, v) for k, v in c.ops_by_kind.items()
+                                                                   if k != "binary_macs")):
+            detail.add_row(name, f"{value:,}")
+        for name, ops in c.ops_by_component.items():
+            detail.add_row(f"OPs in {name}", f"{ops:,.0f}")
+        console.print(detail)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Sign functions, surrogate gradients and the binary conv unit (spec: bidiffsr.md section 5, binarizers.md)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from students.binarizers import BINARIZERS, get_binarizer
+from students.binary import ApproxSign, BinaryConv2d, ClipSign, EDESign, ede_coefficients
+from students.timestep import timestep_group
+
+
+def grad_of(fn, values):
+    u = torch.tensor(values, requires_grad=True)
+    fn(u).sum().backward()
+    return u.grad.tolist()
+
+
+def test_sign_of_zero_is_zero():
+    assert ApproxSign.apply(torch.tensor([-2.0, 0.0, 3.0])).tolist() == [-1.0, 0.0, 1.0]
+
+
+def test_approx_sign_surrogate_values():
+    assert grad_of(ApproxSign.apply, [-0.5, 0.25, -1.2, 0.5, 1.5]) == pytest.approx([1.0, 1.5, 0.0, 1.0, 0.0])
+
+
+def test_clip_ste_passes_only_inside_unit_interval():
+    assert grad_of(ClipSign.apply, [-1.0, 0.3, 1.0, 1.01, -3.0]) == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_ede_schedule_and_gradient():
+    t0, k0 = ede_coefficients(torch.tensor(0.0))
+    t1, k1 = ede_coefficients(torch.tensor(1.0))
+    assert (t0.item(), k0.item()) == pytest.approx((0.1, 10.0))
+    assert (t1.item(), k1.item()) == pytest.approx((10.0, 1.0))
+    g = grad_of(lambda u: EDESign.apply(u, t1, k1), [0.0, 2.0])
+    assert g[0] == pytest.approx(10.0) and g[1] == pytest.approx(10.0 * (1 - torch.tanh(torch.tensor(20.0)) ** 2))
+
+
+def test_timestep_group_boundaries():
+    t = torch.tensor([0, 399, 400, 799, 800, 1999])
+    assert timestep_group(t, 5, 2000).tolist() == [0, 0, 1, 1, 2, 4]
+    assert timestep_group(t.reshape(-1, 1), 5, 2000).shape == (6,)
+
+
+def test_bi_conv_block_matches_reference_formula():
+    """Fact 11: zero shifts, slope 0.25: PReLU(conv(sign(x), mean|W_o| sign(W))) + x, sign(0) = 0."""
+    conv = BinaryConv2d(8, 8, 3, get_binarizer("bidiffsr"), shift_groups=5, activation_groups=5)
+    x = torch.randn(2, 8, 6, 6)
+    x[0, 0, 0, 0] = 0.0
+    w = conv.weight
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    expected = F.prelu(F.conv2d(torch.sign(x), alpha * torch.sign(w), padding=1), torch.full((8,), 0.25)) + x
+    out = conv(x, torch.tensor([0, 3]))
+    torch.testing.assert_close(out, expected)
+
+
+def test_weight_gradient_is_clipped_and_excludes_scale():
+    """Fact 13: dL/dW = dL/dW_b * 1[|W| <= 1], alpha a constant."""
+    conv = BinaryConv2d(4, 4, 1, get_binarizer("bidiffsr"))
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn_like(conv.weight))
+        conv.weight[0, 0] = 1.5
+    x = torch.randn(1, 4, 3, 3)
+    y = conv.binary_weight()
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    alpha = conv.weight.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    expected = upstream * alpha * (conv.weight.detach().abs() <= 1)
+    torch.testing.assert_close(conv.weight.grad, expected)
+    assert conv.weight.grad[0, 0].abs().sum() == 0
+    del x
+
+
+@pytest.mark.parametrize("name", sorted(BINARIZERS))
+def test_gradients_reach_latent_weights(name):
+    conv = BinaryConv2d(8, 8, 3, get_binarizer(name), shift_groups=1, activation_groups=1)
+    if hasattr(conv, "progress"):
+        conv.progress.fill_(0.5)
+    x = torch.rand(2, 8, 5, 5) * 2 - 0.5  # values inside every surrogate's pass band
+    conv(x, None).square().mean().backward()
+    grad = conv.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0, f"{name}: no gradient reached the latent weights"
+
+
+@pytest.mark.parametrize("name", sorted(BINARIZERS))
+def test_binarized_weights_take_two_magnitudes_per_filter(name):
+    conv = BinaryConv2d(6, 6, 3, get_binarizer(name))
+    if hasattr(conv, "progress"):
+        conv.progress.fill_(0.3)
+    wb = conv.binary_weight().detach().reshape(6, -1)
+    for row in wb:
+        assert row.abs().unique().numel() == 1, f"{name}: a filter has more than one magnitude"
+
+
+def test_dorefa_activations_are_zero_or_one_and_others_signed():
+    x = torch.randn(1, 4, 5, 5)
+    conv = BinaryConv2d(4, 4, 3, get_binarizer("dorefa"))
+    assert set(conv.binarizer.quantize_input(x, conv).unique().tolist()) <= {0.0, 1.0}
+    for name in ("bnn", "bbcu", "reactnet", "bidiffsr"):
+        conv = BinaryConv2d(4, 4, 3, get_binarizer(name))
+        assert set(conv.binarizer.quantize_input(x, conv).unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_irnet_scale_is_power_of_two():
+    """Fact 5: mean |W_hat| 0.8 -> scale 1.0; 0.3 -> 0.25."""
+    conv = BinaryConv2d(2, 2, 1, get_binarizer("irnet"))
+    assert torch.pow(2.0, torch.round(torch.log2(torch.tensor([0.8, 0.3])))).tolist() == [1.0, 0.25]
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, -1.0], [3.0, -3.0]]).reshape(2, 2, 1, 1))
+    # standardized rows are +-0.7071 (unbiased std of two values), mean |W_hat| = 0.707 -> 2^round(-0.5) = 1
+    assert conv.binary_weight().abs().flatten().tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_reactnet_adds_shortcut_before_rprelu_and_bbcu_after():
+    x = -torch.ones(1, 4, 3, 3) * 3
+    for name, before in (("reactnet", True), ("bbcu", False)):
+        conv = BinaryConv2d(4, 4, 1, get_binarizer(name))
+        with torch.no_grad():
+            conv.weight.zero_()
+            if conv.bias is not None:
+                conv.bias.zero_()
+        out = conv(x, None)
+        expected = 0.25 * x if before else x  # conv output is 0: PReLU(0 + x) vs PReLU(0) + x
+        torch.testing.assert_close(out, expected)
+
+
+def test_unknown_binarizer_names_the_field():
+    with pytest.raises(ValueError, match=r"binarizer='ternary'.*bbcu"):
+        get_binarizer("ternary")
