@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from students.binarizers import get_binarizer
 from students.binary import BinaryConv2d, FPConv2d
 from students.timestep import timestep_group
+from teachers.base import pad_to_multiple, per_sample_timesteps
 
 ConvBuilder = Callable[..., nn.Module]
 
@@ -314,15 +315,11 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         timesteps `t` (B,), (B, 1) or a scalar. With `return_features=True` also returns the res-block outputs by
         name ("down.{level}.{block}", "mid.{block}", "up.{level}.{block}", level 0 the finest), at padded size."""
         b, _, h, w = x_t.shape
-        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(b)
-        elif t.numel() != b:
-            raise ValueError(f"t has {t.numel()} timesteps for a batch of {b}; pass one per sample (or one in all)")
+        t = per_sample_timesteps(t, b, x_t.device)
         group = timestep_group(t, self.config.timestep_groups, self.config.num_train_timesteps) if self.uses_groups else None
         temb = self.time_embedding(self.time_proj(t).to(x_t.dtype))
 
-        x = self._pad(torch.cat([cond, x_t], dim=1))
+        x = pad_to_multiple(torch.cat([cond, x_t], dim=1), self.size_multiple)
         features: dict[str, Tensor] = {}
         x = self.conv_in(x)
         skips = [x]
@@ -352,14 +349,6 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
 
         out = self.conv_out(F.silu(self.norm_out(x)))[:, :, :h, :w]
         return (out, features) if return_features else out
-
-    def _pad(self, x: Tensor) -> Tensor:
-        m = self.size_multiple
-        ph, pw = -x.shape[-2] % m, -x.shape[-1] % m
-        if ph == 0 and pw == 0:
-            return x
-        mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
-        return F.pad(x, (0, pw, 0, ph), mode=mode)
 
     def set_training_progress(self, progress: float | Tensor) -> None:
         """Training progress in [0, 1] for binarizers with a schedule (IR-Net's EDE); a no-op for the others."""

@@ -78,16 +78,30 @@ def _upsample(module, inputs, output):
     return "upsample_ops", output.numel()
 
 
-def _register_student_attention() -> None:
+def _attention_ops(module, inputs, output):
+    """scores and weighted sum: 2 N^2 C for N = H * W positions of C channels (summed over heads)."""
+    b, c, h, w = inputs[0].shape
+    return "attention_ops", 2 * b * (h * w) ** 2 * c
+
+
+def _register_library_modules() -> None:
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.upsampling import Upsample2D
+
     from students.bidiffsr import SelfAttention
 
-    @register_op_counter(SelfAttention)
-    def _attention(module, inputs, output):
-        b, c, h, w = inputs[0].shape
-        return "attention_ops", 2 * b * (h * w) ** 2 * c
+    register_op_counter(SelfAttention)(_attention_ops)
+    register_op_counter(Attention)(_attention_ops)  # diffusers' spatial attention (SR3 teacher), 4-D input
+
+    @register_op_counter(Upsample2D)
+    def _upsample2d(module, inputs, output):
+        # nearest x2 interpolation output (the following conv is a child module, counted by its own hook)
+        if module.use_conv_transpose or module.interpolate is False:
+            raise NotImplementedError("OPs rule covers interpolating Upsample2D only")
+        return "upsample_ops", 4 * inputs[0].numel()
 
 
-_register_student_attention()
+_register_library_modules()
 
 
 def _counter_for(module: nn.Module) -> OpCounter | None:
@@ -241,6 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         rows.append((args.config, measure_student(config, args.size, args.size), None))
     else:
+        from teachers.sr3 import SR3UNet
+
+        with torch.device("meta"):
+            sr3 = SR3UNet().eval()
+        rows.append(("SR3 teacher (full precision)", measure(sr3, args.size, args.size), (55.41, 176.41)))
         for name, published in PUBLISHED.items():
             label = "BI-DiffSR (paper config)" if name == "bidiffsr" else f"binarizer: {name}"
             rows.append((label, measure_student(None, args.size, args.size, binarizer=name), published))
