@@ -32,6 +32,7 @@ ConvBuilder = Callable[..., nn.Module]
 DOWNSAMPLE_CHOICES = ("cp", "conv")
 UPSAMPLE_CHOICES = ("cp", "conv")
 FUSION_CHOICES = ("csf", "split", "concat", "add")
+PREDICTION_TYPES = ("epsilon", "sample")  # multi-step noise predictor, or one-step x0 predictor (one_step stage)
 
 
 class ResBlock(nn.Module):
@@ -180,6 +181,8 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
     """The BI-DiffSR denoiser: `forward(x_t, cond, t) -> predicted noise`, input concat [cond, x_t].
 
     Defaults are the official x2/x4 configuration (51,280,387 parameters; 4.58M / 36.67G by the paper's rule).
+    `prediction_type` says what the output means: "epsilon" (noise, sampled with DDIM) or "sample" (x0 in one
+    step from pure noise at the top timestep, after one-step distillation).
     """
 
     @register_to_config
@@ -204,6 +207,7 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         timestep_aware_shift: bool = True,
         timestep_aware_activation: bool = True,
         middle_attention: bool = True,
+        prediction_type: str = "epsilon",
     ):
         super().__init__()
         channel_mults = tuple(channel_mults)
@@ -281,6 +285,8 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
             raise _config_error("downsample", c.downsample, f"is not one of {DOWNSAMPLE_CHOICES}")
         if c.upsample not in UPSAMPLE_CHOICES:
             raise _config_error("upsample", c.upsample, f"is not one of {UPSAMPLE_CHOICES}")
+        if c.prediction_type not in PREDICTION_TYPES:
+            raise _config_error("prediction_type", c.prediction_type, f"is not one of {PREDICTION_TYPES}")
         if c.fusion not in FUSION_CHOICES:
             raise _config_error("fusion", c.fusion, f"is not one of {FUSION_CHOICES}")
         for i in range(len(widths) - 1):

@@ -131,24 +131,39 @@ class SR3Teacher(Teacher):
         return F.l1_loss(denoiser(x_t, cond, t).float(), noise.float())
 
     def ddim_scheduler(self, num_inference_steps: int) -> DDIMScheduler:
-        scheduler = DDIMScheduler.from_config(self.scheduler.config, set_alpha_to_one=True, steps_offset=0,
-                                              timestep_spacing="leading")
-        scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
-        return scheduler
+        return ddim_scheduler(self.scheduler.config, num_inference_steps, self.unet.device)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, num_inference_steps: int = 50, generator: torch.Generator | None = None,
                noise: Tensor | None = None) -> Tensor:
         """Super-resolve a batch: `cond` = bicubic(LR) in [0, 1] -> SR images in [0, 1]. Deterministic DDIM (eta 0)
         from `noise` (or noise drawn with `generator`) at the padded size."""
-        h, w = cond.shape[-2:]
-        cond = pad_to_multiple(cond, self.unet.size_multiple)
-        x = noise if noise is not None else randn_tensor(cond.shape, generator=generator, device=cond.device,
-                                                         dtype=cond.dtype)
-        if x.shape != cond.shape:
-            raise ValueError(f"noise has shape {tuple(x.shape)}, expected the padded condition's {tuple(cond.shape)}")
-        scheduler = self.ddim_scheduler(num_inference_steps)
-        for t in scheduler.timesteps:
-            eps = self.predict(x, cond, t)
-            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
-        return x[:, :, :h, :w].clamp(0.0, 1.0)
+        return ddim_sample(self.predict, self.scheduler.config, cond, num_inference_steps, self.unet.size_multiple,
+                           generator=generator, noise=noise)
+
+
+def ddim_scheduler(process_config, num_inference_steps: int, device=None) -> DDIMScheduler:
+    """BI-DiffSR's sampler for a DDPM process: DDIM, "leading" spacing, eta 0, final alpha_bar_prev = 1."""
+    scheduler = DDIMScheduler.from_config(process_config, set_alpha_to_one=True, steps_offset=0,
+                                          timestep_spacing="leading")
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    return scheduler
+
+
+@torch.no_grad()
+def ddim_sample(predict_noise, process_config, cond: Tensor, num_inference_steps: int, size_multiple: int,
+                generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+    """The sampling loop every eps-predicting denoiser (SR3 teacher, BI-DiffSR student) shares: reflect-pad the
+    condition, start from N(0, I) at the padded size, run DDIM, crop, clamp to [0, 1].
+    `predict_noise(x_t, cond, t)` is the denoiser call."""
+    h, w = cond.shape[-2:]
+    cond = pad_to_multiple(cond, size_multiple)
+    x = noise if noise is not None else randn_tensor(cond.shape, generator=generator, device=cond.device,
+                                                     dtype=cond.dtype)
+    if x.shape != cond.shape:
+        raise ValueError(f"noise has shape {tuple(x.shape)}, expected the padded condition's {tuple(cond.shape)}")
+    scheduler = ddim_scheduler(process_config, num_inference_steps, cond.device)
+    for t in scheduler.timesteps:
+        eps = predict_noise(x, cond, t)
+        x = scheduler.step(eps.to(x.dtype), t, x, eta=0.0).prev_sample
+    return x[:, :, :h, :w].clamp(0.0, 1.0)

@@ -1,0 +1,189 @@
+"""Evaluation: bicubic, teacher and student rows of PSNR / SSIM (Y, border = scale) and LPIPS on a benchmark folder,
+printed as a rich table, written as JSON and as a sample grid (LR | bicubic | teacher | student | HR).
+The bicubic row is MATLAB bicubic upscaling, as in the published tables; the models' condition is the OpenCV-style
+upsampling they were trained with.
+
+Runs at the end of a recipe, or alone on any saved student or training checkpoint:
+
+    python -m pipeline.evaluate --student runs/x/student --val ../shared/data/Set5 --scale 4 \\
+        [--val-lr ../shared/data/Set5_LR_bicubic/X4] [--teacher runs/x/teacher] [--steps 50] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import load_file
+from torch import Tensor
+
+from pipeline.data import ValImage, load_validation
+from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
+from pipeline.resize import imresize_up, upsample_cond
+from students.bidiffsr import BIDiffSRUNet
+from teachers.base import Teacher, load_teacher
+from teachers.sr3 import SR3Teacher, ddim_sample, sr3_scheduler
+
+
+def load_student(path: str | Path) -> BIDiffSRUNet:
+    """A student from a `save_pretrained` folder or a training checkpoint (config.json + model.safetensors)."""
+    path = Path(path)
+    if (path / "diffusion_pytorch_model.safetensors").is_file():
+        return BIDiffSRUNet.from_pretrained(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        config = {k: v for k, v in BIDiffSRUNet.load_config(path).items() if not k.startswith("_")}
+        model = BIDiffSRUNet(**config)
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        return model
+    raise ValueError(f"{path} is neither a saved student (diffusion_pytorch_model.safetensors + config.json) "
+                     "nor a training checkpoint (model.safetensors + config.json)")
+
+
+@torch.no_grad()
+def super_resolve(student: BIDiffSRUNet, process_config, cond: Tensor, num_inference_steps: int,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """SR images in [0, 1] from a student: DDIM for a noise predictor, one step from x_T for a one-step student."""
+    if student.config.prediction_type == "sample":
+        x_T = torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        t = torch.full((cond.shape[0],), process_config.num_train_timesteps - 1, device=cond.device)
+        return student(x_T, cond, t).float().clamp(0, 1)
+    return ddim_sample(lambda x, c, t: student(x, c, t).float(), process_config, cond, num_inference_steps,
+                       student.size_multiple, generator=generator)
+
+
+def _tile(img: Tensor, size: int) -> Tensor:
+    """Centre square crop resized to size x size (nearest for tiny LR, so pixels stay visible)."""
+    h, w = img.shape[-2:]
+    s = min(h, w)
+    img = img[:, (h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    mode = "nearest" if s < size else "bilinear"
+    kwargs = {} if mode == "nearest" else {"antialias": True, "align_corners": False}
+    return F.interpolate(img[None], size=(size, size), mode=mode, **kwargs)[0].clamp(0, 1)
+
+
+def save_grid(rows: list[list[Tensor]], labels: list[str], path: Path, tile: int = 192) -> None:
+    """A labelled PNG grid: one row per image, one column per label."""
+    pad, header = 4, 20
+    width = len(labels) * (tile + pad) + pad
+    height = header + len(rows) * (tile + pad) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(labels):
+        draw.text((pad + j * (tile + pad) + 4, 4), label, fill="black")
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            arr = (_tile(img, tile) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+            canvas.paste(Image.fromarray(arr), (pad + j * (tile + pad), header + pad + i * (tile + pad)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = None, teacher: Teacher | None = None,
+             process_config=None, num_inference_steps: int = 50, seed: int = 10, lpips_model=None,
+             out_dir: str | Path | None = None, grid_images: int = 4, device: str | torch.device = "cpu",
+             console: Console | None = None) -> dict:
+    """Score bicubic, the teacher and the student on `images`; returns {"mean": {method: {metric: value}}, ...}."""
+    methods = ["bicubic"] + (["teacher"] if teacher is not None else []) + (["student"] if student is not None else [])
+    if process_config is None:
+        process_config = teacher.scheduler.config if teacher is not None else sr3_scheduler(
+            student.config.num_train_timesteps if student is not None else 2000).config
+    if student is not None:
+        student = student.to(device).eval()
+    if teacher is not None:
+        teacher = teacher.to(device)
+    generators = {m: torch.Generator(device).manual_seed(seed) for m in methods}  # seed reset per method and set
+    per_image: list[dict] = []
+    grid_rows: list[list[Tensor]] = []
+    for image in images:
+        hr = image.hr[None].to(device)
+        lr = image.lr[None].to(device)
+        cond = upsample_cond(lr, scale).clamp(0, 1)
+        outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1)}  # MATLAB bicubic, as the tables
+        if teacher is not None:
+            steps = {"num_inference_steps": num_inference_steps} if isinstance(teacher, SR3Teacher) else {}
+            outputs["teacher"] = teacher.sample(cond, generator=generators["teacher"], **steps)
+        if student is not None:
+            outputs["student"] = super_resolve(student, process_config, cond, num_inference_steps,
+                                               generator=generators["student"])
+        scores = {"image": image.name}
+        for m in methods:
+            scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
+            if lpips_model is not None:
+                scores[m]["lpips"] = float(lpips_distance(lpips_model, outputs[m], hr, scale))
+        per_image.append(scores)
+        if len(grid_rows) < grid_images:
+            grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in methods] + [hr[0].cpu()])
+    metrics = ["psnr", "ssim"] + (["lpips"] if lpips_model is not None else [])
+    mean = {m: {k: sum(s[m][k] for s in per_image) / len(per_image) for k in metrics} for m in methods}
+    result = {"scale": scale, "num_images": len(images), "num_inference_steps": num_inference_steps, "seed": seed,
+              "metrics": metrics, "mean": mean, "per_image": per_image}
+
+    table = Table(title=f"x{scale} on {len(images)} images (PSNR/SSIM on Y, border {scale})")
+    table.add_column("method")
+    for k in metrics:
+        table.add_column(k.upper(), justify="right")
+    for m in methods:
+        table.add_row(m, *(f"{mean[m][k]:.2f}" if k == "psnr" else f"{mean[m][k]:.4f}" for k in metrics))
+    (console or Console()).print(table)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(_finite(result), indent=2))
+        if grid_rows:
+            save_grid(grid_rows, ["LR"] + methods + ["HR"], out_dir / "samples.png")
+    return result
+
+
+def _finite(obj):
+    """JSON has no infinity: identical images (PSNR = inf) are written as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--student", help="saved student folder or training checkpoint")
+    parser.add_argument("--teacher", help="teacher folder (adds the teacher row)")
+    parser.add_argument("--val", required=True, help="folder of HR benchmark images")
+    parser.add_argument("--val-lr", default="", help="folder of pre-made LR images <stem>x<scale>.png")
+    parser.add_argument("--scale", type=int, required=True)
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--seed", type=int, default=10)
+    parser.add_argument("--max-images", type=int, default=0)
+    parser.add_argument("--crop", type=int, default=0, help="centre-crop HR images to N x N")
+    parser.add_argument("--lpips-backbone", default="", help="torchvision alexnet.features state dict")
+    parser.add_argument("--no-lpips", action="store_true")
+    parser.add_argument("--out", default="", help="write metrics.json and samples.png here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    console = Console()
+    student = load_student(args.student) if args.student else None
+    teacher = load_teacher(args.teacher) if args.teacher else None
+    if teacher is not None:
+        teacher.check_scale(args.scale, source="--scale")
+    lpips_model = None
+    if not args.no_lpips:
+        try:
+            lpips_model = load_lpips(args.lpips_backbone or None, args.device)
+        except LPIPSUnavailable as err:
+            parser.error(str(err))
+    images = load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop)
+    evaluate(images, args.scale, student, teacher, num_inference_steps=args.steps, seed=args.seed,
+             lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""The staged trainer: runs a recipe's stages in order on Hugging Face Accelerate.
+
+One Accelerator for the run (DDP across processes, fp16/bf16 mixed precision, gradient accumulation, trackers);
+each stage gets a fresh optimizer (Adam), LR schedule (diffusers' get_scheduler), optional EMA (diffusers'
+EMAModel) and gradient clipping. Model state flows from stage to stage.
+
+Outputs under run.output_dir:
+    stages/<i>-<name>/            the model after stage i (save_pretrained; EMA weights when EMA is on). Its presence
+                                  marks the stage complete; it is written to a temporary folder and renamed.
+    checkpoints/<i>-<name>/step-N accelerate's save_state (model.safetensors, optimizer, RNG) + LR schedule, EMA,
+                                  trainer_state.json and the model config; written to a temporary folder and renamed,
+                                  so a kill at any moment leaves only complete checkpoints.
+    student/  teacher/            the final models;  eval/  metrics.json + samples.png;  logs/  tensorboard.
+
+`run.resume = "latest"` skips completed stages and continues the current one from its newest checkpoint. Every
+random draw of a step (crops, flips, timesteps, noise, dropout) is seeded from (seed, stage, step, micro-step,
+rank), so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from pipeline.data import PatchDataset, StepBatchSampler, seed_of, load_hr_dataset, load_validation, make_pairs
+from pipeline.evaluate import evaluate
+from pipeline.metrics import LPIPSUnavailable, load_lpips
+from pipeline.recipe import Recipe, StageConfig
+from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage, TeacherStage
+from students.bidiffsr import BIDiffSRUNet
+from teachers import ResShiftTeacher, SR3Teacher, Teacher, load_teacher, sr3_scheduler
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Publish a fully written folder under its final name (rename is atomic on one filesystem)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{key}."))
+        elif isinstance(v, list):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, accelerator: Accelerator | None = None):
+        self.recipe = recipe
+        r = recipe.run
+        self.out = Path(r.output_dir)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=r.mixed_precision,
+            log_with=list(r.log_with) or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.accelerator.num_processes != world:
+            raise RuntimeError(f"accelerate runs {self.accelerator.num_processes} process(es) but WORLD_SIZE={world}: "
+                               "the processes would train without synchronising gradients")
+        self.console = Console()
+        self.global_step = 0
+        self._pairs = None
+
+    # ---- paths -------------------------------------------------------------------------------------------------
+    def stage_dir(self, i: int, stage: StageConfig) -> Path:
+        return self.out / "stages" / f"{i}-{stage.name}"
+
+    def checkpoint_root(self, i: int, stage: StageConfig) -> Path:
+        return self.out / "checkpoints" / f"{i}-{stage.name}"
+
+    def find_checkpoint(self, i: int, stage: StageConfig) -> Path | None:
+        resume = self.recipe.run.resume
+        if resume == "never":
+            return None
+        if resume != "latest":
+            path = Path(resume)
+            state = json.loads((path / "trainer_state.json").read_text())
+            return path if state["stage_index"] == i else None
+        root = self.checkpoint_root(i, stage)
+        found = sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()) if root.is_dir() else []
+        return found[-1] if found else None
+
+    def stage_complete(self, i: int, stage: StageConfig) -> bool:
+        return self.recipe.run.resume != "never" and self.stage_dir(i, stage).is_dir()
+
+    # ---- models and data ---------------------------------------------------------------------------------------
+    def training_pairs(self):
+        if self._pairs is None:
+            d = self.recipe.data
+            patch = max(s.patch_size or d.patch_size for s in self.recipe.stages)
+            with self.accelerator.main_process_first():  # the main process builds the datasets cache first
+                ds = load_hr_dataset(d.train, d.train_hub, d.train_split, d.image_column)
+                self._pairs = make_pairs(ds, self.recipe.run.scale, patch, d.image_column, d.train or d.train_hub)
+        return self._pairs
+
+    def new_teacher(self) -> Teacher:
+        t = self.recipe.teacher
+        set_seed(self.recipe.run.seed)
+        if t.kind == "sr3":
+            return SR3Teacher.build(scale=self.recipe.run.scale, **t.unet)
+        return ResShiftTeacher.build(scale=self.recipe.run.scale, scheduler_config=t.scheduler, **t.unet)
+
+    def prepare_teacher(self, teacher: Teacher) -> Teacher:
+        teacher.check_scale(self.recipe.run.scale, source=f"recipe's run.scale ({self.recipe.source})")
+        teacher.freeze().to(self.accelerator.device)
+        teacher.autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.recipe.teacher.autocast]
+        return teacher
+
+    def initial_student(self) -> BIDiffSRUNet:
+        s = self.recipe.student
+        if s.init:
+            return BIDiffSRUNet.from_pretrained(s.init)
+        set_seed(self.recipe.run.seed)
+        return BIDiffSRUNet(**s.unet)
+
+    def make_stage(self, stage: StageConfig, student: BIDiffSRUNet, teacher: Teacher | None) -> Stage:
+        if stage.type == "direct":
+            process = teacher.scheduler if isinstance(teacher, SR3Teacher) else sr3_scheduler(
+                student.config.num_train_timesteps)
+            self._check_timesteps(student, process)
+            return DirectStage(process)
+        if not isinstance(teacher, SR3Teacher):
+            raise ValueError(f"stage {stage.name!r} ({stage.type}) needs an SR3 teacher, got {type(teacher).__name__}")
+        self._check_timesteps(student, teacher.scheduler)
+        if stage.type == "one_step":
+            student.register_to_config(prediction_type="sample")
+            return OneStepStage(teacher, stage.teacher_steps)
+        patch = stage.patch_size or self.recipe.data.patch_size
+        probe = torch.zeros(1, 3, patch, patch, device=self.accelerator.device)
+        t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
+        with torch.no_grad():
+            s_taps = {k: tuple(v.shape) for k, v in student.to(probe.device)(probe, probe, t, return_features=True)[1].items()}
+            t_taps = {k: tuple(v.shape) for k, v in teacher.features(probe, probe, t)[1].items()}
+        distill = FeatureDistillStage(teacher, s_taps, stage.spd_weight, stage.spd_patches, stage.output_weight,
+                                      stage.features)
+        distill.check_taps(t_taps)
+        return distill
+
+    @staticmethod
+    def _check_timesteps(student: BIDiffSRUNet, process) -> None:
+        if student.config.num_train_timesteps != process.config.num_train_timesteps:
+            raise ValueError(f"student.unet.num_train_timesteps={student.config.num_train_timesteps} but the diffusion "
+                             f"process has {process.config.num_train_timesteps} steps")
+
+    # ---- the run -----------------------------------------------------------------------------------------------
+    def run(self) -> dict | None:
+        acc, recipe = self.accelerator, self.recipe
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        if recipe.run.log_with:
+            acc.init_trackers(recipe.run.name, config=_flat(recipe.to_dict()))
+        teacher = self.prepare_teacher(load_teacher(recipe.teacher.path)) if recipe.teacher.path else None
+        student = None
+        for i, stage in enumerate(recipe.stages):
+            done = self.stage_dir(i, stage)
+            if self.stage_complete(i, stage):
+                self.global_step += stage.steps
+            if stage.type == "teacher":
+                if self.stage_complete(i, stage):
+                    self.console.print(f"[dim]stage {i} ({stage.name}) already complete: {done}[/dim]")
+                    teacher = load_teacher(done)
+                else:
+                    teacher = self.new_teacher()
+                    trained = self.train_stage(i, stage, TeacherStage(teacher), teacher.unet)
+                    teacher.register_modules(unet=trained)
+                    self.save_stage(teacher, done)
+                teacher = self.prepare_teacher(teacher)
+                continue
+            if self.stage_complete(i, stage):
+                self.console.print(f"[dim]stage {i} ({stage.name}) already complete: {done}[/dim]")
+                student = BIDiffSRUNet.from_pretrained(done)
+                continue
+            student = student if student is not None else self.initial_student()
+            student = self.train_stage(i, stage, self.make_stage(stage, student, teacher), student)
+            self.save_stage(student, done)
+
+        self.student, self.teacher = student, teacher
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            for model, name in ((student, "student"), (teacher, "teacher")):
+                if model is not None and not (name == "teacher" and recipe.teacher.path):
+                    self.save_stage(model, self.out / name)
+        result = None
+        if acc.is_main_process and recipe.data.val and recipe.eval.enabled:
+            result = self.evaluate(student, teacher)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return result
+
+    def save_stage(self, model, final: Path) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        tmp = final.parent / f".{final.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        _replace_dir(tmp, final)
+
+    def evaluate(self, student, teacher) -> dict:
+        d, e = self.recipe.data, self.recipe.eval
+        lpips_model = None
+        if e.lpips:
+            try:
+                lpips_model = load_lpips(e.lpips_backbone or None, self.accelerator.device)
+            except LPIPSUnavailable as err:
+                self.console.print(f"[yellow]LPIPS skipped: {err}[/yellow]")
+        images = load_validation(d.val, self.recipe.run.scale, d.val_lr, d.val_max_images, d.val_crop)
+        return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
+                        process_config=teacher.scheduler.config if isinstance(teacher, SR3Teacher) else None,
+                        num_inference_steps=e.num_inference_steps, seed=e.seed, lpips_model=lpips_model,
+                        out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
+                        console=self.console)
+
+    # ---- one stage ---------------------------------------------------------------------------------------------
+    def train_stage(self, i: int, cfg: StageConfig, stage: Stage, model: torch.nn.Module) -> torch.nn.Module:
+        acc, run = self.accelerator, self.recipe.run
+        acc.free_memory()
+        acc.gradient_accumulation_steps = cfg.grad_accum
+        model.to(acc.device).train().requires_grad_(True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        schedule = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.steps)
+        ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+        wrapped, optimizer = acc.prepare(model, optimizer)
+
+        start = 0
+        checkpoint = self.find_checkpoint(i, cfg)
+        if checkpoint is not None:
+            acc.load_state(str(checkpoint))
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            start, self.global_step = state["stage_step"], state["global_step"]
+            schedule.load_state_dict(torch.load(checkpoint / "lr_scheduler.pt", weights_only=True))
+            if ema is not None:
+                ema.load_state_dict(torch.load(checkpoint / "ema.pt", weights_only=True))
+            self.console.print(f"resuming stage {i} ({cfg.name}) at step {start} from {checkpoint}")
+        if ema is not None:
+            ema.to(acc.device)
+
+        patch = cfg.patch_size or self.recipe.data.patch_size
+        dataset = PatchDataset(self.training_pairs(), patch, run.scale, seed=seed_of(run.seed, i))
+        loader = DataLoader(
+            dataset,
+            batch_sampler=StepBatchSampler(cfg.batch_size, acc.process_index, acc.num_processes, start * cfg.grad_accum),
+            num_workers=self.recipe.data.num_workers,
+            pin_memory=acc.device.type == "cuda",
+        )
+        batches = iter(loader)
+        set_progress = getattr(acc.unwrap_model(wrapped), "set_training_progress", None)
+
+        progress = Progress(TextColumn(f"[bold]{i}-{cfg.name}"), BarColumn(), MofNCompleteColumn(),
+                            TaskProgressColumn(show_speed=True), TextColumn("loss {task.fields[loss]}"),
+                            TimeRemainingColumn(), console=self.console, disable=not acc.is_local_main_process)
+        running: dict[str, torch.Tensor] = {}
+        interval = 0
+        with progress:
+            task = progress.add_task(cfg.name, total=cfg.steps, completed=start, loss="-")
+            for step in range(start, cfg.steps):
+                if set_progress is not None:
+                    set_progress(step / cfg.steps)
+                for micro in range(cfg.grad_accum):
+                    batch = {k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()}
+                    seed = seed_of(run.seed, i, step, micro, acc.process_index)
+                    torch.manual_seed(seed)  # dropout
+                    generator = torch.Generator(acc.device).manual_seed(seed)
+                    with acc.accumulate(wrapped):
+                        loss, logs = stage.loss(wrapped, batch, generator)
+                        acc.backward(loss)
+                        if acc.sync_gradients and cfg.max_grad_norm > 0:
+                            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    for k, v in logs.items():
+                        running[k] = running.get(k, 0.0) + v / cfg.grad_accum
+                schedule.step()
+                interval += 1
+                if ema is not None:
+                    ema.step(params)
+                done = step + 1
+                self.global_step += 1
+                progress.update(task, completed=done)
+                if done % run.log_every == 0 or done == cfg.steps:
+                    values = {k: acc.reduce(v.detach().reshape(1), "mean").item() / interval
+                              for k, v in running.items()}  # the only host sync: once per log interval
+                    running, interval = {}, 0
+                    values["lr"] = schedule.get_last_lr()[0]
+                    progress.update(task, loss=f"{values['loss']:.4f}")
+                    acc.log({f"{cfg.name}/{k}": v for k, v in values.items()}, step=self.global_step)
+                if done % run.checkpoint_every == 0 and done < cfg.steps:
+                    self.save_checkpoint(i, cfg, done, model, schedule, ema)
+        if ema is not None:
+            ema.copy_to(params)
+        acc.wait_for_everyone()
+        trained = acc.unwrap_model(wrapped)
+        acc.free_memory()
+        return trained
+
+    def save_checkpoint(self, i: int, cfg: StageConfig, step: int, model, schedule, ema) -> None:
+        acc, root = self.accelerator, self.checkpoint_root(i, cfg)
+        final, tmp = root / f"step-{step:08d}", root / f".step-{step:08d}.partial"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            torch.save(schedule.state_dict(), tmp / "lr_scheduler.pt")
+            if ema is not None:
+                torch.save(ema.state_dict(), tmp / "ema.pt")
+            model.save_config(tmp)
+            state = {"stage_index": i, "stage_name": cfg.name, "stage_type": cfg.type, "stage_step": step,
+                     "stage_steps": cfg.steps, "global_step": self.global_step, "recipe": self.recipe.source}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            _replace_dir(tmp, final)
+            for old in sorted(root.glob("step-*"))[: -self.recipe.run.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()

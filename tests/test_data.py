@@ -1,0 +1,94 @@
+"""Data: aligned patches, augmentation, deterministic sampling, odd inputs, validation folders (data.md)."""
+
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.data import (PatchDataset, StepBatchSampler, augment, crop_pair, load_hr_dataset, load_validation,
+                           make_pairs)
+from pipeline.resize import upsample_cond
+
+
+def test_condition_patch_equals_crop_of_full_upsampling():
+    lr = torch.rand(3, 20, 17)
+    hr = torch.rand(3, 80, 68)
+    full = upsample_cond(lr[None], 4)[0].clamp(0, 1)
+    for top, left in [(0, 0), (5, 3), (12, 9), (8, 0)]:
+        hr_p, cond, lr_p = crop_pair(hr, lr, top, left, 32, 4)
+        torch.testing.assert_close(cond, full[:, top * 4 : top * 4 + 32, left * 4 : left * 4 + 32])
+        assert torch.equal(hr_p, hr[:, top * 4 : top * 4 + 32, left * 4 : left * 4 + 32])
+        assert torch.equal(lr_p, lr[:, top : top + 8, left : left + 8])
+
+
+def test_augment_is_joint():
+    a = torch.arange(12.0).reshape(1, 3, 4)
+    b = a.clone()
+    for flags in [(True, False, False), (False, True, True), (True, True, True)]:
+        x, y = augment([a, b], *flags)
+        assert torch.equal(x, y)
+    assert augment([a], False, False, True)[0].shape == (1, 4, 3)
+
+
+def make_folder(path, sizes_modes):
+    """Random-noise PNGs of the given (width, height) and PIL mode ("L", "RGB", "RGBA")."""
+    path.mkdir(parents=True, exist_ok=True)
+    for i, (size, mode) in enumerate(sizes_modes):
+        pixels = torch.randint(0, 256, (size[0] * size[1] * len(mode),), dtype=torch.uint8).numpy().tobytes()
+        Image.frombytes(mode, size, pixels).save(path / f"img{i}.png")
+    return path
+
+
+def test_grayscale_rgba_odd_sizes_and_small_images(tmp_path):
+    folder = make_folder(tmp_path / "hr", [((37, 41), "L"), ((50, 45), "RGBA"), ((40, 40), "RGB"), ((20, 50), "RGB")])
+    ds = load_hr_dataset(str(folder))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pairs = make_pairs(ds, 4, 32, source=str(folder))
+    assert len(pairs) == 3
+    assert any("img3.png" in str(w.message) and "smaller than the 32px patch" in str(w.message) for w in caught)
+    data = PatchDataset(pairs, 32, 4, seed=1)
+    for i in range(6):
+        sample = data[i]
+        assert sample["hr"].shape == sample["cond"].shape == (3, 32, 32) and sample["lr"].shape == (3, 8, 8)
+        assert 0 <= sample["hr"].min() and sample["hr"].max() <= 1
+
+
+def test_sampling_is_deterministic_per_index(tmp_path):
+    folder = make_folder(tmp_path / "hr", [((64, 48), "RGB"), ((48, 64), "RGB"), ((80, 80), "RGB")])
+    pairs = make_pairs(load_hr_dataset(str(folder)), 4, 32)
+    a, b = PatchDataset(pairs, 32, 4, seed=5), PatchDataset(pairs, 32, 4, seed=5)
+    for i in (0, 4, 11):
+        assert all(torch.equal(a[i][k], b[i][k]) for k in ("hr", "cond", "lr"))
+    assert not torch.equal(a[0]["hr"], PatchDataset(pairs, 32, 4, seed=6)[0]["hr"])
+    epoch0 = {int(a._permutation(0)[j]) for j in range(3)}
+    assert epoch0 == {0, 1, 2}  # each epoch visits every image once
+
+
+def test_step_batches_split_processes_and_resume():
+    r0, r1 = iter(StepBatchSampler(2, 0, 2)), iter(StepBatchSampler(2, 1, 2))
+    first = [next(r0), next(r1), next(r0), next(r1)]
+    assert first == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert next(iter(StepBatchSampler(2, 0, 2, start_micro=1))) == [4, 5]
+
+
+def test_image_column_error(tmp_path):
+    folder = make_folder(tmp_path / "hr", [((40, 40), "RGB")])
+    with pytest.raises(ValueError, match="no column 'pixels'"):
+        load_hr_dataset(str(folder), image_column="pixels")
+
+
+def test_validation_folder_checks(tmp_path):
+    hr = make_folder(tmp_path / "hr", [((42, 30), "RGB")])
+    images = load_validation(hr, 4)
+    assert images[0].hr.shape == (3, 28, 40) and images[0].lr.shape == (3, 7, 10)
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    Image.new("RGB", (9, 7)).save(lr / "img0x4.png")
+    with pytest.raises(ValueError, match=r"img0x4.png is 9x7, which is not the x4 LR"):
+        load_validation(hr, 4, lr)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        load_validation(empty, 4)

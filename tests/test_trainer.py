@@ -1,0 +1,144 @@
+"""The staged trainer end to end: outputs, exact resume after SIGKILL, two-process DDP, evaluation on a checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import evaluate as evaluate_cli
+from pipeline.recipe import load_recipe
+from pipeline.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+pytestmark = pytest.mark.skipif(not (SHARED / "data" / "Set14").is_dir(), reason="../shared/data not present")
+
+DIRECT_ONLY = """
+[run]
+output_dir = "{out}"
+scale = 4
+log_with = []
+log_every = 5
+checkpoint_every = {every}
+keep_checkpoints = 2
+[data]
+train = "{train}"
+patch_size = 32
+num_workers = 0
+[student.unet]
+base_channels = 16
+channel_mults = [1, 2]
+num_res_blocks = 1
+norm_groups = 4
+image_size = 32
+fp_resolutions = [32]
+dropout = 0.2
+[[stages]]
+type = "direct"
+steps = {steps}
+batch_size = 2
+lr = 1e-3
+ema_decay = 0.9
+max_grad_norm = 1.0
+grad_accum = 2
+lr_schedule = "cosine"
+warmup_steps = 2
+"""
+
+
+def subprocess_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
+    return env
+
+
+def write_recipe(tmp_path, name, steps=12, every=3):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(DIRECT_ONLY.format(out=tmp_path / name, train=SHARED / "data" / "Set14", steps=steps, every=every))
+    return path
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_file(run_dir / "student" / "diffusion_pytorch_model.safetensors")
+
+
+def test_tiny_recipe_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    recipe = load_recipe(ROOT / "recipes" / "tiny.toml", [f"run.output_dir=\"{tmp_path / 'run'}\""])
+    result = Trainer(recipe).run()
+    out = tmp_path / "run"
+    for stage in ("0-teacher", "1-direct", "2-feature_distill"):
+        assert (out / "stages" / stage).is_dir()
+    assert (out / "student" / "config.json").is_file() and (out / "teacher" / "model_index.json").is_file()
+    assert set(result["mean"]) == {"bicubic", "teacher", "student"}
+    assert json.loads((out / "eval" / "metrics.json").read_text())["num_images"] == 2
+    assert (out / "eval" / "samples.png").stat().st_size > 0
+    ckpt = sorted((out / "checkpoints" / "1-direct").glob("step-*"))[-1]
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["stage_index"] == 1 and state["stage_step"] == 2
+    assert {"model.safetensors", "optimizer.bin", "lr_scheduler.pt", "config.json"} <= {p.name for p in ckpt.iterdir()}
+
+    # a second run resumes nothing but skips every completed stage and reproduces the same student
+    before = final_weights(out)
+    Trainer(load_recipe(ROOT / "recipes" / "tiny.toml", [f"run.output_dir=\"{out}\"", "eval.enabled=false"])).run()
+    after = final_weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    # evaluation runs alone on a mid-stage checkpoint
+    evaluate_cli.main(["--student", str(ckpt), "--val", str(SHARED / "data" / "Set5"), "--scale", "4", "--steps", "2",
+                       "--max-images", "1", "--crop", "32", "--no-lpips", "--out", str(tmp_path / "ev")])
+    assert set(json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]) == {"bicubic", "student"}
+
+
+def run_script(recipe: Path, tmp_path, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "pipeline" / "run.py"), str(recipe), *extra], cwd=ROOT,
+                            env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path):
+    reference = run_script(write_recipe(tmp_path, "reference"), tmp_path)
+    killed_recipe = write_recipe(tmp_path, "killed")
+    killed = run_script(killed_recipe, tmp_path)
+    checkpoints = tmp_path / "killed" / "checkpoints" / "0-direct"
+    deadline = time.time() + 120
+    while not (checkpoints / "step-00000006").exists():
+        assert killed.poll() is None, killed.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "student").exists(), "the run finished before it could be killed"
+    # a half-written checkpoint (killed while saving) must be ignored
+    (checkpoints / ".step-00000099.partial").mkdir()
+    resumed = run_script(killed_recipe, tmp_path)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "resuming stage 0 (direct) at step" in out
+    ref_out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_out
+    a, b = final_weights(tmp_path / "reference"), final_weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_keep_identical_weights(tmp_path):
+    recipe = write_recipe(tmp_path, "ddp", steps=4, every=2)
+    env = subprocess_env(tmp_path)
+    env["ACCELERATE_USE_CPU"] = "true"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(ROOT / "tests" / "ddp_worker.py"), str(recipe)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "ddp"
+    r0, r1 = load_file(out / "rank0-of-2.safetensors"), load_file(out / "rank1-of-2.safetensors")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    single = final_weights(out)
+    assert all(torch.equal(r0[k], single[k]) for k in r0)
