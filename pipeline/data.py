@@ -138,11 +138,15 @@ class PatchDataset(Dataset):
     def _permutation(self, epoch: int) -> Tensor:
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed_of(self.seed, -1, epoch)))
 
+    @lru_cache(maxsize=16)  # small data sets (the quickstart) decode each PNG once per worker
+    def _decoded(self, row: int) -> tuple[Tensor, Tensor]:
+        example = self.pairs[row]
+        return to_uint8_tensor(example["hr"]), to_uint8_tensor(example["lr"])
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         epoch, pos = divmod(index, self.n)
-        example = self.pairs[int(self._permutation(epoch)[pos])]
-        hr = to_uint8_tensor(example["hr"]).float() / 255
-        lr = to_uint8_tensor(example["lr"]).float() / 255
+        hr8, lr8 = self._decoded(int(self._permutation(epoch)[pos]))
+        hr, lr = hr8.float() / 255, lr8.float() / 255
         lp = self.patch // self.scale
         g = torch.Generator().manual_seed(seed_of(self.seed, index))
         lh, lw = lr.shape[-2:]

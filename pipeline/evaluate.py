@@ -27,9 +27,10 @@ from torch import Tensor
 from pipeline.data import ValImage, load_validation
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
 from pipeline.resize import imresize_up, upsample_cond
+from pipeline.sr_pipeline import super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import Teacher, load_teacher
-from teachers.sr3 import SR3Teacher, ddim_sample, sr3_scheduler
+from teachers.sr3 import SR3Teacher, sr3_scheduler
 
 
 def load_student(path: str | Path) -> BIDiffSRUNet:
@@ -44,18 +45,6 @@ def load_student(path: str | Path) -> BIDiffSRUNet:
         return model
     raise ValueError(f"{path} is neither a saved student (diffusion_pytorch_model.safetensors + config.json) "
                      "nor a training checkpoint (model.safetensors + config.json)")
-
-
-@torch.no_grad()
-def super_resolve(student: BIDiffSRUNet, process_config, cond: Tensor, num_inference_steps: int,
-                  generator: torch.Generator | None = None) -> Tensor:
-    """SR images in [0, 1] from a student: DDIM for a noise predictor, one step from x_T for a one-step student."""
-    if student.config.prediction_type == "sample":
-        x_T = torch.randn(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        t = torch.full((cond.shape[0],), process_config.num_train_timesteps - 1, device=cond.device)
-        return student(x_T, cond, t).float().clamp(0, 1)
-    return ddim_sample(lambda x, c, t: student(x, c, t).float(), process_config, cond, num_inference_steps,
-                       student.size_multiple, generator=generator)
 
 
 def _tile(img: Tensor, size: int) -> Tensor:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.builtin_data import BUILTINS
+
 STAGE_TYPES = ("teacher", "direct", "feature_distill", "one_step")
 TEACHER_KINDS = ("sr3", "resshift")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -50,6 +52,7 @@ class RunConfig:
 class DataConfig:
     train: str = ""  # a local folder of HR images (loaded with datasets' imagefolder)
     train_hub: str = ""  # or a Hub dataset id
+    builtin: str = ""  # or "skimage": photos bundled with scikit-image (train + val), for the quickstart
     train_split: str = "train"
     image_column: str = "image"
     patch_size: int = 256
@@ -285,8 +288,10 @@ def validate(recipe: Recipe) -> None:
     _check(r.resume in ("latest", "never") or Path(r.resume).is_dir(), recipe, "run.resume",
            f"must be 'latest', 'never' or an existing checkpoint folder, got {r.resume!r}")
 
-    _check(bool(d.train) != bool(d.train_hub), recipe, "data.train",
-           "set exactly one of data.train (a folder of HR images) and data.train_hub (a Hub dataset id)")
+    _check(sum(map(bool, (d.train, d.train_hub, d.builtin))) == 1, recipe, "data.train",
+           "set exactly one of data.train (a folder of HR images), data.train_hub (a Hub dataset id) and "
+           "data.builtin")
+    _check(d.builtin in ("",) + BUILTINS, recipe, "data.builtin", f"must be one of {BUILTINS}, got {d.builtin!r}")
     if d.train:
         _check(Path(d.train).is_dir(), recipe, "data.train", f"folder {d.train} does not exist")
     if d.val:

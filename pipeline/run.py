@@ -27,9 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from pipeline.publish import PublishError
     from pipeline.trainer import Trainer
 
-    Trainer(recipe).run()
+    try:
+        Trainer(recipe).run()
+    except PublishError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

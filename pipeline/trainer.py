@@ -11,6 +11,8 @@ Outputs under run.output_dir:
                                   trainer_state.json and the model config; written to a temporary folder and renamed,
                                   so a kill at any moment leaves only complete checkpoints.
     student/  teacher/            the final models;  eval/  metrics.json + samples.png;  logs/  tensorboard.
+    publish/                      diffusers-format pipeline folder + packed 1-bit file + model card (pipeline/publish.py),
+                                  pushed to publish.push_to_hub when set.
 
 `run.resume = "latest"` skips completed stages and continues the current one from its newest checkpoint. Every
 random draw of a step (crops, flips, timesteps, noise, dropout) is seeded from (seed, stage, step, micro-step,
@@ -33,9 +35,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
+from pipeline.builtin_data import export_skimage
 from pipeline.data import PatchDataset, StepBatchSampler, seed_of, load_hr_dataset, load_validation, make_pairs
 from pipeline.evaluate import evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
+from pipeline.publish import push_folder, write_model_folder
 from pipeline.recipe import Recipe, StageConfig
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage, TeacherStage
 from students.bidiffsr import BIDiffSRUNet
@@ -103,6 +107,14 @@ class Trainer:
         return self.recipe.run.resume != "never" and self.stage_dir(i, stage).is_dir()
 
     # ---- models and data ---------------------------------------------------------------------------------------
+    def resolve_builtin_data(self) -> None:
+        """Write a built-in data set to <output>/data and point data.train (and an empty data.val) at it."""
+        d = self.recipe.data
+        if d.builtin == "skimage":
+            with self.accelerator.main_process_first():
+                train, val = export_skimage(self.out / "data" / "skimage")
+            d.train, d.val = str(train), d.val or str(val)
+
     def training_pairs(self):
         if self._pairs is None:
             d = self.recipe.data
@@ -169,6 +181,7 @@ class Trainer:
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
         if recipe.run.log_with:
             acc.init_trackers(recipe.run.name, config=_flat(recipe.to_dict()))
+        self.resolve_builtin_data()
         teacher = self.prepare_teacher(load_teacher(recipe.teacher.path)) if recipe.teacher.path else None
         student = None
         for i, stage in enumerate(recipe.stages):
@@ -203,9 +216,23 @@ class Trainer:
         result = None
         if acc.is_main_process and recipe.data.val and recipe.eval.enabled:
             result = self.evaluate(student, teacher)
+        if acc.is_main_process and student is not None:
+            self.publish(student, teacher, result)
         acc.wait_for_everyone()
         acc.end_training()
         return result
+
+    def publish(self, student, teacher, metrics) -> None:
+        """Write the publishable folder; push it when the recipe names a repository."""
+        p = self.recipe.publish
+        process = teacher.scheduler if isinstance(teacher, SR3Teacher) else sr3_scheduler(
+            student.config.num_train_timesteps)
+        folder = write_model_folder(student.to("cpu"), process, self.recipe.run.scale, self.out / "publish",
+                                    metrics=metrics, recipe=self.recipe.to_dict(), repo_id=p.push_to_hub)
+        self.console.print(f"published folder: {folder}")
+        if p.push_to_hub:
+            url = push_folder(folder, p.push_to_hub, private=p.private)
+            self.console.print(f"pushed to {p.push_to_hub}: {url}")
 
     def save_stage(self, model, final: Path) -> None:
         if not self.accelerator.is_main_process:
@@ -304,6 +331,9 @@ class Trainer:
                     running, interval = {}, 0
                     values["lr"] = schedule.get_last_lr()[0]
                     progress.update(task, loss=f"{values['loss']:.4f}")
+                    if not self.console.is_terminal and acc.is_local_main_process:  # logs, batch jobs: plain lines
+                        self.console.print(f"{i}-{cfg.name} step {done}/{cfg.steps} "
+                                           + " ".join(f"{k} {v:.4g}" for k, v in values.items()))
                     acc.log({f"{cfg.name}/{k}": v for k, v in values.items()}, step=self.global_step)
                 if done % run.checkpoint_every == 0 and done < cfg.steps:
                     self.save_checkpoint(i, cfg, done, model, schedule, ema)

@@ -127,9 +127,16 @@ class BinaryConv2d(nn.Module):
         self.has_shortcut = shortcut and in_channels == out_channels and stride == 1
         if binarizer.needs_progress:
             self.register_buffer("progress", torch.zeros(()), persistent=False)
+        self.stores_binary_weight = False
+
+    def use_stored_binary_weight(self) -> None:
+        """Inference from a packed checkpoint: `weight` already holds W_b, use it as it is."""
+        self.stores_binary_weight = True
 
     def binary_weight(self) -> Tensor:
         """The weight the convolution really uses (values alpha * {-1, 0, +1} or the binarizer's equivalent)."""
+        if self.stores_binary_weight:
+            return self.weight
         return self.binarizer.quantize_weight(self.weight, self)
 
     def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:

@@ -1,7 +1,7 @@
 """Full-precision SR diffusion teachers (SR3, ResShift) with diffusers-style schedulers and feature taps.
 
-The classes are exported here because diffusers records a custom component by its top-level package
-(`["teachers", "SR3UNet"]` in model_index.json) and imports it from there when loading: keep these names.
+Saved teachers record their custom components by module path (`["teachers.sr3", "SR3UNet"]`,
+`["teachers.resshift", "ResShiftScheduler"]` in model_index.json) and import them from there: keep those paths.
 """
 
 from teachers.base import Teacher, load_teacher

@@ -1,0 +1,55 @@
+"""Packed 1-bit checkpoints: bit packing, exact reconstruction for every binarizer, size accounting."""
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from students.bidiffsr import BIDiffSRUNet
+from students.binarizers import BINARIZERS
+from students.binary import BinaryConv2d
+from students.complexity import count_params
+from students.packing import pack_bits, save_packed, unpack_bits, unpack_student
+
+
+def test_pack_bits_round_trip_and_order():
+    bits = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0], dtype=torch.bool)
+    packed = pack_bits(bits)
+    assert packed.dtype == torch.uint8 and packed.tolist() == [0b10000001, 0b11000000]
+    assert torch.equal(unpack_bits(packed, 11), bits)
+
+
+@pytest.mark.parametrize("binarizer", sorted(BINARIZERS))
+def test_unpacked_student_is_bit_identical(tiny_config, binarizer, tmp_path):
+    model = BIDiffSRUNet(**tiny_config, binarizer=binarizer).eval()
+    model.set_training_progress(0.7)
+    conv = next(m for m in model.modules() if isinstance(m, BinaryConv2d))
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = 0.0  # sign(0) = 0 must survive packing
+    path = save_packed(model, tmp_path / "student.safetensors")
+    loaded = unpack_student(path)
+    x, cond = torch.randn(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    t = torch.tensor([7, 1800])
+    assert torch.equal(model(x, cond, t), loaded(x, cond, t))
+    assert loaded.config.binarizer == binarizer
+
+
+def test_packed_file_is_close_to_the_paper_rule_size(tiny_config, tmp_path):
+    model = BIDiffSRUNet(**{**tiny_config, "base_channels": 32, "norm_groups": 8, "channel_mults": (1, 2, 4),
+                            "image_size": 64, "fp_resolutions": (64,)})
+    path = save_packed(model, tmp_path / "s.safetensors")
+    binary, fp = count_params(model)
+    with safe_open(str(path), "pt") as f:
+        stored = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+        n_bits = sum(f.get_tensor(k).numel() for k in f.keys() if k.endswith(".weight_bits"))
+    assert n_bits == sum((m.weight.numel() + 7) // 8 for m in model.modules() if isinstance(m, BinaryConv2d))
+    n_scales = sum(m.out_channels for m in model.modules() if isinstance(m, BinaryConv2d))
+    assert stored == n_bits + 4 * fp + 4 * n_scales  # 1 bit per binary weight, fp32 for the rest and the scales
+    assert binary / 8 <= n_bits < binary / 8 + 56
+
+
+def test_not_a_packed_file(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match="is not a packed BiDistill student"):
+        unpack_student(tmp_path / "x.safetensors")

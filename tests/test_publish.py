@@ -1,0 +1,134 @@
+"""Publishing: the diffusers-format folder, one-line loading, tiled inference, the CLI, and hub pushes against a
+fake hub on 127.0.0.1 (the real huggingface_hub and diffusers code runs in a subprocess pointed at it)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from fake_hub import FakeHub
+from pipeline import upscale
+from pipeline.publish import PACKED_NAME, PublishError, push_folder, write_model_folder
+from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
+from students.bidiffsr import BIDiffSRUNet
+from students.packing import unpack_student
+from teachers.sr3 import sr3_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def published(tiny_config, tmp_path):
+    student = BIDiffSRUNet(**tiny_config).eval()
+    metrics = {"scale": 4, "num_images": 1, "num_inference_steps": 2, "seed": 10, "metrics": ["psnr", "ssim"],
+               "mean": {"bicubic": {"psnr": 25.0, "ssim": 0.7}, "student": {"psnr": 24.5, "ssim": 0.69}}}
+    folder = write_model_folder(student, sr3_scheduler(), 4, tmp_path / "publish", metrics=metrics,
+                                recipe={"run": {"name": "t"}}, repo_id="user/tiny-sr")
+    return student, folder
+
+
+def folder_digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def lr_image(w=9, h=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).byte().numpy())
+
+
+def test_folder_contents_and_one_line_load(published):
+    student, folder = published
+    assert {"model_index.json", "unet", "scheduler", PACKED_NAME, "README.md", "recipe.json"} <= {p.name for p in folder.iterdir()}
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["unet"] == ["students.bidiffsr", "BIDiffSRUNet"] and index["scale"] == 4
+    card = (folder / "README.md").read_text()
+    assert "| student | 24.50 | 0.6900 |" in card and "user/tiny-sr" in card and "pipeline_tag: image-to-image" in card
+    pipe = BiDiffSRPipeline.from_pretrained(folder)
+    out = pipe(lr_image(), num_inference_steps=3, seed=1)
+    assert out.images[0].size == (36, 28)
+    again = pipe(lr_image(), num_inference_steps=3, seed=1, output_type="pt").images[0]
+    assert torch.equal(torch.from_numpy(__import__("numpy").array(out.images[0])).permute(2, 0, 1),
+                       (again * 255).round().byte())
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(unpack_student(folder / PACKED_NAME)(x, x, 5), student(x, x, 5))
+
+
+def test_tiling_matches_untiled_where_tiles_do_not_overlap_edges(tiny_config):
+    student = BIDiffSRUNet(**tiny_config).eval()
+    cond = torch.rand(1, 3, 40, 56)
+    process = sr3_scheduler().config
+    full = tiled_super_resolve(student, process, cond, 2, generator=torch.Generator().manual_seed(0), tile=64)
+    tiled = tiled_super_resolve(student, process, cond, 2, generator=torch.Generator().manual_seed(0), tile=16,
+                                overlap=4)
+    assert full.shape == tiled.shape == cond.shape
+    assert torch.isfinite(tiled).all() and 0 <= tiled.min() and tiled.max() <= 1
+    with pytest.raises(ValueError, match="tile_size=15"):
+        tiled_super_resolve(student, process, cond, 2, tile=15, overlap=2)
+
+
+def test_upscale_cli(published, tmp_path, capsys):
+    _, folder = published
+    src = tmp_path / "in"
+    src.mkdir()
+    lr_image().save(src / "a.png")
+    lr_image(12, 5, seed=1).save(src / "b.jpg")
+    assert upscale.main([str(src), str(tmp_path / "out"), "--model", str(folder), "--steps", "2", "--tile", "32",
+                         "--overlap", "8"]) == 0
+    assert Image.open(tmp_path / "out" / "a.png").size == (36, 28)
+    assert Image.open(tmp_path / "out" / "b.png").size == (48, 20)
+
+
+def test_push_without_credentials_keeps_the_folder(published, monkeypatch):
+    _, folder = published
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    before = folder_digest(folder)
+    with pytest.raises(PublishError, match="no Hugging Face credentials"):
+        push_folder(folder, "user/tiny-sr")
+    assert folder_digest(folder) == before
+
+
+def test_push_without_network_keeps_the_folder(published):
+    _, folder = published
+    before = folder_digest(folder)
+    with pytest.raises(PublishError, match=r"push to user/tiny-sr failed .*intact"):
+        push_folder(folder, "user/tiny-sr", token="hf_anything")  # HF_HUB_OFFLINE=1 in the tests: no network
+    assert folder_digest(folder) == before
+
+
+PUSH_AND_LOAD = """
+import sys, torch
+from pipeline.publish import push_folder
+from pipeline.sr_pipeline import BiDiffSRPipeline
+folder, out = sys.argv[1], sys.argv[2]
+print(push_folder(folder, "user/tiny-sr"))
+pipe = BiDiffSRPipeline.from_pretrained("user/tiny-sr")
+x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
+torch.save(pipe(x, num_inference_steps=2, seed=4, output_type="pt").images[0], out)
+"""
+
+
+def test_push_to_hub_and_load_back(published, tmp_path):
+    _, folder = published
+    before = folder_digest(folder)
+    with FakeHub() as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=hub.token, HF_HOME=str(tmp_path / "hf"),
+                   PYTHONPATH=str(ROOT), HF_HUB_DISABLE_TELEMETRY="1")
+        proc = subprocess.run([sys.executable, "-c", PUSH_AND_LOAD, str(folder), str(tmp_path / "out.pt")],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert set(before) <= set(hub.repos["user/tiny-sr"])
+        assert hub.repos["user/tiny-sr"]["model_index.json"] == (folder / "model_index.json").read_bytes()
+    assert folder_digest(folder) == before
+    local = BiDiffSRPipeline.from_pretrained(folder)
+    x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
+    expected = local(x, num_inference_steps=2, seed=4, output_type="pt").images[0]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
