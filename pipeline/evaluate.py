@@ -80,8 +80,8 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
              console: Console | None = None) -> dict:
     """Score bicubic, the teacher and the student on `images`; returns {"mean": {method: {metric: value}}, ...}."""
     methods = ["bicubic"] + (["teacher"] if teacher is not None else []) + (["student"] if student is not None else [])
-    if process_config is None:
-        process_config = teacher.scheduler.config if teacher is not None else sr3_scheduler(
+    if process_config is None:  # the student's DDPM process: an SR3 teacher's, else the BI-DiffSR default
+        process_config = teacher.scheduler.config if isinstance(teacher, SR3Teacher) else sr3_scheduler(
             student.config.num_train_timesteps if student is not None else 2000).config
     if student is not None:
         student = student.to(device).eval()

@@ -51,6 +51,9 @@ def _gaussian_window(device) -> Tensor:
 def ssim_y(sr: Tensor, hr: Tensor, crop_border: int) -> Tensor:
     """Per-image SSIM on Y (11x11 Gaussian, sigma 1.5, valid filtering, C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 255)."""
     a, b = (_crop(rgb_to_y(quantize(x)), crop_border) for x in (sr, hr))
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after removing a {crop_border}-pixel border; "
+                         f"got {a.shape[-1]}x{a.shape[-2]}")
     win = _gaussian_window(a.device)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_a, mu_b = F.conv2d(a, win), F.conv2d(b, win)

@@ -187,25 +187,21 @@ class Trainer:
         for i, stage in enumerate(recipe.stages):
             done = self.stage_dir(i, stage)
             if self.stage_complete(i, stage):
-                self.global_step += stage.steps
-            if stage.type == "teacher":
-                if self.stage_complete(i, stage):
-                    self.console.print(f"[dim]stage {i} ({stage.name}) already complete: {done}[/dim]")
-                    teacher = load_teacher(done)
-                else:
-                    teacher = self.new_teacher()
-                    trained = self.train_stage(i, stage, TeacherStage(teacher), teacher.unet)
-                    teacher.register_modules(unet=trained)
-                    self.save_stage(teacher, done)
-                teacher = self.prepare_teacher(teacher)
-                continue
-            if self.stage_complete(i, stage):
                 self.console.print(f"[dim]stage {i} ({stage.name}) already complete: {done}[/dim]")
-                student = BIDiffSRUNet.from_pretrained(done)
-                continue
-            student = student if student is not None else self.initial_student()
-            student = self.train_stage(i, stage, self.make_stage(stage, student, teacher), student)
-            self.save_stage(student, done)
+                self.global_step += stage.steps
+                if stage.type == "teacher":
+                    teacher = self.prepare_teacher(load_teacher(done))
+                else:
+                    student = BIDiffSRUNet.from_pretrained(done)
+            elif stage.type == "teacher":
+                teacher = self.new_teacher()
+                teacher.register_modules(unet=self.train_stage(i, stage, TeacherStage(teacher), teacher.unet))
+                self.save_stage(teacher, done)
+                teacher = self.prepare_teacher(teacher)
+            else:
+                student = student if student is not None else self.initial_student()
+                student = self.train_stage(i, stage, self.make_stage(stage, student, teacher), student)
+                self.save_stage(student, done)
 
         self.student, self.teacher = student, teacher
         acc.wait_for_everyone()
@@ -252,7 +248,6 @@ class Trainer:
                 self.console.print(f"[yellow]LPIPS skipped: {err}[/yellow]")
         images = load_validation(d.val, self.recipe.run.scale, d.val_lr, d.val_max_images, d.val_crop)
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
-                        process_config=teacher.scheduler.config if isinstance(teacher, SR3Teacher) else None,
                         num_inference_steps=e.num_inference_steps, seed=e.seed, lpips_model=lpips_model,
                         out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
                         console=self.console)

@@ -78,6 +78,8 @@ def test_ssim_identical_is_one_and_noise_lowers_it():
     img = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(ssim_y(img, img, 2), torch.ones(2, dtype=torch.float64))
     assert (ssim_y((img + 0.1 * torch.randn_like(img)).clamp(0, 1), img, 2) < 0.95).all()
+    with pytest.raises(ValueError, match="SSIM needs at least 11x11 pixels .* got 8x8"):
+        ssim_y(img[..., :16, :16], img[..., :16, :16], 4)
 
 
 @pytest.mark.skipif(not ALEX.is_file(), reason="shared LPIPS backbone not present")

@@ -193,3 +193,15 @@ def test_scale_mismatch_is_an_error():
     teacher.check_scale(4)
     with pytest.raises(ValueError, match="trained for x4 super-resolution but the data is x2"):
         teacher.check_scale(2)
+
+
+def test_evaluation_rows_with_a_resshift_teacher():
+    """The student keeps its DDPM process even when the teacher row comes from ResShift."""
+    from pipeline.data import ValImage
+    from pipeline.evaluate import evaluate
+
+    hr, _ = patches(1, 24)
+    images = [ValImage("x", hr[0], F.avg_pool2d(hr, 4)[0])]
+    student = BIDiffSRUNet(**TINY_UNET, image_size=32, fp_resolutions=(32,))
+    result = evaluate(images, 4, student, ResShiftTeacher.build(**TINY_UNET).freeze(), num_inference_steps=3)
+    assert set(result["mean"]) == {"bicubic", "teacher", "student"}
