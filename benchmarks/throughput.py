@@ -1,0 +1,98 @@
+"""Training and inference throughput of the student and the teacher denoisers on this machine.
+
+    python benchmarks/throughput.py [--size 256] [--batch 4] [--steps 10] [--precision bf16] [--tiny]
+
+For each model: one training step (forward, L1 backward, Adam) and one inference forward (no_grad), timed over
+`--steps` after two warm-up steps; peak GPU memory where there is a GPU. `--tiny` uses the quickstart sizes,
+which suit a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from students.bidiffsr import BIDiffSRUNet
+from teachers.sr3 import SR3UNet
+
+TINY_STUDENT = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, norm_groups=4, image_size=48,
+                    fp_resolutions=(48, 24))
+TINY_TEACHER = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, norm_groups=4)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_model(model, size: int, batch: int, steps: int, device: torch.device, dtype) -> tuple[float, float, float]:
+    """(training steps/s, inference forwards/s, peak GPU MiB)."""
+    model = model.to(device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    t = torch.randint(0, 2000, (batch,), device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def train_step():
+        with autocast:
+            loss = F.l1_loss(model(x, x, t).float(), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad(), autocast:
+            model(x, x, t)
+
+    rates = []
+    for fn in (train_step, infer):
+        model.train(fn is train_step)
+        for _ in range(2):
+            fn()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        _sync(device)
+        rates.append(steps / (time.perf_counter() - start))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return rates[0], rates[1], peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="quickstart-sized models (CPU friendly)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    models = {
+        "BI-DiffSR student": BIDiffSRUNet(**(TINY_STUDENT if args.tiny else {})),
+        "SR3 teacher": SR3UNet(**(TINY_TEACHER if args.tiny else {})),
+    }
+    table = Table(title=f"{args.device}, {args.precision}, batch {args.batch} at {args.size}x{args.size}"
+                        f"{' (tiny models)' if args.tiny else ''}")
+    for col in ("model", "train steps/s", "train img/s", "inference fwd/s", "inference img/s", "peak GPU MiB"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, model in models.items():
+        train, infer, peak = time_model(model, args.size, args.batch, args.steps, device, dtype)
+        table.add_row(name, f"{train:.2f}", f"{train * args.batch:.1f}", f"{infer:.2f}", f"{infer * args.batch:.1f}",
+                      "-" if peak != peak else f"{peak:,.0f}")
+    Console().print(table)
+    Console().print("Binarized convs run as float convolutions of +-alpha weights here (training-time emulation); "
+                    "the 1-bit speed-up needs XNOR/popcount kernels on the target device.")
+
+
+if __name__ == "__main__":
+    main()
