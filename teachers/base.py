@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
 from torch import Tensor
 
 
@@ -43,11 +43,16 @@ def per_sample_timesteps(t: Tensor | int, batch: int, device: torch.device) -> T
 
 
 class Teacher(DiffusionPipeline):
-    """Base of the full-precision teachers. Subclasses set `unet` and `scheduler` and implement
-    `training_loss(hr, cond, generator)` and `sample(cond, ...)`."""
+    """Base of the full-precision teachers: a denoiser `unet`, its process `scheduler` and the SR factor `scale`.
+    Subclasses implement `training_loss(hr, cond, generator, denoiser)` and `sample(cond, ...)`."""
 
     unet: torch.nn.Module
     autocast_dtype: torch.dtype | None = None
+
+    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin, scale: int = 4):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(scale=scale)
 
     def freeze(self) -> "Teacher":
         """Eval mode and no gradients: the teacher's weights never change while a student learns from it."""

@@ -133,11 +133,6 @@ class ResShiftScheduler(SchedulerMixin, ConfigMixin):
 class ResShiftTeacher(Teacher):
     """ResShift teacher in pixel space: an x0-predicting `SR3UNet` on [scaled x_t, y] + `ResShiftScheduler`."""
 
-    def __init__(self, unet: SR3UNet, scheduler: ResShiftScheduler, scale: int = 4):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(scale=scale)
-
     @classmethod
     def build(cls, scale: int = 4, scheduler_config: dict | None = None, **unet_config) -> "ResShiftTeacher":
         return cls(SR3UNet(**unet_config), ResShiftScheduler(**(scheduler_config or {})), scale=scale)

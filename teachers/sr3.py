@@ -110,11 +110,6 @@ def sr3_scheduler(num_train_timesteps: int = 2000) -> DDPMScheduler:
 class SR3Teacher(Teacher):
     """SR3 teacher: `SR3UNet` + DDPM process; samples with DDIM."""
 
-    def __init__(self, unet: SR3UNet, scheduler: DDPMScheduler, scale: int = 4):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(scale=scale)
-
     @classmethod
     def build(cls, scale: int = 4, num_train_timesteps: int = 2000, **unet_config) -> "SR3Teacher":
         """A fresh, trainable teacher (random weights) from an SR3UNet config."""
