@@ -39,8 +39,7 @@ def load_student(path: str | Path) -> BIDiffSRUNet:
     if (path / "diffusion_pytorch_model.safetensors").is_file():
         return BIDiffSRUNet.from_pretrained(path)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        config = {k: v for k, v in BIDiffSRUNet.load_config(path).items() if not k.startswith("_")}
-        model = BIDiffSRUNet(**config)
+        model = BIDiffSRUNet.from_config(BIDiffSRUNet.load_config(path))
         model.load_state_dict(load_file(path / "model.safetensors"))
         return model
     raise ValueError(f"{path} is neither a saved student (diffusion_pytorch_model.safetensors + config.json) "

@@ -30,8 +30,7 @@ class PublishError(RuntimeError):
 
 
 def model_card(student: BIDiffSRUNet, scale: int, metrics: dict | None, recipe: dict | None, repo_id: str = "") -> ModelCard:
-    config = {k: v for k, v in student.config.items() if not k.startswith("_")}
-    c = measure_student(config)
+    c = measure_student(dict(student.config))
     data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="image-to-image",
                          tags=["super-resolution", "binarized", "1-bit", "diffusion", "bidistill"])
     lines = [

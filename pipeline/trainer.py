@@ -162,10 +162,8 @@ class Trainer:
         with torch.no_grad():
             s_taps = {k: tuple(v.shape) for k, v in student.to(probe.device)(probe, probe, t, return_features=True)[1].items()}
             t_taps = {k: tuple(v.shape) for k, v in teacher.features(probe, probe, t)[1].items()}
-        distill = FeatureDistillStage(teacher, s_taps, stage.spd_weight, stage.spd_patches, stage.output_weight,
-                                      stage.features)
-        distill.check_taps(t_taps)
-        return distill
+        return FeatureDistillStage(teacher, s_taps, t_taps, stage.spd_weight, stage.spd_patches, stage.output_weight,
+                                   stage.features)
 
     @staticmethod
     def _check_timesteps(student: BIDiffSRUNet, process) -> None:

@@ -290,15 +290,12 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         if c.fusion not in FUSION_CHOICES:
             raise _config_error("fusion", c.fusion, f"is not one of {FUSION_CHOICES}")
         for i in range(len(widths) - 1):
-            if c.downsample == "cp" and widths[i + 1] != 2 * widths[i]:
+            if "cp" in (c.downsample, c.upsample) and widths[i + 1] != 2 * widths[i]:
                 raise _config_error(
                     "channel_mults", list(c.channel_mults),
-                    "must double from level to level with downsample='cp' (CP-Down maps C to 2C); "
+                    "must double from level to level with CP-Down/CP-Up (they map C to 2C and back); "
                     f"level {i} has width {widths[i]}, level {i + 1} has {widths[i + 1]}",
                 )
-            if c.upsample == "cp" and widths[i] * 2 != widths[i + 1]:
-                raise _config_error("channel_mults", list(c.channel_mults),
-                                    "must double from level to level with upsample='cp' (CP-Up maps C to C/2)")
         if len(widths) > 1 and widths[0] % 2:
             raise _config_error("base_channels", c.base_channels, "must be even: CP-Down/CP-Up split channels in halves")
         if not 1 <= c.timestep_groups <= c.num_train_timesteps:

@@ -194,12 +194,12 @@ def measure(model: nn.Module, height: int = 256, width: int = 256, forward: Call
 
 
 def measure_student(config: dict | None = None, height: int = 256, width: int = 256, **overrides) -> Complexity:
-    """Build a BI-DiffSR student on the meta device from a config (default: the paper's) and measure it."""
+    """Build a BI-DiffSR student on the meta device from a config (default: the paper's; a saved config.json's
+    private keys are ignored) and measure it."""
     from students.bidiffsr import BIDiffSRUNet
 
-    kwargs = {**(config or {}), **overrides}
     with torch.device("meta"):
-        model = BIDiffSRUNet(**kwargs).eval()
+        model = BIDiffSRUNet.from_config({**(config or {}), **overrides}).eval()
     return measure(model, height, width)
 
 
@@ -252,7 +252,6 @@ def main(argv: list[str] | None = None) -> None:
         from students.bidiffsr import BIDiffSRUNet
 
         config = dict(BIDiffSRUNet.load_config(args.config))
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
         rows.append((args.config, measure_student(config, args.size, args.size), None))
     else:
         from teachers.sr3 import SR3UNet

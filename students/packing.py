@@ -62,7 +62,7 @@ def save_packed(model: BIDiffSRUNet, path: str | Path) -> Path:
     """Write the packed student to one safetensors file (written to a temporary name, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}  # init arguments only (JSON-safe)
     tmp = path.with_name(f".{path.name}.partial")
     save_file(packed_state_dict(model), str(tmp), metadata={"format": FORMAT, "config": json.dumps(config)})
     tmp.replace(path)
@@ -77,7 +77,7 @@ def unpack_student(path: str | Path, device: str | torch.device = "cpu") -> BIDi
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a packed BiDistill student (metadata format {metadata.get('format')!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model = BIDiffSRUNet(**json.loads(metadata["config"]))
+    model = BIDiffSRUNet.from_config(json.loads(metadata["config"]))
     for name, conv in model.named_modules():
         if not isinstance(conv, BinaryConv2d):
             continue

@@ -12,21 +12,19 @@ from teachers.base import Teacher
 
 
 class FeatureDistillStage(Stage):
-    def __init__(self, teacher: Teacher, student_taps: dict, spd_weight: float = 0.01, spd_patches: int = 4,
-                 output_weight: float = 0.0, features: list[str] | None = None):
-        """`student_taps`: name -> shape of the student's features on a probe input; checked against the teacher's."""
+    def __init__(self, teacher: Teacher, student_taps: dict, teacher_taps: dict, spd_weight: float = 0.01,
+                 spd_patches: int = 4, output_weight: float = 0.0, features: list[str] | None = None):
+        """`student_taps` / `teacher_taps`: name -> feature shape of each model on the same probe input; every
+        distilled feature must exist in both with the same shape."""
         self.teacher, self.spd_weight, self.patches, self.output_weight = teacher, spd_weight, spd_patches, output_weight
         self.process = teacher.scheduler
         self.names = list(features) if features else list(student_taps)
-        self.student_taps = student_taps
-
-    def check_taps(self, teacher_taps: dict) -> None:
         for name in self.names:
-            if name not in self.student_taps or name not in teacher_taps:
+            if name not in student_taps or name not in teacher_taps:
                 raise ValueError(f"feature {name!r} is not tapped by both models; student: "
-                                 f"{', '.join(self.student_taps)}; teacher: {', '.join(teacher_taps)}")
-            if self.student_taps[name] != teacher_taps[name]:
-                raise ValueError(f"feature {name!r} has shape {self.student_taps[name]} in the student but "
+                                 f"{', '.join(student_taps)}; teacher: {', '.join(teacher_taps)}")
+            if student_taps[name] != teacher_taps[name]:
+                raise ValueError(f"feature {name!r} has shape {student_taps[name]} in the student but "
                                  f"{teacher_taps[name]} in the teacher; the teacher's widths must match the student's")
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
