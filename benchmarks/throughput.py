@@ -79,6 +79,7 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     models = {
         "BI-DiffSR student": BIDiffSRUNet(**(TINY_STUDENT if args.tiny else {})),
+        "FP twin teacher": BIDiffSRUNet(**BIDiffSRUNet.twin_config(TINY_STUDENT if args.tiny else {})),
         "SR3 teacher": SR3UNet(**(TINY_TEACHER if args.tiny else {})),
     }
     table = Table(title=f"{args.device}, {args.precision}, batch {args.batch} at {args.size}x{args.size}"

@@ -1,7 +1,8 @@
-"""Evaluation: bicubic, teacher and student rows of PSNR / SSIM (Y, border = scale) and LPIPS on a benchmark folder,
-printed as a rich table, written as JSON and as a sample grid (LR | bicubic | teacher | student | HR).
-The bicubic row is MATLAB bicubic upscaling, as in the published tables; the models' condition is the OpenCV-style
-upsampling they were trained with.
+"""Evaluation: bicubic, condition, teacher and student rows of PSNR / SSIM (Y, border = scale) and LPIPS on a
+benchmark folder, printed as a rich table, written as JSON and as a sample grid (LR | bicubic | teacher | student | HR).
+The bicubic row is MATLAB bicubic upscaling, as in the published tables; the condition row is the OpenCV-style
+upsampling the models are given (a model that copies its input scores it), so a claim to beat bicubic is made
+against the better of the two.
 
 Runs at the end of a recipe, or alone on any saved student or training checkpoint:
 
@@ -12,8 +13,10 @@ Runs at the end of a recipe, or alone on any saved student or training checkpoin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -30,20 +33,22 @@ from pipeline.resize import imresize_up, upsample_cond
 from pipeline.sr_pipeline import super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import Teacher, load_teacher
-from teachers.sr3 import SR3Teacher, sr3_scheduler
+from teachers.process import DiffusionProcess, load_process
 
 
-def load_student(path: str | Path) -> BIDiffSRUNet:
-    """A student from a `save_pretrained` folder or a training checkpoint (config.json + model.safetensors)."""
+def load_student(path: str | Path) -> tuple[BIDiffSRUNet, DiffusionProcess]:
+    """(student, its process) from a saved student folder or a training checkpoint (config.json +
+    model.safetensors), each with the process's scheduler_config.json beside."""
     path = Path(path)
     if (path / "diffusion_pytorch_model.safetensors").is_file():
-        return BIDiffSRUNet.from_pretrained(path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        model = BIDiffSRUNet.from_pretrained(path)
+    elif (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         model = BIDiffSRUNet.from_config(BIDiffSRUNet.load_config(path))
         model.load_state_dict(load_file(path / "model.safetensors"))
-        return model
-    raise ValueError(f"{path} is neither a saved student (diffusion_pytorch_model.safetensors + config.json) "
-                     "nor a training checkpoint (model.safetensors + config.json)")
+    else:
+        raise ValueError(f"{path} is neither a saved student (diffusion_pytorch_model.safetensors + config.json) "
+                         "nor a training checkpoint (model.safetensors + config.json)")
+    return model, load_process(path)
 
 
 def _tile(img: Tensor, size: int) -> Tensor:
@@ -74,32 +79,36 @@ def save_grid(rows: list[list[Tensor]], labels: list[str], path: Path, tile: int
 
 
 def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = None, teacher: Teacher | None = None,
-             process_config=None, num_inference_steps: int = 50, seed: int = 10, lpips_model=None,
-             out_dir: str | Path | None = None, grid_images: int = 4, device: str | torch.device = "cpu",
-             console: Console | None = None) -> dict:
-    """Score bicubic, the teacher and the student on `images`; returns {"mean": {method: {metric: value}}, ...}."""
-    methods = ["bicubic"] + (["teacher"] if teacher is not None else []) + (["student"] if student is not None else [])
-    if process_config is None:  # the student's DDPM process: an SR3 teacher's, else the BI-DiffSR default
-        process_config = teacher.scheduler.config if isinstance(teacher, SR3Teacher) else sr3_scheduler(
-            student.config.num_train_timesteps if student is not None else 2000).config
+             student_process: DiffusionProcess | None = None, num_inference_steps: int | None = None, seed: int = 10,
+             lpips_model=None, out_dir: str | Path | None = None, grid_images: int = 4,
+             device: str | torch.device = "cpu", console: Console | None = None) -> dict:
+    """Score bicubic, the condition, the teacher and the student (on `student_process`) on `images`; returns
+    {"mean": {method: {metric: value}}, ...}. `num_inference_steps` None: each process's default."""
+    methods = (["bicubic", "condition"] + (["teacher"] if teacher is not None else [])
+               + (["student"] if student is not None else []))
+    if student is not None and student_process is None:
+        raise ValueError("evaluating a student needs its diffusion process (student_process)")
     if student is not None:
         student = student.to(device).eval()
     if teacher is not None:
         teacher = teacher.to(device)
     generators = {m: torch.Generator(device).manual_seed(seed) for m in methods}  # seed reset per method and set
+    grid_methods = [m for m in methods if m != "condition"]  # it looks like the bicubic column
+    seconds = {m: 0.0 for m in methods if m in ("teacher", "student")}
     per_image: list[dict] = []
     grid_rows: list[list[Tensor]] = []
     for image in images:
         hr = image.hr[None].to(device)
         lr = image.lr[None].to(device)
         cond = upsample_cond(lr, scale).clamp(0, 1)
-        outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1)}  # MATLAB bicubic, as the tables
+        outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1), "condition": cond}
         if teacher is not None:
-            steps = {"num_inference_steps": num_inference_steps} if isinstance(teacher, SR3Teacher) else {}
-            outputs["teacher"] = teacher.sample(cond, generator=generators["teacher"], **steps)
+            with _timed(seconds, "teacher", device):
+                outputs["teacher"] = teacher.sample(cond, num_inference_steps, generator=generators["teacher"])
         if student is not None:
-            outputs["student"] = super_resolve(student, process_config, cond, num_inference_steps,
-                                               generator=generators["student"])
+            with _timed(seconds, "student", device):
+                outputs["student"] = super_resolve(student, student_process, cond, num_inference_steps,
+                                                   generator=generators["student"])
         scores = {"image": image.name}
         for m in methods:
             scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
@@ -107,26 +116,39 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
                 scores[m]["lpips"] = float(lpips_distance(lpips_model, outputs[m], hr, scale))
         per_image.append(scores)
         if len(grid_rows) < grid_images:
-            grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in methods] + [hr[0].cpu()])
+            grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in grid_methods] + [hr[0].cpu()])
     metrics = ["psnr", "ssim"] + (["lpips"] if lpips_model is not None else [])
     mean = {m: {k: sum(s[m][k] for s in per_image) / len(per_image) for k in metrics} for m in methods}
     result = {"scale": scale, "num_images": len(images), "num_inference_steps": num_inference_steps, "seed": seed,
-              "metrics": metrics, "mean": mean, "per_image": per_image}
+              "metrics": metrics, "mean": mean, "per_image": per_image,
+              "seconds_per_image": {m: s / len(images) for m, s in seconds.items()}}
 
     table = Table(title=f"x{scale} on {len(images)} images (PSNR/SSIM on Y, border {scale})")
     table.add_column("method")
     for k in metrics:
         table.add_column(k.upper(), justify="right")
+    table.add_column("s / image", justify="right")
     for m in methods:
-        table.add_row(m, *(f"{mean[m][k]:.2f}" if k == "psnr" else f"{mean[m][k]:.4f}" for k in metrics))
+        table.add_row(m, *(f"{mean[m][k]:.2f}" if k == "psnr" else f"{mean[m][k]:.4f}" for k in metrics),
+                      f"{result['seconds_per_image'][m]:.2f}" if m in seconds else "-")
     (console or Console()).print(table)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(_finite(result), indent=2))
         if grid_rows:
-            save_grid(grid_rows, ["LR"] + methods + ["HR"], out_dir / "samples.png")
+            save_grid(grid_rows, ["LR"] + grid_methods + ["HR"], out_dir / "samples.png")
     return result
+
+
+@contextlib.contextmanager
+def _timed(totals: dict, key: str, device):
+    """Add the wall time of the block to totals[key] (synchronising a GPU so queued work is counted)."""
+    start = time.perf_counter()
+    yield
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    totals[key] += time.perf_counter() - start
 
 
 def _finite(obj):
@@ -147,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", required=True, help="folder of HR benchmark images")
     parser.add_argument("--val-lr", default="", help="folder of pre-made LR images <stem>x<scale>.png")
     parser.add_argument("--scale", type=int, required=True)
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the process's)")
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--max-images", type=int, default=0)
     parser.add_argument("--crop", type=int, default=0, help="centre-crop HR images to N x N")
@@ -158,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     console = Console()
-    student = load_student(args.student) if args.student else None
+    student, process = load_student(args.student) if args.student else (None, None)
     teacher = load_teacher(args.teacher) if args.teacher else None
     if teacher is not None:
         teacher.check_scale(args.scale, source="--scale")
@@ -169,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         except LPIPSUnavailable as err:
             parser.error(str(err))
     images = load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop)
-    evaluate(images, args.scale, student, teacher, num_inference_steps=args.steps, seed=args.seed,
+    evaluate(images, args.scale, student, teacher, student_process=process, num_inference_steps=args.steps, seed=args.seed,
              lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console)
 
 

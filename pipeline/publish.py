@@ -29,23 +29,25 @@ class PublishError(RuntimeError):
     pass
 
 
-def model_card(student: BIDiffSRUNet, scale: int, metrics: dict | None, recipe: dict | None, repo_id: str = "") -> ModelCard:
+def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
+               repo_id: str = "") -> ModelCard:
     c = measure_student(dict(student.config))
     data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="image-to-image",
                          tags=["super-resolution", "binarized", "1-bit", "diffusion", "bidistill"])
     lines = [
         "---", data.to_yaml(), "---", "",
         f"# {repo_id or 'BiDistill student'}: 1-bit diffusion super-resolution, x{scale}", "",
-        f"A binarized BI-DiffSR student (binarizer `{student.config.binarizer}`, "
-        f"{'one-step' if student.config.prediction_type == 'sample' else 'DDIM-sampled'}) trained with BiDistill.", "",
+        f"A binarized BI-DiffSR student (binarizer `{student.config.binarizer}`) trained with BiDistill, on the "
+        f"`{type(process).__name__}` process: {_sampling(process)}.", "",
         "| Params (paper rule) | OPs per step at 3x256x256 | raw parameters | binary weights |",
         "| --- | --- | --- | --- |",
         f"| {format_params(c.params)} | {format_ops(c.ops)} | {c.raw_params:,} | {c.binary_params:,} |", "",
     ]
     if metrics:
         names = metrics["metrics"]
+        steps = metrics["num_inference_steps"] or "default"
         lines += [f"## Evaluation (x{metrics['scale']}, {metrics['num_images']} images, "
-                  f"{metrics['num_inference_steps']} steps, seed {metrics['seed']}; PSNR/SSIM on Y)", "",
+                  f"{steps} steps, seed {metrics['seed']}; PSNR/SSIM on Y)", "",
                   "| method | " + " | ".join(n.upper() for n in names) + " |",
                   "| --- |" + " --- |" * len(names)]
         for method, row in metrics["mean"].items():
@@ -57,13 +59,20 @@ def model_card(student: BIDiffSRUNet, scale: int, metrics: dict | None, recipe: 
         "from PIL import Image",
         "from pipeline.sr_pipeline import BiDiffSRPipeline  # pip install the BiDistill repository",
         "", f"pipe = BiDiffSRPipeline.from_pretrained({(repo_id or 'path/to/this/folder')!r})",
-        "sr = pipe(Image.open('lr.png'), num_inference_steps=50, seed=10).images[0]", "```", "",
+        "sr = pipe(Image.open('lr.png'), seed=10).images[0]", "```", "",
         f"`{PACKED_NAME}` holds the same student with 1-bit packed weights: "
         "`students.packing.unpack_student(path)` rebuilds it with bit-identical outputs.", "",
     ]
     if recipe:
         lines += ["## Recipe", "", "```json", json.dumps(recipe, indent=2), "```", ""]
     return ModelCard("\n".join(lines))
+
+
+def _sampling(process) -> str:
+    if getattr(process.config, "one_step", False):
+        return "one-step (a single network evaluation from the start state)"
+    kind = "deterministic" if process.default_deterministic else "stochastic"
+    return f"{process.default_inference_steps} {kind} sampling steps by default"
 
 
 def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str | Path,
@@ -75,7 +84,7 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
     student = student.eval()
     BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)
     save_packed(student, tmp / PACKED_NAME)
-    model_card(student, scale, metrics, recipe, repo_id).save(tmp / "README.md")
+    model_card(student, scheduler, scale, metrics, recipe, repo_id).save(tmp / "README.md")
     if recipe is not None:
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
     if folder.exists():

@@ -1,6 +1,8 @@
 """Typed recipes: a TOML file parsed into dataclasses, every key checked.
 
-A recipe has the tables [run], [data], [teacher], [student], [eval], [publish] and an ordered array [[stages]].
+A recipe has the tables [run], [data], [process], [teacher], [student], [eval], [publish] and an ordered array
+[[stages]]. [process] is `type` ("ddpm": BI-DiffSR's, the default; "resshift") plus that process's settings
+(`teachers.ddpm.DDPMProcess`, `teachers.resshift.ResShiftProcess`); teacher and student live on it.
 An unknown or mistyped key, a missing required key, a missing file or an impossible value raises `RecipeError`
 naming the recipe file and the key (e.g. `recipes/x.toml: stages[1].lr: must be > 0, got -1.0`).
 `--set key=value` overrides use the same dotted paths (`stages.0.steps=10`, `run.output_dir="out"`), with the
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +24,7 @@ from typing import Any
 from pipeline.builtin_data import BUILTINS
 
 STAGE_TYPES = ("teacher", "direct", "feature_distill", "one_step")
-TEACHER_KINDS = ("sr3", "resshift")
+TEACHER_KINDS = ("sr3", "twin")
 PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 TRACKERS = ("tensorboard",)
@@ -64,17 +68,23 @@ class DataConfig:
 
 
 @dataclass
+class ProcessConfig:
+    type: str = ""  # "ddpm" or "resshift"; "" = the loaded teacher's process, else "ddpm"
+    options: dict = field(default_factory=dict)  # the process's settings (the other keys of [process])
+
+
+@dataclass
 class TeacherConfig:
     path: str = ""  # a trained teacher folder; required unless a `teacher` stage trains one
-    kind: str = "sr3"  # the teacher a `teacher` stage builds
-    unet: dict = field(default_factory=dict)  # SR3UNet arguments for a teacher built here
-    scheduler: dict = field(default_factory=dict)  # ResShiftScheduler arguments (kind = "resshift")
+    kind: str = "twin"  # the teacher a `teacher` stage builds: "twin" (the student's FP twin) or "sr3"
+    unet: dict = field(default_factory=dict)  # SR3UNet arguments (kind = "sr3"); a twin copies student.unet
     autocast: str = "no"  # "bf16"/"fp16": run the frozen teacher under autocast
 
 
 @dataclass
 class StudentConfig:
     init: str = ""  # start from a saved student folder instead of random weights
+    init_from_teacher: bool = False  # start from the (twin) teacher's weights, as BiDM; needed for aligned SPD
     unet: dict = field(default_factory=dict)  # BIDiffSRUNet arguments
 
 
@@ -99,13 +109,13 @@ class StageConfig:
     output_weight: float = 0.0  # L1 between student and teacher outputs
     features: list[str] = field(default_factory=list)  # [] = every res-block feature both models tap
     # one_step
-    teacher_steps: int = 50
+    teacher_steps: int = 0  # the teacher sampler's steps for the targets; 0 = its process's default
 
 
 @dataclass
 class EvalConfig:
     enabled: bool = True
-    num_inference_steps: int = 50
+    num_inference_steps: int = 0  # 0: the process default (DDPM 50 DDIM steps, ResShift all its steps)
     seed: int = 10
     lpips: bool = True
     lpips_backbone: str = ""
@@ -124,6 +134,7 @@ class Recipe:
     source: str = "<recipe>"
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     stages: list[StageConfig] = field(default_factory=list)
@@ -195,12 +206,18 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
     """Build and validate a recipe from an already-parsed TOML document."""
     raw = dict(raw)
     stages_raw = raw.pop("stages", [])
+    process_raw = raw.pop("process", {})
     sections = {"run": RunConfig, "data": DataConfig, "teacher": TeacherConfig, "student": StudentConfig,
                 "eval": EvalConfig, "publish": PublishConfig}
     unknown = sorted(set(raw) - set(sections))
     if unknown:
-        raise RecipeError(source, unknown[0], f"unknown table; recipe tables are: {', '.join(sorted(sections))}, stages")
+        raise RecipeError(source, unknown[0],
+                          f"unknown table; recipe tables are: {', '.join(sorted(sections))}, process, stages")
     recipe = Recipe(source=source, **{k: _build(cls, raw.get(k, {}), source, k) for k, cls in sections.items()})
+    if not isinstance(process_raw, dict):
+        raise RecipeError(source, "process", f"must be a table, got {process_raw!r}")
+    options = dict(process_raw)
+    recipe.process = ProcessConfig(type=_coerce(options.pop("type", ""), str, source, "process.type"), options=options)
     if not isinstance(stages_raw, list):
         raise RecipeError(source, "stages", "must be an array of tables ([[stages]])")
     recipe.stages = [_build(StageConfig, s, source, f"stages[{i}]") for i, s in enumerate(stages_raw)]
@@ -263,20 +280,122 @@ def _check_kwargs(recipe: Recipe, key: str, kwargs: dict, cls: type) -> None:
         _check(name in allowed, recipe, f"{key}.{name}", f"unknown {cls.__name__} argument; known: {', '.join(sorted(allowed))}")
 
 
-def _check_buildable(recipe: Recipe, key: str, cls: type, kwargs: dict) -> None:
+def _check_buildable(recipe: Recipe, key: str, cls: type, kwargs: dict):
     """Build the model on the meta device (no memory, no compute) so config errors surface before training."""
     import torch
 
     try:
         with torch.device("meta"):
-            cls(**kwargs)
+            return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise RecipeError(recipe.source, key, str(err)) from None
 
 
+# Process settings that define the diffusion itself; teacher and student must agree on them.
+_SCHEDULE_KEYS_IGNORED = {"clip_sample", "num_inference_steps", "one_step"}
+
+
+def build_recipe_process(recipe: Recipe):
+    """The process teacher and student live on: [process], or a loaded teacher's own when [process] sets no type.
+    A teacher on another process (or another schedule) is a RecipeError naming the key."""
+    from teachers.process import build_process, load_process
+
+    p, t = recipe.process, recipe.teacher
+    teacher_process = None
+    if t.path:
+        try:
+            teacher_process = load_process(Path(t.path) / "scheduler")
+        except (OSError, ValueError) as err:
+            raise RecipeError(recipe.source, "teacher.path", f"cannot read the teacher's process: {err}") from None
+    if not p.type and teacher_process is not None:
+        _check(not p.options, recipe, "process.type",
+               "set process.type when giving process settings (or leave [process] out to use the teacher's)")
+        return teacher_process
+    allowed = {}
+    try:
+        from teachers.process import PROCESSES
+
+        cls = PROCESSES[p.type or "ddpm"]
+        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "one_step"}
+    except KeyError:
+        from teachers.process import PROCESSES
+
+        raise RecipeError(recipe.source, "process.type",
+                          f"must be one of {tuple(sorted(PROCESSES))}, got {p.type!r}") from None
+    for name in p.options:
+        _check(name in allowed, recipe, f"process.{name}",
+               f"unknown {cls.__name__} setting; known: {', '.join(sorted(allowed))}")
+    try:
+        process = build_process(p.type or "ddpm", **p.options)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(recipe.source, "process", str(err)) from None
+    if teacher_process is not None:
+        _check(type(teacher_process) is type(process), recipe, "process.type",
+               f"the teacher in {t.path} lives on the {teacher_process.name!r} process, not {process.name!r}; a "
+               "student learns from a teacher on its own process (leave [process] out to use the teacher's)")
+        for key, value in teacher_process.config.items():
+            if key.startswith("_") or key in _SCHEDULE_KEYS_IGNORED:
+                continue
+            _check(process.config[key] == value, recipe, f"process.{key}",
+                   f"is {process.config[key]!r} but the teacher in {t.path} was trained with {value!r}")
+    return process
+
+
+def student_unet_config(recipe: Recipe, process) -> dict:
+    """student.unet with num_train_timesteps taken from the process (TaR/TaA groups span the process's steps) and
+    timestep_groups at most that many."""
+    config = dict(recipe.student.unet)
+    steps = config.setdefault("num_train_timesteps", process.num_train_timesteps)
+    config.setdefault("timestep_groups", min(5, steps))  # the paper's K = 5, or one group per step of a shorter chain
+    _check(steps == process.num_train_timesteps, recipe, "student.unet.num_train_timesteps",
+           f"is {steps} but the process has {process.num_train_timesteps} steps (leave it out to follow the process)")
+    return config
+
+
+def _teacher_unet_config(recipe: Recipe) -> tuple[str, dict] | None:
+    """(class name, config) of the teacher's denoiser, from teacher.path, or None when a stage builds it."""
+    if not recipe.teacher.path:
+        return None
+    file = Path(recipe.teacher.path) / "unet" / "config.json"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecipeError(recipe.source, "teacher.path", f"cannot read the teacher's denoiser config {file}: {err}") from None
+    return config.get("_class_name", ""), config
+
+
+def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
+    """SPD and starting from the teacher need the student's full-precision twin as the teacher."""
+    from students.bidiffsr import LAYOUT_KEYS, BIDiffSRUNet
+
+    loaded = _teacher_unet_config(recipe)
+    if loaded is None:
+        _check(recipe.teacher.kind == "twin", recipe, key,
+               f"{what} needs a teacher whose features correspond to the student's channel for channel: the "
+               f"student's full-precision twin. teacher.kind is {recipe.teacher.kind!r}; set teacher.kind = "
+               "'twin' (an SR3 or other unrelated teacher still works for output_weight and one_step)")
+        return
+    name, config = loaded
+    why = ""
+    if name != BIDiffSRUNet.__name__:
+        why = f"its denoiser is a {name or 'unknown model'}, not the student's BIDiffSRUNet"
+    else:
+        for k in LAYOUT_KEYS:
+            mine = student.config[k]
+            mine = list(mine) if isinstance(mine, (list, tuple)) else mine
+            theirs = config.get(k)
+            theirs = list(theirs) if isinstance(theirs, (list, tuple)) else theirs
+            if mine != theirs:
+                why = f"its {k} is {theirs!r} but student.unet.{k} is {mine!r}"
+                break
+    _check(not why, recipe, key, f"{what} needs the student's full-precision twin as the teacher, but in "
+           f"{recipe.teacher.path} {why}. Train a twin with a 'teacher' stage (teacher.kind = 'twin') or drop it "
+           "(output_weight and one_step work with any teacher on the same process)")
+
+
 def validate(recipe: Recipe) -> None:
     from students.bidiffsr import BIDiffSRUNet
-    from teachers import ResShiftScheduler, SR3UNet
+    from teachers import SR3UNet
 
     r, d, t = recipe.run, recipe.data, recipe.teacher
     _check(r.scale in (2, 3, 4, 8), recipe, "run.scale", f"must be 2, 3, 4 or 8, got {r.scale}")
@@ -308,17 +427,28 @@ def validate(recipe: Recipe) -> None:
     if t.path:
         _check((Path(t.path) / "model_index.json").is_file(), recipe, "teacher.path",
                f"{t.path} is not a teacher folder (no model_index.json)")
-    _check_kwargs(recipe, "teacher.unet", t.unet, SR3UNet)
-    _check_kwargs(recipe, "teacher.scheduler", t.scheduler, ResShiftScheduler)
+    process = build_recipe_process(recipe)
+    student_config = student_unet_config(recipe, process)
     _check_kwargs(recipe, "student.unet", recipe.student.unet, BIDiffSRUNet)
-    _check_buildable(recipe, "student.unet", BIDiffSRUNet, recipe.student.unet)
+    student = _check_buildable(recipe, "student.unet", BIDiffSRUNet, student_config)
     if recipe.trains_teacher():
-        _check_buildable(recipe, "teacher.unet", SR3UNet, t.unet)
-        if t.kind == "resshift":
-            _check_buildable(recipe, "teacher.scheduler", ResShiftScheduler, t.scheduler)
+        if t.kind == "sr3":
+            _check_kwargs(recipe, "teacher.unet", t.unet, SR3UNet)
+            _check_buildable(recipe, "teacher.unet", SR3UNet, t.unet)
+        else:
+            _check(not t.unet, recipe, "teacher.unet",
+                   "a twin teacher copies student.unet (set the widths there); leave teacher.unet empty")
     if recipe.student.init:
         _check((Path(recipe.student.init) / "config.json").is_file(), recipe, "student.init",
                f"{recipe.student.init} is not a saved student folder (no config.json)")
+    if recipe.student.init_from_teacher:
+        _check(not recipe.student.init, recipe, "student.init_from_teacher",
+               "choose one of student.init (a saved student) and student.init_from_teacher")
+        first_student = next((i for i, s in enumerate(recipe.stages) if s.type != "teacher"), len(recipe.stages))
+        _check(bool(t.path) or any(s.type == "teacher" for s in recipe.stages[:first_student]), recipe,
+               "student.init_from_teacher", "needs a teacher before the first student stage: set teacher.path or "
+               "put a 'teacher' stage first")
+        _check_alignment(recipe, "student.init_from_teacher", student, "starting the student from the teacher")
 
     _check(bool(recipe.stages), recipe, "stages", "a recipe needs at least one [[stages]] entry")
     names = set()
@@ -327,6 +457,8 @@ def validate(recipe: Recipe) -> None:
         key = f"stages[{i}]"
         _check(s.type in STAGE_TYPES, recipe, f"{key}.type", f"must be one of {STAGE_TYPES}, got {s.type!r}")
         s.name = s.name or s.type
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name) is not None, recipe, f"{key}.name",
+               f"must be letters, digits, '_', '-' or '.' (not starting with '.'), got {s.name!r}: it names folders")
         _check(s.name not in names, recipe, f"{key}.name", f"stage name {s.name!r} is used twice")
         names.add(s.name)
         _check(s.steps > 0, recipe, f"{key}.steps", f"must be > 0, got {s.steps}")
@@ -344,16 +476,28 @@ def validate(recipe: Recipe) -> None:
         _check(patch % r.scale == 0, recipe, f"{key}.patch_size", f"must be a multiple of run.scale={r.scale}, got {patch}")
         _check(s.spd_weight >= 0 and s.output_weight >= 0, recipe, f"{key}.spd_weight", "loss weights must be >= 0")
         _check(s.spd_patches >= 1, recipe, f"{key}.spd_patches", f"must be >= 1, got {s.spd_patches}")
-        _check(s.teacher_steps >= 1, recipe, f"{key}.teacher_steps", f"must be >= 1, got {s.teacher_steps}")
+        _check(s.teacher_steps >= 0, recipe, f"{key}.teacher_steps", f"must be >= 0 (0: the process default), got {s.teacher_steps}")
         if s.type == "teacher":
             _check(not t.path, recipe, f"{key}.type", "a teacher stage trains a new teacher; remove teacher.path")
             teacher_ready = True
         if s.type in ("feature_distill", "one_step"):
             _check(teacher_ready, recipe, f"{key}.type",
                    f"a {s.type} stage needs a teacher: set teacher.path or train one in an earlier 'teacher' stage")
-            _check(t.kind == "sr3", recipe, f"{key}.type",
-                   f"{s.type} distils from an SR3 teacher (its features / its DDIM targets); teacher.kind must be 'sr3'")
-    _check(recipe.eval.num_inference_steps >= 1, recipe, "eval.num_inference_steps", "must be >= 1")
+        if s.type == "feature_distill" and s.spd_weight > 0:
+            _check_alignment(recipe, f"{key}.spd_weight", student, "Space Patched Distillation (spd_weight > 0)")
+            _check(recipe.student.init_from_teacher or bool(recipe.student.init), recipe, "student.init_from_teacher",
+                   f"stages[{i}] uses SPD, whose channel-wise Gram matrices only carry signal when the student starts "
+                   "from the teacher's weights (BiDM); set student.init_from_teacher = true")
+            grid = s.spd_patches * 2 ** (len(student.config.channel_mults) - 1)
+            _check(patch % grid == 0, recipe, f"{key}.patch_size",
+                   f"SPD splits every feature map into a {s.spd_patches}x{s.spd_patches} grid, so the patch size must "
+                   f"be a multiple of {grid} (spd_patches x 2^(levels - 1)); got {patch}")
+        if s.type == "one_step" and s.teacher_steps:
+            try:
+                process.inference_timesteps(s.teacher_steps)
+            except ValueError as err:
+                raise RecipeError(recipe.source, f"{key}.teacher_steps", str(err)) from None
+    _check(recipe.eval.num_inference_steps >= 0, recipe, "eval.num_inference_steps", "must be >= 0 (0: the process's default)")
     if recipe.eval.lpips_backbone:
         _check(Path(recipe.eval.lpips_backbone).is_file(), recipe, "eval.lpips_backbone",
                f"file {recipe.eval.lpips_backbone} does not exist")

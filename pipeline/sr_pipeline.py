@@ -2,7 +2,11 @@
 
     from pipeline.sr_pipeline import BiDiffSRPipeline
     pipe = BiDiffSRPipeline.from_pretrained("runs/quickstart/publish")     # or a Hub id "owner/name"
-    sr = pipe(Image.open("lr.png"), num_inference_steps=50, seed=10).images[0]
+    sr = pipe(Image.open("lr.png"), seed=10).images[0]
+
+The process (`scheduler`, saved with the student) decides how it samples: DDIM on BI-DiffSR's DDPM (50 steps by
+default), ResShift's 15-step chain, or one evaluation for a one-step student; sampling is `teachers.process.sample`,
+the same loop the teachers use.
 
 Takes LR PIL images or (B, 3, h, w) tensors in [0, 1] of any size and returns x`scale` images. Large inputs are
 super-resolved in overlapping tiles (batched through one sampling loop) and blended with linear ramps; the initial
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
@@ -28,23 +32,16 @@ from torch import Tensor
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import pad_to_multiple
-from teachers.sr3 import ddim_sample
+from teachers.process import DiffusionProcess, sample
 
 
 @torch.no_grad()
-def super_resolve(student: BIDiffSRUNet, process_config, cond: Tensor, num_inference_steps: int,
+def super_resolve(student: BIDiffSRUNet, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None,
                   generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
-    """SR images in [0, 1] from a student on `cond` = bicubic(LR): DDIM for a noise predictor, or one evaluation at
-    the top timestep for a one-step (x0) student. `noise` (at the padded size) fixes the starting point."""
-    if student.config.prediction_type == "sample":
-        h, w = cond.shape[-2:]
-        cond = pad_to_multiple(cond, student.size_multiple)
-        x_T = noise if noise is not None else randn_tensor(cond.shape, generator=generator, device=cond.device,
-                                                           dtype=cond.dtype)
-        t = torch.full((cond.shape[0],), process_config.num_train_timesteps - 1, device=cond.device)
-        return student(x_T, cond, t).float()[:, :, :h, :w].clamp(0, 1)
-    return ddim_sample(lambda x, c, t: student(x, c, t).float(), process_config, cond, num_inference_steps,
-                       student.size_multiple, generator=generator, noise=noise)
+    """SR images in [0, 1] from a student on its process, `cond` = bicubic(LR); `noise` (at the padded size) fixes
+    the starting point."""
+    return sample(lambda x, y, t: student(x, y, t).float(), process, cond, num_inference_steps,
+                  size_multiple=student.size_multiple, generator=generator, noise=noise)
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -66,13 +63,14 @@ def _ramp(length: int, overlap: int, device) -> Tensor:
 
 
 @torch.no_grad()
-def tiled_super_resolve(student: BIDiffSRUNet, process_config, cond: Tensor, num_inference_steps: int,
+def tiled_super_resolve(student: BIDiffSRUNet, process: DiffusionProcess, cond: Tensor,
+                        num_inference_steps: int | None,
                         generator: torch.Generator | None = None, tile: int = 256, overlap: int = 32,
                         tile_batch: int = 8) -> Tensor:
     """`super_resolve` over overlapping tile x tile windows of one (1, 3, H, W) condition, blended."""
     _, c, h, w = cond.shape
     if h <= tile and w <= tile:
-        return super_resolve(student, process_config, cond, num_inference_steps, generator=generator)
+        return super_resolve(student, process, cond, num_inference_steps, generator=generator)
     if tile % student.size_multiple or not 0 <= overlap < tile // 2:
         raise ValueError(f"tile_size={tile} must be a multiple of {student.size_multiple} and overlap={overlap} "
                          f"in [0, tile_size / 2)")
@@ -87,7 +85,7 @@ def tiled_super_resolve(student: BIDiffSRUNet, process_config, cond: Tensor, num
         chunk = boxes[i : i + tile_batch]
         conds = torch.cat([cond[:, :, y : y + th, x : x + tw] for y, x in chunk])
         noises = torch.cat([noise[:, :, y : y + th, x : x + tw] for y, x in chunk])
-        srs = super_resolve(student, process_config, conds, num_inference_steps,
+        srs = super_resolve(student, process, conds, num_inference_steps,
                             noise=pad_to_multiple(noises, student.size_multiple))
         for (y, x), sr in zip(chunk, srs):
             out[:, :, y : y + th, x : x + tw] += sr * window
@@ -103,7 +101,7 @@ class SRPipelineOutput(BaseOutput):
 class BiDiffSRPipeline(DiffusionPipeline):
     """A binarized SR student (`unet`) with its diffusion process (`scheduler`) and SR factor (`scale`)."""
 
-    def __init__(self, unet: BIDiffSRUNet, scheduler: DDPMScheduler, scale: int = 4):
+    def __init__(self, unet: BIDiffSRUNet, scheduler: DiffusionProcess, scale: int = 4):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(scale=scale)
@@ -119,11 +117,12 @@ class BiDiffSRPipeline(DiffusionPipeline):
         return super().from_pretrained(path, **kwargs)
 
     @torch.no_grad()
-    def __call__(self, image: Image.Image | list[Image.Image] | Tensor, num_inference_steps: int = 50,
+    def __call__(self, image: Image.Image | list[Image.Image] | Tensor, num_inference_steps: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None, tile_size: int = 256,
                  tile_overlap: int = 32, output_type: str = "pil") -> SRPipelineOutput:
-        """Super-resolve LR images. `seed` (or `generator`) makes the result reproducible; `output_type` is
-        "pil" or "pt" (a list of (3, H, W) tensors in [0, 1])."""
+        """Super-resolve LR images. `num_inference_steps` defaults to the process's (DDPM: 50; ResShift: all its
+        steps; ignored by one-step students); `seed` (or `generator`) makes the result reproducible; `output_type`
+        is "pil" or "pt" (a list of (3, H, W) tensors in [0, 1])."""
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         device = self.unet.device
@@ -133,7 +132,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
         results = []
         for lr in self._as_tensors(image):
             cond = upsample_cond(lr[None].to(device), self.config.scale).clamp(0, 1)
-            results.append(tiled_super_resolve(self.unet, self.scheduler.config, cond, num_inference_steps,
+            results.append(tiled_super_resolve(self.unet, self.scheduler, cond, num_inference_steps,
                                                generator=generator, tile=tile_size, overlap=tile_overlap)[0].cpu())
         if output_type == "pil":
             results = [Image.fromarray((r.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()) for r in results]

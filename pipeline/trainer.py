@@ -40,10 +40,11 @@ from pipeline.data import PatchDataset, StepBatchSampler, seed_of, load_hr_datas
 from pipeline.evaluate import evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import push_folder, write_model_folder
-from pipeline.recipe import Recipe, StageConfig
-from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage, TeacherStage
+from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
+from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
-from teachers import ResShiftTeacher, SR3Teacher, Teacher, load_teacher, sr3_scheduler
+from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
+from teachers.process import DiffusionProcess
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -83,6 +84,9 @@ class Trainer:
         self.console = Console()
         self.global_step = 0
         self._pairs = None
+        self.process = build_recipe_process(recipe)  # teacher and student live on it
+        self.student_process = self.process  # becomes the one-step variant after a one_step stage
+        self.student_config = student_unet_config(recipe, self.process)
 
     # ---- paths -------------------------------------------------------------------------------------------------
     def stage_dir(self, i: int, stage: StageConfig) -> Path:
@@ -127,9 +131,8 @@ class Trainer:
     def new_teacher(self) -> Teacher:
         t = self.recipe.teacher
         set_seed(self.recipe.run.seed)
-        if t.kind == "sr3":
-            return SR3Teacher.build(scale=self.recipe.run.scale, **t.unet)
-        return ResShiftTeacher.build(scale=self.recipe.run.scale, scheduler_config=t.scheduler, **t.unet)
+        denoiser = build_teacher_denoiser(t.kind, t.unet, self.student_config)
+        return Teacher(denoiser, self.process, scale=self.recipe.run.scale)
 
     def prepare_teacher(self, teacher: Teacher) -> Teacher:
         teacher.check_scale(self.recipe.run.scale, source=f"recipe's run.scale ({self.recipe.source})")
@@ -137,39 +140,43 @@ class Trainer:
         teacher.autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.recipe.teacher.autocast]
         return teacher
 
-    def initial_student(self) -> BIDiffSRUNet:
+    def initial_student(self, teacher: Teacher | None) -> BIDiffSRUNet:
         s = self.recipe.student
         if s.init:
             return BIDiffSRUNet.from_pretrained(s.init)
         set_seed(self.recipe.run.seed)
-        return BIDiffSRUNet(**s.unet)
+        student = BIDiffSRUNet(**self.student_config)
+        if s.init_from_teacher:
+            fresh = student.init_from_teacher(teacher.unet)
+            self.console.print(f"student starts from the teacher's weights ({len(fresh)} student-only tensors keep "
+                               "their initial values)")
+        return student
 
     def make_stage(self, stage: StageConfig, student: BIDiffSRUNet, teacher: Teacher | None) -> Stage:
         if stage.type == "direct":
-            process = teacher.scheduler if isinstance(teacher, SR3Teacher) else sr3_scheduler(
-                student.config.num_train_timesteps)
-            self._check_timesteps(student, process)
-            return DirectStage(process)
-        if not isinstance(teacher, SR3Teacher):
-            raise ValueError(f"stage {stage.name!r} ({stage.type}) needs an SR3 teacher, got {type(teacher).__name__}")
-        self._check_timesteps(student, teacher.scheduler)
+            return DirectStage(self.student_process)
         if stage.type == "one_step":
-            student.register_to_config(prediction_type="sample")
-            return OneStepStage(teacher, stage.teacher_steps)
+            self.student_process = self.process.one_step_variant()
+            return OneStepStage(teacher, self.student_process, stage.teacher_steps or None)
+        names = []
+        if stage.spd_weight > 0:
+            why = student.layout_mismatch(teacher.unet)
+            if why:  # the recipe check catches this up front; a hand-edited folder could still get here
+                raise ValueError(f"stage {stage.name!r}: SPD needs the student's full-precision twin as teacher: {why}")
+            names = list(stage.features) or list(self._feature_shapes(student, stage))
+        return FeatureDistillStage(teacher, self.student_process, names, stage.spd_weight, stage.spd_patches,
+                                   stage.output_weight)
+
+    def _feature_shapes(self, student: BIDiffSRUNet, stage: StageConfig) -> dict[str, tuple]:
         patch = stage.patch_size or self.recipe.data.patch_size
         probe = torch.zeros(1, 3, patch, patch, device=self.accelerator.device)
         t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
         with torch.no_grad():
-            s_taps = {k: tuple(v.shape) for k, v in student.to(probe.device)(probe, probe, t, return_features=True)[1].items()}
-            t_taps = {k: tuple(v.shape) for k, v in teacher.features(probe, probe, t)[1].items()}
-        return FeatureDistillStage(teacher, s_taps, t_taps, stage.spd_weight, stage.spd_patches, stage.output_weight,
-                                   stage.features)
+            return {k: tuple(v.shape) for k, v in student.to(probe.device)(probe, probe, t, return_features=True)[1].items()}
 
-    @staticmethod
-    def _check_timesteps(student: BIDiffSRUNet, process) -> None:
-        if student.config.num_train_timesteps != process.config.num_train_timesteps:
-            raise ValueError(f"student.unet.num_train_timesteps={student.config.num_train_timesteps} but the diffusion "
-                             f"process has {process.config.num_train_timesteps} steps")
+    def load_student_stage(self, folder: Path) -> BIDiffSRUNet:
+        self.student_process = load_process(folder)
+        return BIDiffSRUNet.from_pretrained(folder)
 
     # ---- the run -----------------------------------------------------------------------------------------------
     def run(self) -> dict | None:
@@ -190,23 +197,24 @@ class Trainer:
                 if stage.type == "teacher":
                     teacher = self.prepare_teacher(load_teacher(done))
                 else:
-                    student = BIDiffSRUNet.from_pretrained(done)
+                    student = self.load_student_stage(done)
             elif stage.type == "teacher":
                 teacher = self.new_teacher()
-                teacher.register_modules(unet=self.train_stage(i, stage, TeacherStage(teacher), teacher.unet))
+                teacher.register_modules(unet=self.train_stage(i, stage, DirectStage(self.process), teacher.unet))
                 self.save_stage(teacher, done)
                 teacher = self.prepare_teacher(teacher)
             else:
-                student = student if student is not None else self.initial_student()
+                student = student if student is not None else self.initial_student(teacher)
                 student = self.train_stage(i, stage, self.make_stage(stage, student, teacher), student)
-                self.save_stage(student, done)
+                self.save_stage(student, done, self.student_process)
 
         self.student, self.teacher = student, teacher
         acc.wait_for_everyone()
         if acc.is_main_process:
-            for model, name in ((student, "student"), (teacher, "teacher")):
-                if model is not None and not (name == "teacher" and recipe.teacher.path):
-                    self.save_stage(model, self.out / name)
+            if student is not None:
+                self.save_stage(student, self.out / "student", self.student_process)
+            if teacher is not None and not recipe.teacher.path:
+                self.save_stage(teacher, self.out / "teacher")
         result = None
         if acc.is_main_process and recipe.data.val and recipe.eval.enabled:
             result = self.evaluate(student, teacher)
@@ -219,21 +227,22 @@ class Trainer:
     def publish(self, student, teacher, metrics) -> None:
         """Write the publishable folder; push it when the recipe names a repository."""
         p = self.recipe.publish
-        process = teacher.scheduler if isinstance(teacher, SR3Teacher) else sr3_scheduler(
-            student.config.num_train_timesteps)
-        folder = write_model_folder(student.to("cpu"), process, self.recipe.run.scale, self.out / "publish",
+        folder = write_model_folder(student.to("cpu"), self.student_process, self.recipe.run.scale, self.out / "publish",
                                     metrics=metrics, recipe=self.recipe.to_dict(), repo_id=p.push_to_hub)
         self.console.print(f"published folder: {folder}")
         if p.push_to_hub:
             url = push_folder(folder, p.push_to_hub, private=p.private)
             self.console.print(f"pushed to {p.push_to_hub}: {url}")
 
-    def save_stage(self, model, final: Path) -> None:
+    def save_stage(self, model, final: Path, process: DiffusionProcess | None = None) -> None:
+        """A model folder (a student with its process beside its config, or a teacher pipeline), atomically."""
         if not self.accelerator.is_main_process:
             return
         tmp = final.parent / f".{final.name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
+        if process is not None:
+            process.save_config(tmp)
         _replace_dir(tmp, final)
 
     def evaluate(self, student, teacher) -> dict:
@@ -246,7 +255,7 @@ class Trainer:
                 self.console.print(f"[yellow]LPIPS skipped: {err}[/yellow]")
         images = load_validation(d.val, self.recipe.run.scale, d.val_lr, d.val_max_images, d.val_crop)
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
-                        num_inference_steps=e.num_inference_steps, seed=e.seed, lpips_model=lpips_model,
+                        student_process=self.student_process, num_inference_steps=e.num_inference_steps or None, seed=e.seed, lpips_model=lpips_model,
                         out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
                         console=self.console)
 
@@ -351,6 +360,7 @@ class Trainer:
             if ema is not None:
                 torch.save(ema.state_dict(), tmp / "ema.pt")
             model.save_config(tmp)
+            (self.process if cfg.type == "teacher" else self.student_process).save_config(tmp)
             state = {"stage_index": i, "stage_name": cfg.name, "stage_type": cfg.type, "stage_step": step,
                      "stage_steps": cfg.steps, "global_step": self.global_step, "recipe": self.recipe.source}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))

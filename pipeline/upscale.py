@@ -1,6 +1,6 @@
 """Command line super-resolution with a published student.
 
-    python -m pipeline.upscale IN OUT --model runs/quickstart/publish [--steps 50] [--seed 10] [--tile 256]
+    python -m pipeline.upscale IN OUT --model runs/quickstart/publish [--steps N] [--seed 10] [--tile 256]
 
 IN is an image or a folder of images, OUT a file or a folder; `--model` a published folder or a Hub id.
 """
@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="an LR image or a folder of them")
     parser.add_argument("output", help="output image (for one input) or folder")
     parser.add_argument("--model", required=True, help="published folder or Hub id (owner/name)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (ignored by one-step students)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: the model's process: DDPM 50, ResShift all its steps; "
+                             "one-step students take one)")
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--tile", type=int, default=256, help="HR tile size for large images")
     parser.add_argument("--overlap", type=int, default=32, help="HR tile overlap")

@@ -32,7 +32,10 @@ ConvBuilder = Callable[..., nn.Module]
 DOWNSAMPLE_CHOICES = ("cp", "conv")
 UPSAMPLE_CHOICES = ("cp", "conv")
 FUSION_CHOICES = ("csf", "split", "concat", "add")
-PREDICTION_TYPES = ("epsilon", "sample")  # multi-step noise predictor, or one-step x0 predictor (one_step stage)
+# Config keys that fix the feature layout: a teacher whose features SPD may compare with a student's agrees on all.
+LAYOUT_KEYS = ("in_channels", "out_channels", "base_channels", "channel_mults", "num_res_blocks", "norm_groups",
+               "image_size", "fp_resolutions", "downsample", "upsample", "fusion", "identity_shortcut",
+               "middle_attention")
 
 
 class ResBlock(nn.Module):
@@ -178,11 +181,11 @@ def _config_error(field: str, value, why: str) -> ValueError:
 
 
 class BIDiffSRUNet(ModelMixin, ConfigMixin):
-    """The BI-DiffSR denoiser: `forward(x_t, cond, t) -> predicted noise`, input concat [cond, x_t].
+    """The BI-DiffSR denoiser: `forward(x_t, cond, t)`, input concat [cond, x_t]. What the output means (noise, x0,
+    a residual) is its diffusion process's business (`teachers.process`).
 
     Defaults are the official x2/x4 configuration (51,280,387 parameters; 4.58M / 36.67G by the paper's rule).
-    `prediction_type` says what the output means: "epsilon" (noise, sampled with DDIM) or "sample" (x0 in one
-    step from pure noise at the top timestep, after one-step distillation).
+    `binarizer="none"` gives the full-precision twin: the same modules and parameter names, binarization off.
     """
 
     @register_to_config
@@ -207,7 +210,6 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         timestep_aware_shift: bool = True,
         timestep_aware_activation: bool = True,
         middle_attention: bool = True,
-        prediction_type: str = "epsilon",
     ):
         super().__init__()
         channel_mults = tuple(channel_mults)
@@ -285,8 +287,6 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
             raise _config_error("downsample", c.downsample, f"is not one of {DOWNSAMPLE_CHOICES}")
         if c.upsample not in UPSAMPLE_CHOICES:
             raise _config_error("upsample", c.upsample, f"is not one of {UPSAMPLE_CHOICES}")
-        if c.prediction_type not in PREDICTION_TYPES:
-            raise _config_error("prediction_type", c.prediction_type, f"is not one of {PREDICTION_TYPES}")
         if c.fusion not in FUSION_CHOICES:
             raise _config_error("fusion", c.fusion, f"is not one of {FUSION_CHOICES}")
         for i in range(len(widths) - 1):
@@ -307,6 +307,40 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
                 raise _config_error("fp_resolutions", list(c.fp_resolutions),
                                     f"names {r}, which is not a level resolution of image_size={c.image_size} "
                                     f"(levels: {sorted(nominal, reverse=True)})")
+
+    @staticmethod
+    def twin_config(config: dict) -> dict:
+        """The config of a student's full-precision twin: the same layout and TaR/TaA groups, binarization off."""
+        config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+        if not get_binarizer(config.get("binarizer", "bidiffsr")).timestep_aware:
+            config["timestep_groups"] = 1
+        return {**config, "binarizer": "none"}
+
+    def layout_mismatch(self, other: nn.Module) -> str:
+        """Why `other`'s features do not correspond to this model's channel for channel ('' when they do)."""
+        if type(other) is not type(self):
+            return f"the teacher's denoiser is a {type(other).__name__}, not a {type(self).__name__}"
+        for key in LAYOUT_KEYS:
+            mine, theirs = self.config[key], other.config[key]
+            if (list(mine) if isinstance(mine, (list, tuple)) else mine) != (
+                    list(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+                return f"{key} is {theirs!r} in the teacher but {mine!r} in the student"
+        return ""
+
+    def init_from_teacher(self, teacher: nn.Module) -> list[str]:
+        """Copy an aligned full-precision twin's weights into this student (BiDM's set-up: the student starts from the
+        teacher, so channel c of a feature means the same in both). Returns the student's parameters the teacher
+        does not have (they keep their initial values); a layout or shape mismatch is a ValueError saying which."""
+        why = self.layout_mismatch(teacher)
+        if why:
+            raise ValueError(f"cannot start the student from this teacher: {why}")
+        own, theirs = self.state_dict(), teacher.state_dict()
+        for name, value in theirs.items():
+            if name in own and own[name].shape != value.shape:
+                raise ValueError(f"cannot start the student from this teacher: {name} has shape "
+                                 f"{tuple(value.shape)} in the teacher but {tuple(own[name].shape)} in the student")
+        result = self.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
+        return list(result.missing_keys)
 
     @property
     def size_multiple(self) -> int:

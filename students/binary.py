@@ -50,16 +50,21 @@ class ClipSign(torch.autograd.Function):
         return grad * (u.abs() <= 1.0).to(grad.dtype)
 
 
-class IdentitySign(torch.autograd.Function):
-    """sign(u) forward; identity straight-through backward (DoReFa's weight estimator)."""
+class XNORWeight(torch.autograd.Function):
+    """XNOR-Net's weight binarizer: W_b = alpha_o * sign(W), alpha_o = mean |W_o| (n = Cin kh kw weights per filter);
+    backward as the paper's eq. for dC/dW: g * (1 / n + alpha_o * 1[|W| <= 1]) (the scale is part of it)."""
 
     @staticmethod
-    def forward(ctx, u: Tensor) -> Tensor:
-        return torch.sign(u)
+    def forward(ctx, w: Tensor) -> Tensor:
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        ctx.save_for_backward(w, alpha)
+        return alpha * torch.sign(w)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        return grad
+        w, alpha = ctx.saved_tensors
+        n = w[0].numel()
+        return grad * (1.0 / n + alpha * (w.abs() <= 1.0).to(grad.dtype))
 
 
 class EDESign(torch.autograd.Function):
@@ -89,6 +94,21 @@ def ede_coefficients(progress: Tensor) -> tuple[Tensor, Tensor]:
 def channel_scale(weight: Tensor) -> Tensor:
     """Per-output-channel mean |W| over (Cin, kh, kw), detached: alpha in W_b = alpha * sign(W)."""
     return weight.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+
+
+def scaled_sign_clip_ste(weight: Tensor, scale: Tensor) -> Tensor:
+    """W_b = scale * sign(W) forward; backward dL/dW = dL/dW_b * 1[|W| <= 1], the scale NOT in the gradient.
+
+    This is the official BI-DiffSR / BBCU / ReActNet weight estimator (W_b.detach() - clamp(W).detach() +
+    clamp(W)). Writing it as scale * ClipSign(W) instead multiplies the gradient by alpha (~0.007 at full size),
+    which pushes the binary-weight gradients below Adam's eps and stalls the binary layers."""
+    passed = weight * (weight.detach().abs() <= 1.0)  # torch.clamp's backward drops the edges |W| = 1 themselves
+    return (scale.detach() * torch.sign(weight.detach())) + (passed - passed.detach())
+
+
+def scaled_sign_identity_ste(weight: Tensor, scale: Tensor) -> Tensor:
+    """W_b = scale * sign(W) forward; identity backward dL/dW = dL/dW_b (DoReFa's weight estimator)."""
+    return (scale.detach() * torch.sign(weight.detach())) + (weight - weight.detach())
 
 
 class BinaryConv2d(nn.Module):

@@ -53,7 +53,7 @@ def conv_macs(module: nn.Module, output: Tensor) -> int:
 
 @register_op_counter(BinaryConv2d)
 def _binary_conv(module, inputs, output):
-    return "binary_macs", conv_macs(module, output)
+    return ("binary_macs" if module.binarizer.binary else "conv_macs"), conv_macs(module, output)
 
 
 @register_op_counter(nn.Conv2d)
@@ -143,7 +143,7 @@ class Complexity:
 
 def binary_weights(model: nn.Module) -> list[nn.Parameter]:
     """The real-valued latent weights that are stored and used as 1 bit."""
-    return [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
+    return [m.weight for m in model.modules() if isinstance(m, BinaryConv2d) and m.binarizer.binary]
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -41,6 +41,8 @@ def packed_state_dict(model: BIDiffSRUNet) -> dict[str, Tensor]:
     """The state dict with every binarized weight replaced by `<name>.weight_bits`, `.weight_scale` and (only where
     sign(W) has exact zeros) `.weight_zeros`."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if not any(isinstance(m, BinaryConv2d) and m.binarizer.binary for m in model.modules()):
+        raise ValueError(f"this model (binarizer={model.config.binarizer!r}) has no binarized convolution to pack")
     for name, conv in model.named_modules():
         if not isinstance(conv, BinaryConv2d):
             continue

@@ -49,5 +49,5 @@ class TimestepRPReLU(nn.Module):
 
     def forward(self, y: Tensor, group: Tensor | None) -> Tensor:
         y = y + _select(self.shift_in, group)
-        y = torch.where(y >= 0, y, y * _select(self.slope, group))
+        y = torch.where(y > 0, y, y * _select(self.slope, group))  # nn.PReLU: slope at y = 0 (exact zeros are common here)
         return y + _select(self.shift_out, group)

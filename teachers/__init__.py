@@ -1,14 +1,41 @@
-"""Full-precision SR diffusion teachers (SR3, ResShift) with diffusers-style schedulers and feature taps.
+"""Full-precision SR diffusion teachers: one `Teacher` (a denoiser on a diffusion process), the processes (BI-DiffSR's
+DDPM, ResShift) and the denoiser kinds a `teacher` stage can build.
 
-Saved teachers record their custom components by module path (`["teachers.sr3", "SR3UNet"]`,
-`["teachers.resshift", "ResShiftScheduler"]` in model_index.json) and import them from there: keep those paths.
+| kind   | denoiser                                                | teaches by                        |
+| ------ | ------------------------------------------------------- | --------------------------------- |
+| `sr3`  | SR3's UNet (`teachers.sr3.SR3UNet`)                     | outputs, one-step targets         |
+| `twin` | the student's full-precision twin (`BIDiffSRUNet` with binarizer "none", the student's widths) | features (SPD), outputs, one-step |
+
+Saved teachers record their components by module path (`["teachers.sr3", "SR3UNet"]`, `["teachers.ddpm",
+"DDPMProcess"]`, `["students.bidiffsr", "BIDiffSRUNet"]` in model_index.json) and import them from there: keep
+those paths.
 """
 
 from teachers.base import Teacher, load_teacher
-from teachers.resshift import ResShiftScheduler, ResShiftTeacher
-from teachers.sr3 import SR3Teacher, SR3UNet, sr3_scheduler
+from teachers.ddpm import DDPMProcess
+from teachers.process import (PROCESSES, DiffusionProcess, build_process, load_process, noisy_batch, sample,
+                              training_loss)
+from teachers.resshift import ResShiftProcess
+from teachers.sr3 import SR3UNet
 
-TEACHER_CLASSES: dict[str, type[Teacher]] = {"SR3Teacher": SR3Teacher, "ResShiftTeacher": ResShiftTeacher}
+TEACHER_KINDS = ("sr3", "twin")
 
-__all__ = ["Teacher", "load_teacher", "SR3Teacher", "SR3UNet", "sr3_scheduler", "ResShiftScheduler",
-           "ResShiftTeacher", "TEACHER_CLASSES"]
+
+def build_teacher_denoiser(kind: str, unet_config: dict, student_config: dict):
+    """A fresh denoiser of a teacher kind: `sr3` from `unet_config`; `twin` from the student's config with
+    binarization off (its widths are the student's by construction, so `unet_config` must be empty)."""
+    from students.bidiffsr import BIDiffSRUNet
+
+    if kind == "sr3":
+        return SR3UNet(**unet_config)
+    if kind == "twin":
+        if unet_config:
+            raise ValueError("teacher.unet: a twin teacher copies student.unet (set the widths there), so "
+                             f"teacher.unet must be empty, got keys {sorted(unet_config)}")
+        return BIDiffSRUNet(**BIDiffSRUNet.twin_config(student_config))
+    raise ValueError(f"teacher.kind={kind!r} is not one of {TEACHER_KINDS}")
+
+
+__all__ = ["Teacher", "load_teacher", "DiffusionProcess", "DDPMProcess", "ResShiftProcess", "PROCESSES",
+           "build_process", "load_process", "noisy_batch", "sample", "training_loss", "SR3UNet", "TEACHER_KINDS",
+           "build_teacher_denoiser"]

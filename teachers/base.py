@@ -1,14 +1,15 @@
-"""The seam between teachers, students and the pipeline: the denoiser call, padding, and the `Teacher` base.
+"""The seam between teachers, students and the pipeline: the denoiser call, padding, and the `Teacher`.
 
-A denoiser is `forward(x_t, cond, t, return_features=False)`: `cond` is the bicubic-upsampled LR at HR size, `t`
-one integer timestep per sample; with `return_features=True` it also returns its res-block outputs by name
-("down.{level}.{block}", "mid.{block}", "up.{level}.{block}", level 0 the finest). Teachers and students share it,
-so stages never care which model they hold.
+A denoiser is `forward(x_in, y, t, return_features=False)`: `x_in` the process's model input, `y` the condition in
+the process's space (the bicubic-upsampled LR at HR size), `t` one integer timestep per sample; with
+`return_features=True` it also returns its res-block outputs by name ("down.{level}.{block}", "mid.{block}",
+"up.{level}.{block}", level 0 the finest). Teachers and students share it, so stages never care which model they hold.
 
-A `Teacher` is a diffusers `DiffusionPipeline` of a denoiser (`unet`) and its diffusion process (`scheduler`),
-saved and loaded as a diffusers-format folder. It is frozen after loading; `predict`, `features` and `sample` run
-under `no_grad` and, if `autocast_dtype` is set (e.g. torch.bfloat16 on a GPU), under autocast. Its own training
-loss (`training_loss`) is what the pipeline's teacher stage minimises.
+A `Teacher` is a diffusers `DiffusionPipeline` of a denoiser (`unet`) and its diffusion process (`scheduler`, a
+`teachers.process.DiffusionProcess`), saved and loaded as a diffusers-format folder. Every teacher kind (SR3, a
+pixel-space ResShift UNet, the student's full-precision twin) is this one class: what differs is the denoiser and the
+process, never the code. It is frozen after loading; `predict`, `features` and `sample` run under `no_grad` and, if
+`autocast_dtype` is set (e.g. torch.bfloat16 on a GPU), under autocast.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin
+from diffusers import DiffusionPipeline, ModelMixin
 from torch import Tensor
+
+from teachers.process import DiffusionProcess, sample, training_loss
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -43,16 +46,20 @@ def per_sample_timesteps(t: Tensor | int, batch: int, device: torch.device) -> T
 
 
 class Teacher(DiffusionPipeline):
-    """Base of the full-precision teachers: a denoiser `unet`, its process `scheduler` and the SR factor `scale`.
-    Subclasses implement `training_loss(hr, cond, generator, denoiser)` and `sample(cond, ...)`."""
+    """A full-precision denoiser `unet` on its process `scheduler`, for SR factor `scale`."""
 
     unet: torch.nn.Module
+    scheduler: DiffusionProcess
     autocast_dtype: torch.dtype | None = None
 
-    def __init__(self, unet: ModelMixin, scheduler: SchedulerMixin, scale: int = 4):
+    def __init__(self, unet: ModelMixin, scheduler: DiffusionProcess, scale: int = 4):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(scale=scale)
+
+    @property
+    def process(self) -> DiffusionProcess:
+        return self.scheduler
 
     def freeze(self) -> "Teacher":
         """Eval mode and no gradients: the teacher's weights never change while a student learns from it."""
@@ -70,24 +77,35 @@ class Teacher(DiffusionPipeline):
         return torch.autocast(self.unet.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
-    def predict(self, x_t: Tensor, cond: Tensor, t: Tensor) -> Tensor:
-        """The denoiser's raw output (noise for SR3, x0 for ResShift) on model-ready inputs, frozen."""
+    def predict(self, x_in: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        """The denoiser's raw output on model-ready inputs, frozen."""
         with self._autocast():
-            return self.unet(x_t, cond, t).float()
+            return self.unet(x_in, y, t).float()
 
     @torch.no_grad()
-    def features(self, x_t: Tensor, cond: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(output, res-block features by name), frozen; the names match the BI-DiffSR student's taps."""
+    def features(self, x_in: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(output, res-block features by name), frozen."""
         with self._autocast():
-            out, feats = self.unet(x_t, cond, t, return_features=True)
+            out, feats = self.unet(x_in, y, t, return_features=True)
         return out.float(), {k: v.float() for k, v in feats.items()}
+
+    def training_loss(self, hr: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+                      denoiser: torch.nn.Module | None = None) -> Tensor:
+        """Its process's loss for `denoiser` (default: its own, trainable) on one (HR, condition) batch."""
+        return training_loss(denoiser or self.unet, self.scheduler, hr, cond, generator)
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
+               noise: Tensor | None = None, deterministic: bool | None = None, decode: bool = True) -> Tensor:
+        """Super-resolve `cond` = bicubic(LR) in [0, 1] -> [0, 1] with the process's sampler (see
+        `teachers.process.sample`); `deterministic=True` with a fixed `noise` always gives the same output."""
+        return sample(self.predict, self.scheduler, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
+                      generator=generator, noise=noise, deterministic=deterministic, decode=decode)
 
 
 def load_teacher(path: str | Path) -> Teacher:
     """Load a teacher folder written by `save_pretrained`; anything else is a clear error naming the path."""
     from diffusers.utils import logging as diffusers_logging
-
-    from teachers import TEACHER_CLASSES  # here, not at module top: teachers/__init__ imports this module
 
     path = Path(path)
     index = path / "model_index.json"
@@ -99,10 +117,13 @@ def load_teacher(path: str | Path) -> Teacher:
         class_name = json.loads(index.read_text())["_class_name"]
     except (json.JSONDecodeError, KeyError) as err:
         raise ValueError(f"{index} is not a valid teacher index: {err}") from None
-    if class_name not in TEACHER_CLASSES:
-        raise ValueError(f"{index} names {class_name!r}, which is not a teacher; known: {', '.join(TEACHER_CLASSES)}")
+    if class_name != Teacher.__name__:
+        raise ValueError(f"{index} names {class_name!r}, which is not a teacher folder (expected {Teacher.__name__!r})")
+    import students.bidiffsr  # noqa: F401  diffusers loads only components whose module is already imported
+    import teachers  # noqa: F401  (the processes and SR3UNet)
+
     diffusers_logging.disable_progress_bar()
     try:
-        return TEACHER_CLASSES[class_name].from_pretrained(path).freeze()
+        return Teacher.from_pretrained(path).freeze()
     finally:
         diffusers_logging.enable_progress_bar()

@@ -124,3 +124,12 @@ def test_cli_prints_the_paper_row(capsys):
     complexity.main([])
     out = capsys.readouterr().out
     assert "BI-DiffSR (paper config)" in out and "4.58M" in out and "36.67G" in out
+
+
+def test_full_precision_twin_counts_every_weight_in_full_precision():
+    from students.complexity import measure_student
+
+    student, twin = measure_student(None), measure_student(None, binarizer="none")
+    assert twin.binary_params == 0 and twin.binary_macs == 0
+    assert twin.raw_params == student.raw_params and twin.fp_params == student.raw_params
+    assert twin.ops == student.fp_ops + student.binary_macs

@@ -18,7 +18,7 @@ def test_pack_bits_round_trip_and_order():
     assert torch.equal(unpack_bits(packed, 11), bits)
 
 
-@pytest.mark.parametrize("binarizer", sorted(BINARIZERS))
+@pytest.mark.parametrize("binarizer", sorted(n for n, b in BINARIZERS.items() if b.binary))
 def test_unpacked_student_is_bit_identical(tiny_config, binarizer, tmp_path):
     model = BIDiffSRUNet(**tiny_config, binarizer=binarizer).eval()
     model.set_training_progress(0.7)
@@ -45,6 +45,12 @@ def test_packed_file_is_close_to_the_paper_rule_size(tiny_config, tmp_path):
     n_scales = sum(m.out_channels for m in model.modules() if isinstance(m, BinaryConv2d))
     assert stored == n_bits + 4 * fp + 4 * n_scales  # 1 bit per binary weight, fp32 for the rest and the scales
     assert binary / 8 <= n_bits < binary / 8 + 56
+
+
+def test_the_full_precision_twin_is_not_packed(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="binarizer='none'.* no binarized convolution to pack"):
+        save_packed(BIDiffSRUNet(**tiny_config, binarizer="none"), tmp_path / "twin.safetensors")
+    assert not (tmp_path / "twin.safetensors").exists()
 
 
 def test_not_a_packed_file(tmp_path):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
 from PIL import Image
 
 from fake_hub import FakeHub
@@ -19,7 +18,7 @@ from pipeline.publish import PACKED_NAME, PublishError, push_folder, write_model
 from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from students.packing import unpack_student
-from teachers.sr3 import sr3_scheduler
+from teachers import DDPMProcess, ResShiftProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ def published(tiny_config, tmp_path):
     student = BIDiffSRUNet(**tiny_config).eval()
     metrics = {"scale": 4, "num_images": 1, "num_inference_steps": 2, "seed": 10, "metrics": ["psnr", "ssim"],
                "mean": {"bicubic": {"psnr": 25.0, "ssim": 0.7}, "student": {"psnr": 24.5, "ssim": 0.69}}}
-    folder = write_model_folder(student, sr3_scheduler(), 4, tmp_path / "publish", metrics=metrics,
+    folder = write_model_folder(student, DDPMProcess(), 4, tmp_path / "publish", metrics=metrics,
                                 recipe={"run": {"name": "t"}}, repo_id="user/tiny-sr")
     return student, folder
 
@@ -64,7 +63,7 @@ def test_folder_contents_and_one_line_load(published):
 def test_tiling_matches_untiled_where_tiles_do_not_overlap_edges(tiny_config):
     student = BIDiffSRUNet(**tiny_config).eval()
     cond = torch.rand(1, 3, 40, 56)
-    process = sr3_scheduler().config
+    process = DDPMProcess()
     full = tiled_super_resolve(student, process, cond, 2, generator=torch.Generator().manual_seed(0), tile=64)
     tiled = tiled_super_resolve(student, process, cond, 2, generator=torch.Generator().manual_seed(0), tile=16,
                                 overlap=4)
@@ -72,6 +71,23 @@ def test_tiling_matches_untiled_where_tiles_do_not_overlap_edges(tiny_config):
     assert torch.isfinite(tiled).all() and 0 <= tiled.min() and tiled.max() <= 1
     with pytest.raises(ValueError, match="tile_size=15"):
         tiled_super_resolve(student, process, cond, 2, tile=15, overlap=2)
+
+
+@pytest.mark.parametrize("process, calls", [(ResShiftProcess(prediction_type="residual", num_train_timesteps=4), 4),
+                                            (ResShiftProcess().one_step_variant(), 1),
+                                            (DDPMProcess().one_step_variant(), 1)])
+def test_published_students_sample_on_their_own_process(tiny_config, tmp_path, process, calls):
+    """One line loads a ResShift-process student or a one-step student, and it samples as its process says."""
+    config = dict(tiny_config, num_train_timesteps=process.num_train_timesteps, timestep_groups=2)
+    folder = write_model_folder(BIDiffSRUNet(**config).eval(), process, 4, tmp_path / "publish")
+    pipe = BiDiffSRPipeline.from_pretrained(folder)
+    assert type(pipe.scheduler) is type(process) and pipe.scheduler.config.one_step == process.config.one_step
+    seen = []
+    pipe.unet.register_forward_hook(lambda m, i, o: seen.append(int(i[2].reshape(-1)[0])))
+    out = pipe(lr_image(8, 8), seed=0, output_type="pt").images[0]
+    assert out.shape == (3, 32, 32) and len(seen) == calls and seen[0] == process.num_train_timesteps - 1
+    card = (folder / "README.md").read_text()
+    assert type(process).__name__ in card and ("one-step" in card) == bool(process.config.one_step)
 
 
 def test_upscale_cli(published, tmp_path, capsys):

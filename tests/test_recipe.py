@@ -96,9 +96,102 @@ def test_missing_files_are_named(write, tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="../shared/data not present")
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "recipes").glob("*.toml")))
-def test_shipped_recipes_parse(name, monkeypatch):
-    """Every shipped recipe is valid once its training folder exists (the paper recipes point at DF2K)."""
+def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
+    """Every shipped recipe is valid once its training folder and teacher exist (the paper recipes point at DF2K
+    and at teachers that other recipes train)."""
+    import tomllib
+
+    from teachers import ResShiftProcess, SR3UNet, Teacher
+
     monkeypatch.chdir(ROOT)
     overrides = [] if name in ("tiny.toml", "quickstart.toml") else [f"data.train=\"{SHARED / 'data' / 'Set14'}\""]
+    if tomllib.loads((ROOT / "recipes" / name).read_text()).get("teacher", {}).get("path"):
+        Teacher(SR3UNet(base_channels=16, channel_mults=(1, 2), norm_groups=4), ResShiftProcess()).save_pretrained(
+            tmp_path / "teacher")
+        overrides.append(f"teacher.path=\"{tmp_path / 'teacher'}\"")
     recipe = load_recipe(ROOT / "recipes" / name, overrides)
     assert recipe.stages
+
+
+TEACHER_STAGE = "[[stages]]\ntype = \"teacher\"\nname = \"t\"\nsteps = 2\n"
+SPD_STAGE = "[[stages]]\ntype = \"feature_distill\"\nname = \"fd\"\nsteps = 2\n"
+
+
+@pytest.mark.parametrize(
+    "extra, key, message",
+    [
+        ("[process]\ntype = \"ddim\"\n", "process.type", "must be one of"),
+        ("[process]\ntype = \"resshift\"\nkapa = 2.0\n", "process.kapa", "unknown ResShiftProcess setting"),
+        ("[process]\ntype = \"resshift\"\nprediction_type = \"epsilon\"\n", "process", "prediction_type='epsilon'"),
+        ("[teacher]\nkind = \"resshift\"\n", "teacher.kind", "must be one of"),
+        ("[teacher]\nkind = \"sr3\"\n" + TEACHER_STAGE + SPD_STAGE, "stages[2].spd_weight",
+         "needs a teacher whose features correspond"),
+        ("[teacher]\nkind = \"twin\"\n" + TEACHER_STAGE + SPD_STAGE, "student.init_from_teacher",
+         "set student.init_from_teacher = true"),
+        ("[teacher]\nkind = \"twin\"\nunet = { base_channels = 32 }\n" + TEACHER_STAGE, "teacher.unet",
+         "copies student.unet"),
+        ("[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "needs a teacher before"),
+        ("[[stages]]\ntype = \"direct\"\nname = \"../escape\"\nsteps = 2\n", "stages[1].name", "names folders"),
+    ],
+)
+def test_distillation_mistakes_stop_before_training(write, extra, key, message):
+    path = write(extra)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value), str(err.value)
+
+
+def test_student_timesteps_follow_the_process(write):
+    path = write("[process]\ntype = \"resshift\"\n")
+    with pytest.raises(RecipeError, match=r"student.unet.num_train_timesteps: is 2000 but the process has 15 steps"):
+        load_recipe(path, ["student.unet.num_train_timesteps=2000"])
+    assert load_recipe(path).process.type == "resshift"
+
+
+@pytest.fixture
+def saved_teachers(tmp_path_factory):
+    """Saved teacher folders: an SR3 teacher and the tiny student's twin on DDPM, and a twin on ResShift."""
+    from students.bidiffsr import BIDiffSRUNet
+    from teachers import DDPMProcess, ResShiftProcess, SR3UNet, Teacher
+
+    root = tmp_path_factory.mktemp("teachers")
+    student = dict(base_channels=16, channel_mults=(1, 2), norm_groups=4, image_size=32, fp_resolutions=(32,))
+    twin = BIDiffSRUNet.twin_config(student)
+    Teacher(SR3UNet(base_channels=16, channel_mults=(1, 2), norm_groups=4), DDPMProcess()).save_pretrained(root / "sr3")
+    Teacher(BIDiffSRUNet(**twin), DDPMProcess()).save_pretrained(root / "twin")
+    Teacher(BIDiffSRUNet(**dict(twin, base_channels=32)), DDPMProcess()).save_pretrained(root / "wide")
+    Teacher(BIDiffSRUNet(**dict(twin, num_train_timesteps=15)), ResShiftProcess()).save_pretrained(root / "resshift")
+    return root
+
+
+@pytest.mark.parametrize(
+    "teacher, extra, key, message",
+    [
+        ("resshift", "[process]\ntype = \"ddpm\"\n", "process.type", "lives on the 'resshift' process"),
+        ("twin", "[process]\ntype = \"ddpm\"\nbeta_end = 0.02\n", "process.beta_end", "trained with 0.01"),
+        ("sr3", "[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "SR3UNet, not the student's"),
+        ("wide", "[student]\ninit_from_teacher = true\n", "student.init_from_teacher",
+         "its base_channels is 32 but student.unet.base_channels is 16"),
+        ("sr3", "[student]\ninit = \"{init}\"\n" + SPD_STAGE, "stages[1].spd_weight", "SR3UNet"),
+        ("twin", "[student]\ninit_from_teacher = true\n" + SPD_STAGE + "patch_size = 36\n", "stages[1].patch_size",
+         "multiple of 8"),
+    ],
+)
+def test_loaded_teacher_mismatches_name_the_key(write, saved_teachers, teacher, extra, key, message, tmp_path):
+    init = tmp_path / "student"
+    init.mkdir()
+    (init / "config.json").write_text("{}")
+    path = write(f"[teacher]\npath = \"{saved_teachers / teacher}\"\n" + extra.replace("{init}", str(init)))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value), str(err.value)
+
+
+def test_a_loaded_teachers_process_is_used_when_the_recipe_names_none(write, saved_teachers):
+    path = write(f"[teacher]\npath = \"{saved_teachers / 'resshift'}\"\n[student]\ninit_from_teacher = true\n"
+                 + SPD_STAGE)
+    from pipeline.recipe import build_recipe_process, student_unet_config
+
+    recipe = load_recipe(path)
+    process = build_recipe_process(recipe)
+    assert process.name == "resshift" and student_unet_config(recipe, process)["num_train_timesteps"] == 15

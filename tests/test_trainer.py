@@ -78,13 +78,16 @@ def test_tiny_recipe_end_to_end(tmp_path, monkeypatch):
     for stage in ("0-teacher", "1-direct", "2-feature_distill"):
         assert (out / "stages" / stage).is_dir()
     assert (out / "student" / "config.json").is_file() and (out / "teacher" / "model_index.json").is_file()
-    assert set(result["mean"]) == {"bicubic", "teacher", "student"}
+    assert set(result["mean"]) == {"bicubic", "condition", "teacher", "student"}
     assert json.loads((out / "eval" / "metrics.json").read_text())["num_images"] == 2
+    assert json.loads((out / "teacher" / "unet" / "config.json").read_text())["binarizer"] == "none"
+    assert (out / "student" / "scheduler_config.json").is_file()
     assert (out / "eval" / "samples.png").stat().st_size > 0
     ckpt = sorted((out / "checkpoints" / "1-direct").glob("step-*"))[-1]
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["stage_index"] == 1 and state["stage_step"] == 2
-    assert {"model.safetensors", "optimizer.bin", "lr_scheduler.pt", "config.json"} <= {p.name for p in ckpt.iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "lr_scheduler.pt", "config.json",
+            "scheduler_config.json"} <= {p.name for p in ckpt.iterdir()}
 
     # a second run resumes nothing but skips every completed stage and reproduces the same student
     before = final_weights(out)
@@ -95,7 +98,7 @@ def test_tiny_recipe_end_to_end(tmp_path, monkeypatch):
     # evaluation runs alone on a mid-stage checkpoint
     evaluate_cli.main(["--student", str(ckpt), "--val", str(SHARED / "data" / "Set5"), "--scale", "4", "--steps", "2",
                        "--max-images", "1", "--crop", "32", "--no-lpips", "--out", str(tmp_path / "ev")])
-    assert set(json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]) == {"bicubic", "student"}
+    assert set(json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]) == {"bicubic", "condition", "student"}
 
 
 def run_script(recipe: Path, tmp_path, *extra) -> subprocess.Popen:

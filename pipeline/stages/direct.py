@@ -1,18 +1,17 @@
-"""Stage `direct`: BI-DiffSR's own training, L1 between the predicted and the true noise, t per sample."""
+"""Stages `teacher` and `direct`: a denoiser trained with its process's own loss, one timestep per sample."""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.stages.base import Stage, add_noise_per_sample
+from pipeline.stages.base import Stage
+from teachers.process import DiffusionProcess, training_loss
 
 
 class DirectStage(Stage):
-    def __init__(self, process):
+    def __init__(self, process: DiffusionProcess):
         self.process = process
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
-        x_t, noise, t = add_noise_per_sample(self.process, batch["hr"], generator)
-        loss = F.l1_loss(model(x_t, batch["cond"], t).float(), noise)
+        loss = training_loss(model, self.process, batch["hr"], batch["cond"], generator)
         return loss, {"loss": loss.detach()}

@@ -1,6 +1,8 @@
-"""Stage `one_step` (SinSR / BiMaCoSR distillation, adapted to an SR3 teacher as decided for this project): the
-student maps pure noise x_T at the top timestep T-1 straight to the teacher's deterministic 50-step DDIM output
-from the same x_T; loss = MSE. The student's `prediction_type` becomes "sample" (x0)."""
+"""Stage `one_step` (SinSR / BiMaCoSR distillation, on any process): the student maps the start state
+x_T = prior(y, eps) in one evaluation at the top timestep T-1 to what the teacher's deterministic sampler makes of
+the same x_T; loss = MSE in the process's space. On ResShift this is BiMaCoSR's objective exactly
+(x_T = y + kappa sqrt(eta_T) eps, F = SinSR's sampler over all T steps); on BI-DiffSR's DDPM x_T is pure noise and
+F the deterministic 50-step DDIM. The student's process becomes its one-step variant (output read as x0)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,24 @@ from torch import Tensor
 
 from pipeline.stages.base import Stage
 from teachers.base import Teacher
+from teachers.process import DiffusionProcess
 
 
 class OneStepStage(Stage):
-    def __init__(self, teacher: Teacher, teacher_steps: int = 50):
-        self.teacher, self.teacher_steps = teacher, teacher_steps
-        self.top = teacher.scheduler.config.num_train_timesteps - 1
+    def __init__(self, teacher: Teacher, student_process: DiffusionProcess, teacher_steps: int | None = None):
+        self.teacher, self.process, self.teacher_steps = teacher, student_process, teacher_steps
+        self.top = student_process.num_train_timesteps - 1
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
-        cond = batch["cond"]
-        x_T = randn_tensor(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        target = self.teacher.sample(cond, self.teacher_steps, noise=x_T)
+        cond, size = batch["cond"], self.teacher.unet.size_multiple
+        if cond.shape[-1] % size or cond.shape[-2] % size:
+            raise ValueError(f"one_step needs patches that are multiples of the teacher's {size}; got "
+                             f"{tuple(cond.shape[-2:])}")
+        noise = randn_tensor(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        target = self.teacher.sample(cond, self.teacher_steps, noise=noise, deterministic=True, decode=False)
+        y = self.process.encode(cond)
+        x_T = self.process.prior(y, noise)
         t = torch.full((cond.shape[0],), self.top, device=cond.device, dtype=torch.long)
-        loss = F.mse_loss(model(x_T, cond, t).float(), target)
+        x0 = self.process.predict_x0(model(self.process.model_input(x_T, t), y, t), x_T, t, y, clip=False)
+        loss = F.mse_loss(x0.float(), target)
         return loss, {"loss": loss.detach()}

@@ -1,0 +1,218 @@
+"""The diffusion-process interface shared by teachers and students, the one sampling loop and the one noisy batch.
+
+A process owns everything about a diffusion: the space the model works in (`encode` / `decode` from and to [0, 1]
+images, `data_range` and the x0 clip), `add_noise`, what the denoiser predicts and the training target and loss,
+the deterministic and the stochastic sampler (`step`), and the start state x_T (`prior`), which is also where a
+one-step student starts. A model on a process is a denoiser `f(model_input, y, t)` plus that process; `sample` and
+`noisy_batch` below are written once, against this interface, for every teacher and student.
+
+A process is a diffusers `SchedulerMixin` + `ConfigMixin`: it saves as `scheduler_config.json` (in a pipeline's
+`scheduler/` folder, or beside a student's `config.json`) and is found again by its class name. A new process is one
+new file with a subclass; it registers itself by being defined (the modules are imported by `teachers`).
+
+Index convention: timesteps are integers 0 .. T-1, one per sample, 0 the least noisy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+PROCESSES: dict[str, type["DiffusionProcess"]] = {}
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+class DiffusionProcess(SchedulerMixin, ConfigMixin):
+    """Interface of a diffusion process (see the module docstring). Subclasses implement every method that raises."""
+
+    config_name = "scheduler_config.json"
+    order = 1
+    name = ""  # recipe name: [process] type = "<name>"
+    prediction_types: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            PROCESSES[cls.name] = cls
+
+    # ---- the space the model works in ---------------------------------------------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.config.num_train_timesteps)
+
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        """The range the x0 estimate is clipped to while sampling (None: no clip)."""
+        raise NotImplementedError
+
+    def encode(self, image: Tensor) -> Tensor:
+        """[0, 1] images (HR or the upsampled LR condition) -> the process's space."""
+        raise NotImplementedError
+
+    def decode(self, x: Tensor) -> Tensor:
+        """The process's space -> [0, 1] images, clamped."""
+        raise NotImplementedError
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None, device) -> Tensor:
+        """One timestep per sample, uniform over 0 .. T-1."""
+        return torch.randint(0, self.num_train_timesteps, (batch,), device=device, generator=generator)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """x_t from clean x0 (and the condition y, for processes that need it), one t per sample."""
+        raise NotImplementedError
+
+    def model_input(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """What the denoiser sees of x_t (identity unless the process scales its input)."""
+        return x_t
+
+    def target(self, x0: Tensor, noise: Tensor, y: Tensor) -> Tensor:
+        """The denoiser's training target for this process's prediction type."""
+        raise NotImplementedError
+
+    def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return LOSSES[self.config.loss](prediction.float(), target.float())
+
+    def predict_x0(self, output: Tensor, x_t: Tensor, t: Tensor | int, y: Tensor, clip: bool = True) -> Tensor:
+        """The x0 estimate implied by a denoiser output, clipped to `clip_range` unless `clip=False`."""
+        raise NotImplementedError
+
+    # ---- sampling -----------------------------------------------------------------------------------------------
+    @property
+    def default_inference_steps(self) -> int:
+        raise NotImplementedError
+
+    default_deterministic = True  # the sampler used when a caller does not choose
+
+    def inference_timesteps(self, num_inference_steps: int | None) -> list[int]:
+        """The timesteps a sampler visits, noisiest first."""
+        raise NotImplementedError
+
+    def prior(self, y: Tensor, noise: Tensor) -> Tensor:
+        """The start state x_T (also the input of a one-step student)."""
+        raise NotImplementedError
+
+    def step(self, output: Tensor, t: int, t_prev: int, x_t: Tensor, y: Tensor, deterministic: bool = True,
+             generator: torch.Generator | None = None) -> Tensor:
+        """x at `t_prev` (-1 after the last step: then the clipped x0 estimate) from the denoiser output at `t`."""
+        raise NotImplementedError
+
+    def one_step_variant(self) -> "DiffusionProcess":
+        """This process for a student distilled to one evaluation at the top timestep from `prior` (its output read
+        as x0); `config.one_step` tells samplers to take that single step."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_train_timesteps
+
+
+def per_sample(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
+    """table[t] shaped (B or 1, 1, 1, 1) in `like`'s dtype and device: one schedule value per sample."""
+    t = torch.as_tensor(t, device=like.device).reshape(-1)
+    return table.to(device=like.device, dtype=like.dtype)[t].reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def check_prediction_type(process: DiffusionProcess, prediction_type: str) -> None:
+    if prediction_type not in process.prediction_types:
+        raise ValueError(f"{type(process).__name__}: prediction_type={prediction_type!r} is not one of "
+                         f"{process.prediction_types}")
+
+
+def build_process(name: str, **options) -> DiffusionProcess:
+    """A process by its recipe name ("ddpm", "resshift") and its settings; a wrong name or setting is a ValueError."""
+    if name not in PROCESSES:
+        raise ValueError(f"process {name!r} is not known; choose one of: {', '.join(sorted(PROCESSES))}")
+    return PROCESSES[name](**options)
+
+
+def process_class(class_name: str) -> type[DiffusionProcess]:
+    for cls in PROCESSES.values():
+        if cls.__name__ == class_name:
+            return cls
+    raise ValueError(f"{class_name!r} is not a diffusion process; known: "
+                     f"{', '.join(c.__name__ for c in PROCESSES.values())}")
+
+
+def load_process(folder: str | Path) -> DiffusionProcess:
+    """The process saved in `folder` (its scheduler_config.json names the class)."""
+    file = Path(folder) / DiffusionProcess.config_name
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder} holds no diffusion process ({DiffusionProcess.config_name} is missing)")
+    try:
+        class_name = json.loads(file.read_text())["_class_name"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{file} is not a valid process config: {err}") from None
+    return process_class(class_name).from_config(DiffusionProcess.load_config(str(folder)))
+
+
+@dataclass
+class NoisyBatch:
+    """One training draw in the process's space: the denoiser call is `model(x_in, y, t)`."""
+
+    x0: Tensor
+    y: Tensor
+    t: Tensor
+    noise: Tensor
+    x_t: Tensor
+    x_in: Tensor
+    target: Tensor
+
+
+def noisy_batch(process: DiffusionProcess, hr: Tensor, cond: Tensor, generator: torch.Generator | None,
+                t: Tensor | None = None) -> NoisyBatch:
+    """Encode an (HR, condition) batch, draw one timestep per sample (unless given) and noise, and noise it."""
+    x0, y = process.encode(hr), process.encode(cond)
+    if t is None:
+        t = process.sample_timesteps(hr.shape[0], generator, hr.device)
+    noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = process.add_noise(x0, noise, t, y)
+    return NoisyBatch(x0, y, t, noise, x_t, process.model_input(x_t, t), process.target(x0, noise, y))
+
+
+def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: Tensor,
+                  generator: torch.Generator | None) -> Tensor:
+    """The process's own loss for a denoiser on one batch (teacher training and the students' direct stage)."""
+    b = noisy_batch(process, hr, cond, generator)
+    return process.loss(model(b.x_in, b.y, b.t), b.target)
+
+
+@torch.no_grad()
+def sample(model: Denoiser, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None, *,
+           size_multiple: int = 1, generator: torch.Generator | None = None, noise: Tensor | None = None,
+           deterministic: bool | None = None, decode: bool = True) -> Tensor:
+    """Super-resolve a batch with any denoiser on any process: `cond` = bicubic(LR) in [0, 1] at HR size ->
+    [0, 1] images (or, with `decode=False`, the final x0 in the process's space at the padded size).
+
+    The condition is reflect-padded to `size_multiple`, x_T = prior(y, noise) with `noise` (at the padded size) or
+    noise drawn with `generator`; a one-step process (`config.one_step`) evaluates the model once at the top
+    timestep, others run `inference_timesteps` with the process's deterministic or stochastic step."""
+    from teachers.base import pad_to_multiple  # base imports this module
+
+    h, w = cond.shape[-2:]
+    y = process.encode(pad_to_multiple(cond, size_multiple))
+    if noise is None:
+        noise = randn_tensor(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    if noise.shape != y.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected the padded condition's {tuple(y.shape)}")
+    deterministic = process.default_deterministic if deterministic is None else deterministic
+    x = process.prior(y, noise.to(y.dtype))
+    if getattr(process.config, "one_step", False):
+        top = process.num_train_timesteps - 1
+        x = process.predict_x0(model(process.model_input(x, top), y, torch.tensor(top, device=y.device)), x, top, y)
+    else:
+        steps = process.inference_timesteps(num_inference_steps)
+        for t, t_prev in zip(steps, steps[1:] + [-1]):
+            out = model(process.model_input(x, t), y, torch.tensor(t, device=y.device))
+            x = process.step(out.to(x.dtype), t, t_prev, x, y, deterministic=deterministic, generator=generator)
+    return process.decode(x)[:, :, :h, :w] if decode else x
