@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import re
 import tomllib
 import typing
@@ -172,6 +173,8 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(source, key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(source, key, f"must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -298,7 +301,7 @@ _SCHEDULE_KEYS_IGNORED = {"clip_sample", "num_inference_steps", "one_step"}
 def build_recipe_process(recipe: Recipe):
     """The process teacher and student live on: [process], or a loaded teacher's own when [process] sets no type.
     A teacher on another process (or another schedule) is a RecipeError naming the key."""
-    from teachers.process import build_process, load_process
+    from teachers.process import PROCESSES, build_process, load_process
 
     p, t = recipe.process, recipe.teacher
     teacher_process = None
@@ -311,17 +314,10 @@ def build_recipe_process(recipe: Recipe):
         _check(not p.options, recipe, "process.type",
                "set process.type when giving process settings (or leave [process] out to use the teacher's)")
         return teacher_process
-    allowed = {}
-    try:
-        from teachers.process import PROCESSES
-
-        cls = PROCESSES[p.type or "ddpm"]
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "one_step"}
-    except KeyError:
-        from teachers.process import PROCESSES
-
-        raise RecipeError(recipe.source, "process.type",
-                          f"must be one of {tuple(sorted(PROCESSES))}, got {p.type!r}") from None
+    _check((p.type or "ddpm") in PROCESSES, recipe, "process.type",
+           f"must be one of {tuple(sorted(PROCESSES))}, got {p.type!r}")
+    cls = PROCESSES[p.type or "ddpm"]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "one_step"}
     for name in p.options:
         _check(name in allowed, recipe, f"process.{name}",
                f"unknown {cls.__name__} setting; known: {', '.join(sorted(allowed))}")

@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from pipeline.publish import PublishError
-    from pipeline.trainer import Trainer
+    from pipeline.trainer import NonFiniteLoss, Trainer
 
     try:
         Trainer(recipe).run()
-    except PublishError as err:
+    except (PublishError, NonFiniteLoss) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -85,7 +85,7 @@ def tiled_super_resolve(student: BIDiffSRUNet, process: DiffusionProcess, cond: 
         chunk = boxes[i : i + tile_batch]
         conds = torch.cat([cond[:, :, y : y + th, x : x + tw] for y, x in chunk])
         noises = torch.cat([noise[:, :, y : y + th, x : x + tw] for y, x in chunk])
-        srs = super_resolve(student, process, conds, num_inference_steps,
+        srs = super_resolve(student, process, conds, num_inference_steps, generator=generator,  # stochastic steps
                             noise=pad_to_multiple(noises, student.size_multiple))
         for (y, x), sr in zip(chunk, srs):
             out[:, :, y : y + th, x : x + tw] += sr * window

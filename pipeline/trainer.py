@@ -22,6 +22,7 @@ rank), so a resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -45,6 +46,10 @@ from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stag
 from students.bidiffsr import BIDiffSRUNet
 from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
 from teachers.process import DiffusionProcess
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the stage, the step and the last checkpoint."""
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -327,17 +332,19 @@ class Trainer:
                 done = step + 1
                 self.global_step += 1
                 progress.update(task, completed=done)
-                if done % run.log_every == 0 or done == cfg.steps:
+                checkpoint_now = done % run.checkpoint_every == 0 and done < cfg.steps
+                if done % run.log_every == 0 or done == cfg.steps or checkpoint_now:  # a checkpoint is checked first
                     values = {k: acc.reduce(v.detach().reshape(1), "mean").item() / interval
                               for k, v in running.items()}  # the only host sync: once per log interval
                     running, interval = {}, 0
+                    self._check_finite(values, i, cfg, done)
                     values["lr"] = schedule.get_last_lr()[0]
                     progress.update(task, loss=f"{values['loss']:.4f}")
                     if not self.console.is_terminal and acc.is_local_main_process:  # logs, batch jobs: plain lines
                         self.console.print(f"{i}-{cfg.name} step {done}/{cfg.steps} "
                                            + " ".join(f"{k} {v:.4g}" for k, v in values.items()))
                     acc.log({f"{cfg.name}/{k}": v for k, v in values.items()}, step=self.global_step)
-                if done % run.checkpoint_every == 0 and done < cfg.steps:
+                if checkpoint_now:
                     self.save_checkpoint(i, cfg, done, model, schedule, ema)
         if ema is not None:
             ema.copy_to(params)
@@ -345,6 +352,18 @@ class Trainer:
         trained = acc.unwrap_model(wrapped)
         acc.free_memory()
         return trained
+
+    def _check_finite(self, values: dict[str, float], i: int, cfg: StageConfig, step: int) -> None:
+        """Stop at the first non-finite loss (checked once per log interval, with the logs' host sync), before a
+        checkpoint or a published model can hold the damage."""
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            good = self.find_checkpoint(i, cfg) if self.recipe.run.resume != "never" else None
+            raise NonFiniteLoss(
+                f"stage {i} ({cfg.name}): {', '.join(bad)} became non-finite by step {step} (logged every "
+                f"{self.recipe.run.log_every} steps and before every checkpoint); no checkpoint holds the damage. "
+                + (f"The last good checkpoint is {good}; lower stages[{i}].lr or set max_grad_norm and resume."
+                   if good else f"No checkpoint of this stage exists yet; lower stages[{i}].lr or set max_grad_norm."))
 
     def save_checkpoint(self, i: int, cfg: StageConfig, step: int, model, schedule, ema) -> None:
         acc, root = self.accelerator, self.checkpoint_root(i, cfg)

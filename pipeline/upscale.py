@@ -3,6 +3,8 @@
     python -m pipeline.upscale IN OUT --model runs/quickstart/publish [--steps N] [--seed 10] [--tile 256]
 
 IN is an image or a folder of images, OUT a file or a folder; `--model` a published folder or a Hub id.
+It never overwrites an input, refuses two inputs that would write one output (`pic.jpg` and `pic.png`), keeps
+existing outputs unless `--overwrite`, and writes each image under a temporary name before renaming it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=256, help="HR tile size for large images")
     parser.add_argument("--overlap", type=int, default=32, help="HR tile overlap")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
 
     src, dst = Path(args.input), Path(args.output)
@@ -36,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         inputs = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not inputs:
             parser.error(f"{src} holds no images")
-        dst.mkdir(parents=True, exist_ok=True)
         outputs = [dst / f"{p.stem}.png" for p in inputs]
     elif src.is_file():
         inputs, outputs = [src], [dst / f"{src.stem}.png" if dst.is_dir() else dst]
     else:
         parser.error(f"input {src} does not exist")
+    problem = check_outputs(inputs, outputs, args.overwrite)
+    if problem:
+        parser.error(problem)
 
     from pipeline.sr_pipeline import BiDiffSRPipeline
 
@@ -51,9 +56,28 @@ def main(argv: list[str] | None = None) -> int:
         sr = pipe(Image.open(path), num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,
                   tile_overlap=args.overlap).images[0]
         out.parent.mkdir(parents=True, exist_ok=True)
-        sr.save(out)
+        tmp = out.with_name(f".{out.name}.partial.png")
+        sr.save(tmp)
+        tmp.replace(out)
         print(f"{path} -> {out} ({sr.width}x{sr.height})")
     return 0
+
+
+def check_outputs(inputs: list[Path], outputs: list[Path], overwrite: bool) -> str:
+    """Why these outputs must not be written ('' when they may): an output that is an input, two inputs with one
+    output, or an existing output without `overwrite`."""
+    sources = {p.resolve() for p in inputs}
+    seen: dict[Path, Path] = {}
+    for src, out in zip(inputs, outputs):
+        target = out.resolve()
+        if target in sources:
+            return f"output {out} would overwrite the input {target}; choose another output path or folder"
+        if target in seen:
+            return f"inputs {seen[target]} and {src} would both be written to {out}; rename one of them"
+        seen[target] = src
+        if target.exists() and not overwrite:
+            return f"output {out} exists; pass --overwrite to replace it"
+    return ""
 
 
 if __name__ == "__main__":

@@ -148,3 +148,29 @@ def test_push_to_hub_and_load_back(published, tmp_path):
     x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
     expected = local(x, num_inference_steps=2, seed=4, output_type="pt").images[0]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_upscale_never_overwrites_inputs_or_merges_outputs(published, tmp_path):
+    _, folder = published
+    src = tmp_path / "in"
+    src.mkdir()
+    lr_image().save(src / "pic.png")
+    before = (src / "pic.png").read_bytes()
+    args = ["--model", str(folder), "--steps", "1"]
+    with pytest.raises(SystemExit):  # output folder = input folder: pic.png would replace itself
+        upscale.main([str(src), str(src), *args])
+    with pytest.raises(SystemExit):  # output file = input file
+        upscale.main([str(src / "pic.png"), str(src / "pic.png"), *args])
+    assert (src / "pic.png").read_bytes() == before
+    lr_image(seed=2).save(src / "pic.jpg")
+    with pytest.raises(SystemExit):  # pic.jpg and pic.png both -> out/pic.png
+        upscale.main([str(src), str(tmp_path / "out"), *args])
+    assert not (tmp_path / "out").exists()
+    (src / "pic.jpg").unlink()
+    out = tmp_path / "sr.png"
+    out.write_bytes(b"keep me")
+    with pytest.raises(SystemExit):
+        upscale.main([str(src / "pic.png"), str(out), *args])
+    assert out.read_bytes() == b"keep me"
+    assert upscale.main([str(src / "pic.png"), str(out), *args, "--overwrite"]) == 0
+    assert Image.open(out).size == (36, 28)

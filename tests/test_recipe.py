@@ -9,6 +9,9 @@ from pipeline.recipe import RecipeError, load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
+TEACHER_STAGE = "[[stages]]\ntype = \"teacher\"\nname = \"t\"\nsteps = 2\n"
+SPD_STAGE = "[[stages]]\ntype = \"feature_distill\"\nname = \"fd\"\nsteps = 2\n"
+
 BASE = """
 [run]
 output_dir = "{out}"
@@ -67,13 +70,29 @@ def test_overrides_use_dotted_paths(write):
         ("[eval]\nlpips_backbone = \"/nonexistent/alex.pth\"\n", "eval.lpips_backbone", "does not exist"),
         ("[publish]\npush_to_hub = \"noslash\"\n", "publish.push_to_hub", "owner/name"),
         ("[optimizer]\nlr = 1\n", "optimizer", "unknown table"),
+        # distillation mistakes stop before training
+        ("[process]\ntype = \"ddim\"\n", "process.type", "must be one of"),
+        ("[process]\ntype = \"resshift\"\nkapa = 2.0\n", "process.kapa", "unknown ResShiftProcess setting"),
+        ("[process]\ntype = \"resshift\"\nprediction_type = \"epsilon\"\n", "process", "prediction_type='epsilon'"),
+        ("[teacher]\nkind = \"resshift\"\n", "teacher.kind", "must be one of"),
+        ("[teacher]\nkind = \"sr3\"\n" + TEACHER_STAGE + SPD_STAGE, "stages[2].spd_weight",
+         "needs a teacher whose features correspond"),
+        ("[teacher]\nkind = \"twin\"\n" + TEACHER_STAGE + SPD_STAGE, "student.init_from_teacher",
+         "set student.init_from_teacher = true"),
+        ("[teacher]\nkind = \"twin\"\nunet = { base_channels = 32 }\n" + TEACHER_STAGE, "teacher.unet",
+         "copies student.unet"),
+        ("[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "needs a teacher before"),
+        ("[[stages]]\ntype = \"direct\"\nname = \"../escape\"\nsteps = 2\n", "stages[1].name", "names folders"),
     ],
 )
 def test_errors_name_file_and_key(write, extra, key, message):
-    path = write(extra)
+    assert_recipe_error(write(extra), key, message)
+
+
+def assert_recipe_error(path, key: str, message: str) -> None:
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
-    assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value)
+    assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value), str(err.value)
 
 
 def test_bad_student_config_is_reported_with_its_field(write):
@@ -112,33 +131,6 @@ def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
     recipe = load_recipe(ROOT / "recipes" / name, overrides)
     assert recipe.stages
 
-
-TEACHER_STAGE = "[[stages]]\ntype = \"teacher\"\nname = \"t\"\nsteps = 2\n"
-SPD_STAGE = "[[stages]]\ntype = \"feature_distill\"\nname = \"fd\"\nsteps = 2\n"
-
-
-@pytest.mark.parametrize(
-    "extra, key, message",
-    [
-        ("[process]\ntype = \"ddim\"\n", "process.type", "must be one of"),
-        ("[process]\ntype = \"resshift\"\nkapa = 2.0\n", "process.kapa", "unknown ResShiftProcess setting"),
-        ("[process]\ntype = \"resshift\"\nprediction_type = \"epsilon\"\n", "process", "prediction_type='epsilon'"),
-        ("[teacher]\nkind = \"resshift\"\n", "teacher.kind", "must be one of"),
-        ("[teacher]\nkind = \"sr3\"\n" + TEACHER_STAGE + SPD_STAGE, "stages[2].spd_weight",
-         "needs a teacher whose features correspond"),
-        ("[teacher]\nkind = \"twin\"\n" + TEACHER_STAGE + SPD_STAGE, "student.init_from_teacher",
-         "set student.init_from_teacher = true"),
-        ("[teacher]\nkind = \"twin\"\nunet = { base_channels = 32 }\n" + TEACHER_STAGE, "teacher.unet",
-         "copies student.unet"),
-        ("[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "needs a teacher before"),
-        ("[[stages]]\ntype = \"direct\"\nname = \"../escape\"\nsteps = 2\n", "stages[1].name", "names folders"),
-    ],
-)
-def test_distillation_mistakes_stop_before_training(write, extra, key, message):
-    path = write(extra)
-    with pytest.raises(RecipeError) as err:
-        load_recipe(path)
-    assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value), str(err.value)
 
 
 def test_student_timesteps_follow_the_process(write):
@@ -182,9 +174,7 @@ def test_loaded_teacher_mismatches_name_the_key(write, saved_teachers, teacher, 
     init.mkdir()
     (init / "config.json").write_text("{}")
     path = write(f"[teacher]\npath = \"{saved_teachers / teacher}\"\n" + extra.replace("{init}", str(init)))
-    with pytest.raises(RecipeError) as err:
-        load_recipe(path)
-    assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value), str(err.value)
+    assert_recipe_error(path, key, message)
 
 
 def test_a_loaded_teachers_process_is_used_when_the_recipe_names_none(write, saved_teachers):
@@ -195,3 +185,9 @@ def test_a_loaded_teachers_process_is_used_when_the_recipe_names_none(write, sav
     recipe = load_recipe(path)
     process = build_recipe_process(recipe)
     assert process.name == "resshift" and student_unet_config(recipe, process)["num_train_timesteps"] == 15
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_refused(write, value):
+    with pytest.raises(RecipeError, match=r"stages\[0\].lr: must be a finite number"):
+        load_recipe(write(), [f"stages.0.lr={value}"])

@@ -145,3 +145,25 @@ def test_two_processes_keep_identical_weights(tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     single = final_weights(out)
     assert all(torch.equal(r0[k], single[k]) for k in r0)
+
+
+def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_holds_it(tmp_path, monkeypatch):
+    """NaN from the third step on: the run stops at the next check (the step-4 checkpoint is never written) and names
+    the stage, the step and the last good checkpoint."""
+    import pipeline.stages.direct as direct
+    from pipeline.trainer import NonFiniteLoss
+
+    calls = {"n": 0}
+    real = direct.training_loss
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 2 * 2 else loss  # grad_accum = 2: micro-steps 5+ are step 3+
+
+    monkeypatch.setattr(direct, "training_loss", poisoned)
+    recipe = load_recipe(write_recipe(tmp_path, "nan", steps=8, every=2), ["run.log_every=5"])
+    with pytest.raises(NonFiniteLoss, match=r"stage 0 \(direct\): loss.* by step 4 .*checkpoints/0-direct/step-00000002"):
+        Trainer(recipe).run()
+    ckpts = sorted(p.name for p in (tmp_path / "nan" / "checkpoints" / "0-direct").iterdir())
+    assert ckpts == ["step-00000002"] and not (tmp_path / "nan" / "student").exists()
