@@ -31,9 +31,26 @@ from pipeline.resize import make_lr, modcrop, upsample_cond
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """PIL image -> (H, W, 3) uint8 RGB. 16-bit images (modes I;16*, and I holding 16-bit values) are scaled by
+    1/257, not clipped (Pillow's convert("RGB") turns them white); palette, gray+alpha, RGBA and CMYK go through
+    Pillow's conversion; floating-point images (mode F) have no agreed range and are refused."""
+    mode = image.mode
+    if mode == "F":
+        raise ValueError("floating-point images (Pillow mode F) have no agreed value range; save the image as an "
+                         "8- or 16-bit PNG")
+    if mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"a {mode} image with values outside [0, 65535] cannot be read as a photo")
+        gray = np.round(values / 257).astype(np.uint8) if mode != "I" or values.max() > 255 else values.astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
 def to_uint8_tensor(image: Image.Image) -> Tensor:
-    """PIL image of any mode -> (3, H, W) uint8 RGB."""
-    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    """PIL image of any mode -> (3, H, W) uint8 RGB (see `to_rgb8`)."""
+    return torch.from_numpy(to_rgb8(image)).permute(2, 0, 1).contiguous()
 
 
 def to_pil(img: Tensor) -> Image.Image:

@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from pipeline.publish import PublishError
+    from pipeline.run_folder import RunFolderError
     from pipeline.trainer import NonFiniteLoss, Trainer
 
     try:
         Trainer(recipe).run()
+    except RunFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (PublishError, NonFiniteLoss) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from huggingface_hub import snapshot_download
 from PIL import Image
 from torch import Tensor
 
+from pipeline.data import to_rgb8
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import pad_to_multiple
@@ -148,5 +149,4 @@ class BiDiffSRPipeline(DiffusionPipeline):
             if image.ndim != 4 or image.shape[1] != 3:
                 raise ValueError(f"expected (B, 3, h, w) tensors in [0, 1], got shape {tuple(image.shape)}")
             return list(image.float())
-        return [torch.from_numpy(np.array(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-                for im in image]
+        return [torch.from_numpy(to_rgb8(im).astype(np.float32) / 255).permute(2, 0, 1) for im in image]

@@ -4,9 +4,11 @@ One Accelerator for the run (DDP across processes, fp16/bf16 mixed precision, gr
 each stage gets a fresh optimizer (Adam), LR schedule (diffusers' get_scheduler), optional EMA (diffusers'
 EMAModel) and gradient clipping. Model state flows from stage to stage.
 
-Outputs under run.output_dir:
-    stages/<i>-<name>/            the model after stage i (save_pretrained; EMA weights when EMA is on). Its presence
-                                  marks the stage complete; it is written to a temporary folder and renamed.
+Outputs under run.output_dir, a folder the run claims first (`pipeline.run_folder`: it must be new, empty or an
+earlier run's, and it is locked for the run's life):
+    stages/<i>-<name>/            the model after stage i (save_pretrained; EMA weights when EMA is on) and the
+                                  fingerprint of the recipe parts that made it. Its presence marks the stage complete
+                                  for that recipe only; it is written to a temporary folder and renamed.
     checkpoints/<i>-<name>/step-N accelerate's save_state (model.safetensors, optimizer, RNG) + LR schedule, EMA,
                                   trainer_state.json and the model config; written to a temporary folder and renamed,
                                   so a kill at any moment leaves only complete checkpoints.
@@ -14,7 +16,8 @@ Outputs under run.output_dir:
     publish/                      diffusers-format pipeline folder + packed 1-bit file + model card (pipeline/publish.py),
                                   pushed to publish.push_to_hub when set.
 
-`run.resume = "latest"` skips completed stages and continues the current one from its newest checkpoint. Every
+`run.resume = "latest"` skips completed stages and continues the current one from its newest checkpoint; a finished
+stage or checkpoint made by a different recipe stops the run before anything trains, saying what changed. Every
 random draw of a step (crops, flips, timesteps, noise, dropout) is seeded from (seed, stage, step, micro-step,
 rank), so a resumed run ends with the same weights as an uninterrupted one.
 """
@@ -42,6 +45,8 @@ from pipeline.evaluate import evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import push_folder, write_model_folder
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
+from pipeline.run_folder import (RunFolder, check_fingerprint, read_fingerprint, stage_fingerprints,
+                                 write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
 from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
@@ -92,6 +97,7 @@ class Trainer:
         self.process = build_recipe_process(recipe)  # teacher and student live on it
         self.student_process = self.process  # becomes the one-step variant after a one_step stage
         self.student_config = student_unet_config(recipe, self.process)
+        self.fingerprints = stage_fingerprints(recipe, self.process, self.student_config)
 
     # ---- paths -------------------------------------------------------------------------------------------------
     def stage_dir(self, i: int, stage: StageConfig) -> Path:
@@ -101,19 +107,37 @@ class Trainer:
         return self.out / "checkpoints" / f"{i}-{stage.name}"
 
     def find_checkpoint(self, i: int, stage: StageConfig) -> Path | None:
+        """The checkpoint stage i resumes from; one made by another recipe is a RunFolderError."""
         resume = self.recipe.run.resume
         if resume == "never":
             return None
         if resume != "latest":
             path = Path(resume)
             state = json.loads((path / "trainer_state.json").read_text())
-            return path if state["stage_index"] == i else None
-        root = self.checkpoint_root(i, stage)
-        found = sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()) if root.is_dir() else []
-        return found[-1] if found else None
+            found = path if state["stage_index"] == i else None
+        else:
+            root = self.checkpoint_root(i, stage)
+            steps = sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()) if root.is_dir() else []
+            found = steps[-1] if steps else None
+        if found is not None:
+            state = json.loads((found / "trainer_state.json").read_text())
+            check_fingerprint(state.get("fingerprint"), self.fingerprints[i], f"checkpoint {found}", f"stages[{i}]")
+        return found
 
     def stage_complete(self, i: int, stage: StageConfig) -> bool:
-        return self.recipe.run.resume != "never" and self.stage_dir(i, stage).is_dir()
+        """A finished stage counts only for the recipe that made it (else a RunFolderError saying what changed)."""
+        done = self.stage_dir(i, stage)
+        if self.recipe.run.resume == "never" or not done.is_dir():
+            return False
+        check_fingerprint(read_fingerprint(done), self.fingerprints[i], f"stage {i} ({stage.name}) in {done}",
+                          f"stages[{i}]")
+        return True
+
+    def check_earlier_work(self) -> None:
+        """Before anything trains: every finished stage and newest checkpoint in the folder must be this recipe's."""
+        for i, stage in enumerate(self.recipe.stages):
+            if not self.stage_complete(i, stage):
+                self.find_checkpoint(i, stage)
 
     # ---- models and data ---------------------------------------------------------------------------------------
     def resolve_builtin_data(self) -> None:
@@ -185,9 +209,23 @@ class Trainer:
 
     # ---- the run -----------------------------------------------------------------------------------------------
     def run(self) -> dict | None:
+        """Claim the output folder (ownership, lock), check what earlier runs left in it, then train, evaluate and
+        publish; the lock is released however the run ends."""
+        folder = RunFolder(self.out)
+        if self.accelerator.is_main_process:
+            folder.claim()
+            if folder.notice:
+                self.console.print(f"[yellow]{folder.notice}[/yellow]")
+        self.accelerator.wait_for_everyone()
+        try:
+            self.check_earlier_work()
+            return self._run()
+        finally:
+            folder.release()
+
+    def _run(self) -> dict | None:
         acc, recipe = self.accelerator, self.recipe
         if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
         if recipe.run.log_with:
             acc.init_trackers(recipe.run.name, config=_flat(recipe.to_dict()))
@@ -206,12 +244,12 @@ class Trainer:
             elif stage.type == "teacher":
                 teacher = self.new_teacher()
                 teacher.register_modules(unet=self.train_stage(i, stage, DirectStage(self.process), teacher.unet))
-                self.save_stage(teacher, done)
+                self.save_stage(teacher, done, fingerprint=self.fingerprints[i])
                 teacher = self.prepare_teacher(teacher)
             else:
                 student = student if student is not None else self.initial_student(teacher)
                 student = self.train_stage(i, stage, self.make_stage(stage, student, teacher), student)
-                self.save_stage(student, done, self.student_process)
+                self.save_stage(student, done, self.student_process, fingerprint=self.fingerprints[i])
 
         self.student, self.teacher = student, teacher
         acc.wait_for_everyone()
@@ -239,8 +277,10 @@ class Trainer:
             url = push_folder(folder, p.push_to_hub, private=p.private)
             self.console.print(f"pushed to {p.push_to_hub}: {url}")
 
-    def save_stage(self, model, final: Path, process: DiffusionProcess | None = None) -> None:
-        """A model folder (a student with its process beside its config, or a teacher pipeline), atomically."""
+    def save_stage(self, model, final: Path, process: DiffusionProcess | None = None,
+                   fingerprint: dict | None = None) -> None:
+        """A model folder (a student with its process beside its config, or a teacher pipeline, and for a stage the
+        fingerprint of the recipe that made it), atomically."""
         if not self.accelerator.is_main_process:
             return
         tmp = final.parent / f".{final.name}.partial"
@@ -248,6 +288,8 @@ class Trainer:
         model.save_pretrained(tmp)
         if process is not None:
             process.save_config(tmp)
+        if fingerprint is not None:
+            write_fingerprint(tmp, fingerprint)
         _replace_dir(tmp, final)
 
     def evaluate(self, student, teacher) -> dict:
@@ -381,7 +423,8 @@ class Trainer:
             model.save_config(tmp)
             (self.process if cfg.type == "teacher" else self.student_process).save_config(tmp)
             state = {"stage_index": i, "stage_name": cfg.name, "stage_type": cfg.type, "stage_step": step,
-                     "stage_steps": cfg.steps, "global_step": self.global_step, "recipe": self.recipe.source}
+                     "stage_steps": cfg.steps, "global_step": self.global_step, "recipe": self.recipe.source,
+                     "fingerprint": self.fingerprints[i]}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             _replace_dir(tmp, final)
             for old in sorted(root.glob("step-*"))[: -self.recipe.run.keep_checkpoints]:

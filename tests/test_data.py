@@ -92,3 +92,35 @@ def test_validation_folder_checks(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         load_validation(empty, 4)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "P", "LA", "CMYK", "RGBA", "L"])
+def test_every_pillow_mode_becomes_the_right_rgb(mode):
+    """16-bit images are scaled, not clipped to white; the others go through Pillow's conversion."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data import to_rgb8
+
+    gray8 = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    if mode in ("I;16", "I"):
+        image = Image.fromarray((gray8.astype(np.uint16) * 257))
+        image = image if mode == "I;16" else image.convert("I")
+        expected = np.repeat(gray8[..., None], 3, axis=2)
+    else:
+        image = Image.fromarray(gray8).convert(mode)
+        expected = np.array(image.convert("RGB"))
+    out = to_rgb8(image)
+    assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
+    assert np.array_equal(out, expected)
+    if mode not in ("P", "CMYK"):  # those two quantise through their own palettes / ink model
+        assert out.max() == 252  # not saturated
+
+
+def test_floating_point_images_are_refused_clearly():
+    from PIL import Image
+
+    from pipeline.data import to_rgb8
+
+    with pytest.raises(ValueError, match="mode F"):
+        to_rgb8(Image.new("F", (4, 4)))

@@ -1,0 +1,135 @@
+"""The run's output folder: whose it is, who is using it, and which recipe made what is in it.
+
+- Ownership: a run writes only into a folder it creates, an empty one, or one marked as an earlier BiDistill run
+  (`.bidistill-run.json`); a folder holding anything else is refused, so a mistyped `run.output_dir` never replaces a
+  user's files.
+- Lock: the main process holds an exclusive `flock` on `.bidistill.lock` for the run's life; a second run on the same
+  folder stops at once, naming the first one's pid. The kernel drops the lock when a process dies, so a lock file
+  left by a killed run is stale by construction: the next run takes the folder over and says so.
+- Fingerprints: each stage is "complete" only for the recipe that produced it. A stage's fingerprint holds what
+  determines its weights (the stage's settings, the models' configs, the process, the data, the seed and the
+  previous stage's fingerprint); it is written beside the stage's weights and into every checkpoint. A finished stage
+  or checkpoint made by a different recipe is an error that says what changed and how to choose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+MARKER = ".bidistill-run.json"
+LOCK = ".bidistill.lock"
+FINGERPRINT = "fingerprint.json"
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used as asked; the message says why and what to do."""
+
+
+class RunFolder:
+    """An output folder claimed for one run (ownership checked, lock held until `release`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+        self.notice = ""  # a line for the user (e.g. a stale lock taken over)
+
+    def claim(self) -> "RunFolder":
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"run.output_dir {path} is a file, not a folder")
+        if path.is_dir() and not (path / MARKER).is_file():
+            foreign = sorted(p.name for p in path.iterdir())
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise RunFolderError(f"run.output_dir {path} already holds files that BiDistill did not write ({shown}); "
+                                     "choose a new or empty folder, so that nothing of yours is replaced")
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderError(f"another run (pid {holder}) is using {path}; wait for it to finish or choose another "
+                                 "run.output_dir") from None
+        previous = os.read(fd, 64).decode(errors="replace").strip()
+        if previous:
+            self.notice = (f"the run with pid {previous} ended without releasing {path} (killed?); this run takes it "
+                           "over and resumes from what it left")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        if not (path / MARKER).is_file():
+            (path / MARKER).write_text(json.dumps({"made_by": "bidistill"}) + "\n")
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # an empty lock file: the run ended cleanly
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _public(config) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def stage_fingerprints(recipe, process, student_config: dict) -> list[dict]:
+    """For each stage, the recipe parts that determine its weights (see the module docstring)."""
+    r, d, t, s = recipe.run, recipe.data, recipe.teacher, recipe.student
+    common = {"seed": r.seed, "scale": r.scale, "process": _public(process.config),
+              "data": {"train": d.train, "train_hub": d.train_hub, "builtin": d.builtin, "train_split": d.train_split,
+                       "image_column": d.image_column, "patch_size": d.patch_size}}
+    teacher = {"path": t.path, "kind": t.kind, "unet": t.unet}
+    out, previous = [], ""
+    for stage in recipe.stages:
+        settings = {k: v for k, v in dataclasses.asdict(stage).items() if k != "name"}
+        models = {"teacher": teacher, "student": _public(student_config)} if stage.type == "teacher" else {
+            "teacher": teacher, "student": _public(student_config), "student_init": s.init,
+            "init_from_teacher": s.init_from_teacher}
+        fingerprint = {**common, "stage": settings, "models": models, "previous_stage": previous}
+        previous = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        out.append(fingerprint)
+    return out
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """'key: old -> new' for each setting that differs (at most 6)."""
+    a, b = _flat(old), _flat(new)
+    changed = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+               if a.get(k) != b.get(k)]
+    return "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+
+
+def check_fingerprint(found: dict | None, expected: dict, what: str, stage_key: str) -> None:
+    """A finished stage or checkpoint made by another recipe is a RunFolderError saying what changed."""
+    if found == expected:
+        return
+    change = describe_changes(found, expected) if found is not None else "it has no fingerprint (an older version)"
+    raise RunFolderError(f"{what} was made by a different recipe ({change}). Reusing it would hand back a model of the "
+                         f"old recipe as if it were this one's. Choose a new run.output_dir, or set "
+                         f"run.resume = \"never\" to train {stage_key} and later stages again in this folder")
+
+
+def read_fingerprint(folder: Path) -> dict | None:
+    file = Path(folder) / FINGERPRINT
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def write_fingerprint(folder: Path, fingerprint: dict) -> None:
+    (Path(folder) / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2, sort_keys=True))

@@ -1,0 +1,66 @@
+"""The output folder: never write into a user's folder, one run at a time, and no stage reused for another recipe."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.recipe import load_recipe
+from pipeline.run import main as run_main
+from pipeline.run_folder import LOCK, RunFolder, RunFolderError
+from pipeline.trainer import Trainer
+from test_trainer import SHARED, write_recipe
+
+pytestmark = pytest.mark.skipif(not (SHARED / "data" / "Set14").is_dir(), reason="../shared/data not present")
+
+
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_with_a_users_files_is_refused_and_left_as_it_was(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, "mine", steps=2)
+    mine = tmp_path / "mine"
+    (mine / "student").mkdir(parents=True)
+    (mine / "student" / "thesis.txt").write_text("years of work")
+    (mine / "recipe.json").write_text("{}")
+    before = digest(mine)
+    assert run_main([str(recipe)]) == 2
+    assert "already holds files that BiDistill did not write (recipe.json, student)" in capsys.readouterr().err
+    assert digest(mine) == before and sorted(p.name for p in mine.iterdir()) == ["recipe.json", "student"]
+
+
+def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    first = RunFolder(tmp_path / "run").claim()
+    with pytest.raises(RunFolderError, match=r"another run \(pid \d+\) is using"):
+        RunFolder(tmp_path / "run").claim()
+    first.release()
+    again = RunFolder(tmp_path / "run").claim()
+    assert again.notice == ""
+    again.release()
+    (tmp_path / "run" / LOCK).write_text("999999")  # a killed run leaves its pid and no lock (the kernel dropped it)
+    taken = RunFolder(tmp_path / "run").claim()
+    assert "pid 999999 ended without releasing" in taken.notice
+    taken.release()
+
+
+def test_a_changed_recipe_never_reuses_finished_stages_or_checkpoints(tmp_path):
+    recipe = write_recipe(tmp_path, "run", steps=4, every=2)
+    Trainer(load_recipe(recipe)).run()
+    out = tmp_path / "run"
+    finished = digest(out / "stages")
+
+    Trainer(load_recipe(recipe)).run()  # the same recipe: the finished stage is reused
+    with pytest.raises(RunFolderError, match=r"stage 0 \(direct\) in .* different recipe \(stage.steps: 4 -> 5\)"):
+        Trainer(load_recipe(recipe, ["stages.0.steps=5"])).run()
+    with pytest.raises(RunFolderError, match=r"models.student.base_channels: 16 -> 32"):
+        Trainer(load_recipe(recipe, ["student.unet.base_channels=32"])).run()
+    assert digest(out / "stages") == finished
+
+    shutil.rmtree(out / "stages")  # only the step-2 checkpoint is left: it must not be resumed by another recipe
+    with pytest.raises(RunFolderError, match=r"checkpoint .*step-00000002 was made by a different recipe \(stage.lr"):
+        Trainer(load_recipe(recipe, ["stages.0.lr=0.002"])).run()
+    Trainer(load_recipe(recipe, ["stages.0.lr=0.002", 'run.resume="never"'])).run()  # the explicit choice
+    assert (out / "stages" / "0-direct").is_dir()
