@@ -45,8 +45,8 @@ from pipeline.evaluate import evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import push_folder, write_model_folder
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
-from pipeline.run_folder import (RunFolder, check_fingerprint, read_fingerprint, stage_fingerprints,
-                                 write_fingerprint)
+from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, damage, read_fingerprint,
+                                 stage_fingerprints, write_checksums, write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
 from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
@@ -98,6 +98,7 @@ class Trainer:
         self.student_process = self.process  # becomes the one-step variant after a one_step stage
         self.student_config = student_unet_config(recipe, self.process)
         self.fingerprints = stage_fingerprints(recipe, self.process, self.student_config)
+        self._checkpoints: dict[int, Path | None] = {}
 
     # ---- paths -------------------------------------------------------------------------------------------------
     def stage_dir(self, i: int, stage: StageConfig) -> Path:
@@ -107,28 +108,49 @@ class Trainer:
         return self.out / "checkpoints" / f"{i}-{stage.name}"
 
     def find_checkpoint(self, i: int, stage: StageConfig) -> Path | None:
-        """The checkpoint stage i resumes from; one made by another recipe is a RunFolderError."""
+        """The checkpoint stage i resumes from: the newest intact one (a damaged one is named and skipped); one
+        made by another recipe is a RunFolderError. Found once per run (the up-front check) and remembered."""
+        if i not in self._checkpoints:
+            self._checkpoints[i] = self._find_checkpoint(i, stage)
+        return self._checkpoints[i]
+
+    def _find_checkpoint(self, i: int, stage: StageConfig) -> Path | None:
         resume = self.recipe.run.resume
         if resume == "never":
             return None
         if resume != "latest":
             path = Path(resume)
+            why = damage(path)
+            if why:
+                raise RunFolderError(f"run.resume names a damaged checkpoint: {why}")
             state = json.loads((path / "trainer_state.json").read_text())
-            found = path if state["stage_index"] == i else None
+            candidates = [path] if state["stage_index"] == i else []
         else:
             root = self.checkpoint_root(i, stage)
-            steps = sorted(p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()) if root.is_dir() else []
-            found = steps[-1] if steps else None
-        if found is not None:
+            candidates = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
+        for found in candidates:
+            why = damage(found)
+            if why:
+                self.console.print(f"[yellow]skipping checkpoint {found}: {why}[/yellow]")
+                continue
             state = json.loads((found / "trainer_state.json").read_text())
             check_fingerprint(state.get("fingerprint"), self.fingerprints[i], f"checkpoint {found}", f"stages[{i}]")
-        return found
+            if found != candidates[0]:
+                self.console.print(f"[yellow]resuming from the newest intact checkpoint, {found}[/yellow]")
+            return found
+        if candidates:
+            self.console.print(f"[yellow]no intact checkpoint of stage {i} ({stage.name}): it starts again[/yellow]")
+        return None
 
     def stage_complete(self, i: int, stage: StageConfig) -> bool:
         """A finished stage counts only for the recipe that made it (else a RunFolderError saying what changed)."""
         done = self.stage_dir(i, stage)
         if self.recipe.run.resume == "never" or not done.is_dir():
             return False
+        why = damage(done)
+        if why:
+            raise RunFolderError(f"stage {i} ({stage.name}) is damaged: {why}. Delete {done} to train it again from "
+                                 "its newest intact checkpoint")
         check_fingerprint(read_fingerprint(done), self.fingerprints[i], f"stage {i} ({stage.name}) in {done}",
                           f"stages[{i}]")
         return True
@@ -290,6 +312,7 @@ class Trainer:
             process.save_config(tmp)
         if fingerprint is not None:
             write_fingerprint(tmp, fingerprint)
+            write_checksums(tmp)
         _replace_dir(tmp, final)
 
     def evaluate(self, student, teacher) -> dict:
@@ -400,7 +423,7 @@ class Trainer:
         checkpoint or a published model can hold the damage."""
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
-            good = self.find_checkpoint(i, cfg) if self.recipe.run.resume != "never" else None
+            good = self._find_checkpoint(i, cfg) if self.recipe.run.resume != "never" else None
             raise NonFiniteLoss(
                 f"stage {i} ({cfg.name}): {', '.join(bad)} became non-finite by step {step} (logged every "
                 f"{self.recipe.run.log_every} steps and before every checkpoint); no checkpoint holds the damage. "
@@ -426,6 +449,7 @@ class Trainer:
                      "stage_steps": cfg.steps, "global_step": self.global_step, "recipe": self.recipe.source,
                      "fingerprint": self.fingerprints[i]}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            write_checksums(tmp)
             _replace_dir(tmp, final)
             for old in sorted(root.glob("step-*"))[: -self.recipe.run.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)

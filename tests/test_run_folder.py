@@ -64,3 +64,31 @@ def test_a_changed_recipe_never_reuses_finished_stages_or_checkpoints(tmp_path):
         Trainer(load_recipe(recipe, ["stages.0.lr=0.002"])).run()
     Trainer(load_recipe(recipe, ["stages.0.lr=0.002", 'run.resume="never"'])).run()  # the explicit choice
     assert (out / "stages" / "0-direct").is_dir()
+
+
+def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_is_used(tmp_path, capsys):
+    """A truncated newest checkpoint and a byte-flipped stage folder are found by their checksums, not trained on."""
+    recipe = write_recipe(tmp_path, "run", steps=8, every=2)  # keeps step-4 and step-6
+    Trainer(load_recipe(recipe)).run()
+    out = tmp_path / "run"
+    newest = out / "checkpoints" / "0-direct" / "step-00000006" / "model.safetensors"
+    older = out / "checkpoints" / "0-direct" / "step-00000004"
+    assert newest.is_file() and older.is_dir()
+
+    stage = out / "stages" / "0-direct" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(stage.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stage.write_bytes(bytes(data))
+    with pytest.raises(RunFolderError, match=r"stage 0 \(direct\) is damaged: .*diffusion_pytorch_model.safetensors "
+                                             r"does not match its checksum.*Delete"):
+        Trainer(load_recipe(recipe)).run()
+
+    shutil.rmtree(out / "stages")
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    capsys.readouterr()
+    trainer = Trainer(load_recipe(recipe))
+    trainer.run()
+    said = capsys.readouterr().out
+    assert "skipping checkpoint" in said and "model.safetensors does not match its checksum" in said
+    assert "resuming stage 0 (direct) at step 4" in said
+    assert (out / "stages" / "0-direct").is_dir()
