@@ -30,7 +30,7 @@ from torch import Tensor
 from pipeline.data import ValImage, load_validation
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
 from pipeline.resize import imresize_up, upsample_cond
-from pipeline.sr_pipeline import super_resolve
+from pipeline.sr_pipeline import tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import Teacher, load_teacher
 from teachers.process import DiffusionProcess, load_process
@@ -81,9 +81,12 @@ def save_grid(rows: list[list[Tensor]], labels: list[str], path: Path, tile: int
 def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = None, teacher: Teacher | None = None,
              student_process: DiffusionProcess | None = None, num_inference_steps: int | None = None, seed: int = 10,
              lpips_model=None, out_dir: str | Path | None = None, grid_images: int = 4,
-             device: str | torch.device = "cpu", console: Console | None = None) -> dict:
+             device: str | torch.device = "cpu", console: Console | None = None, tile_size: int = 512,
+             tile_overlap: int = 32) -> dict:
     """Score bicubic, the condition, the teacher and the student (on `student_process`) on `images`; returns
-    {"mean": {method: {metric: value}}, ...}. `num_inference_steps` None: each process's default."""
+    {"mean": {method: {metric: value}}, ...}. `num_inference_steps` None: each process's default. Models sample in
+    overlapping `tile_size` tiles (HR pixels), as the published pipeline does, so memory stays bounded on large
+    images; an image that fits in one tile is sampled whole, with the same result as without tiling."""
     methods = (["bicubic", "condition"] + (["teacher"] if teacher is not None else [])
                + (["student"] if student is not None else []))
     if student is not None and student_process is None:
@@ -103,12 +106,15 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
         cond = upsample_cond(lr, scale).clamp(0, 1)
         outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1), "condition": cond}
         if teacher is not None:
-            with _timed(seconds, "teacher", device):
-                outputs["teacher"] = teacher.sample(cond, num_inference_steps, generator=generators["teacher"])
+            with _timed(seconds, "teacher", device), teacher.autocast():
+                outputs["teacher"] = tiled_super_resolve(teacher.unet, teacher.process, cond, num_inference_steps,
+                                                         generator=generators["teacher"], tile=tile_size,
+                                                         overlap=tile_overlap)
         if student is not None:
             with _timed(seconds, "student", device):
-                outputs["student"] = super_resolve(student, student_process, cond, num_inference_steps,
-                                                   generator=generators["student"])
+                outputs["student"] = tiled_super_resolve(student, student_process, cond, num_inference_steps,
+                                                         generator=generators["student"], tile=tile_size,
+                                                         overlap=tile_overlap)
         scores = {"image": image.name}
         for m in methods:
             scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--max-images", type=int, default=0)
     parser.add_argument("--crop", type=int, default=0, help="centre-crop HR images to N x N")
+    parser.add_argument("--tile", type=int, default=512, help="HR tile size of the models' sampling (default 512)")
     parser.add_argument("--lpips-backbone", default="", help="torchvision alexnet.features state dict")
     parser.add_argument("--no-lpips", action="store_true")
     parser.add_argument("--out", default="", help="write metrics.json and samples.png here")
@@ -192,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(err))
     images = load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop)
     evaluate(images, args.scale, student, teacher, student_process=process, num_inference_steps=args.steps, seed=args.seed,
-             lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console)
+             lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console,
+             tile_size=args.tile)
 
 
 if __name__ == "__main__":

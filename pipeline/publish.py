@@ -5,6 +5,7 @@ The folder (written to a temporary name, then renamed) holds:
     student_1bit.safetensors              the packed 1-bit checkpoint (`students.packing.unpack_student`)
     README.md                             model card: evaluation table, complexity, usage, the recipe
     recipe.json                           the resolved recipe that produced it
+    checksums.json                        sha256 of every file, verified by `BiDiffSRPipeline.from_pretrained`
 A push (`publish.push_to_hub = "owner/name"`) uploads that folder with huggingface_hub; without credentials or
 network it fails with a `PublishError` that says why and leaves the folder as it is.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
 
+from pipeline.checksums import write_checksums
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 from students.complexity import format_ops, format_params, measure_student
@@ -87,6 +89,7 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
     model_card(student, scheduler, scale, metrics, recipe, repo_id).save(tmp / "README.md")
     if recipe is not None:
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    write_checksums(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.replace(folder)

@@ -122,6 +122,7 @@ class EvalConfig:
     lpips_backbone: str = ""
     teacher: bool = True  # add the teacher's row
     grid_images: int = 4
+    tile_size: int = 512  # models sample in overlapping tiles of this HR size (bounded memory on large images)
 
 
 @dataclass
@@ -389,6 +390,27 @@ def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
            "(output_weight and one_step work with any teacher on the same process)")
 
 
+def _check_validation_folder(recipe: Recipe) -> None:
+    """Before training: the validation folder has images, and every one is at least data.val_crop on each side."""
+    from PIL import Image
+
+    from pipeline.data import IMAGE_SUFFIXES
+
+    d = recipe.data
+    files = sorted(f for f in Path(d.val).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    _check(bool(files), recipe, "data.val", f"folder {d.val} holds no images")
+    if d.val_max_images:
+        files = files[: d.val_max_images]
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+        except OSError as err:
+            raise RecipeError(recipe.source, "data.val", f"cannot read validation image {f}: {err}") from None
+        _check(min(w, h) >= d.val_crop, recipe, "data.val_crop",
+               f"is {d.val_crop} but validation image {f} is only {w}x{h}")
+
+
 def validate(recipe: Recipe) -> None:
     from students.bidiffsr import BIDiffSRUNet
     from teachers import SR3UNet
@@ -494,6 +516,11 @@ def validate(recipe: Recipe) -> None:
             except ValueError as err:
                 raise RecipeError(recipe.source, f"{key}.teacher_steps", str(err)) from None
     _check(recipe.eval.num_inference_steps >= 0, recipe, "eval.num_inference_steps", "must be >= 0 (0: the process's default)")
+    multiple = 2 ** (len(student.config.channel_mults) - 1)
+    _check(recipe.eval.tile_size >= 64 and recipe.eval.tile_size % multiple == 0, recipe, "eval.tile_size",
+           f"must be >= 64 and a multiple of {multiple} (the student's size multiple), got {recipe.eval.tile_size}")
+    if d.val and recipe.eval.enabled:
+        _check_validation_folder(recipe)
     if recipe.eval.lpips_backbone:
         _check(Path(recipe.eval.lpips_backbone).is_file(), recipe, "eval.lpips_backbone",
                f"file {recipe.eval.lpips_backbone} does not exist")

@@ -26,7 +26,6 @@ from pathlib import Path
 MARKER = ".bidistill-run.json"
 LOCK = ".bidistill.lock"
 FINGERPRINT = "fingerprint.json"
-CHECKSUMS = "checksums.json"
 
 
 class RunFolderError(RuntimeError):
@@ -137,34 +136,3 @@ def read_fingerprint(folder: Path) -> dict | None:
 def write_fingerprint(folder: Path, fingerprint: dict) -> None:
     (Path(folder) / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_checksums(folder: Path) -> None:
-    """Record the sha256 of every file in `folder` (written last, just before the folder is published)."""
-    folder = Path(folder)
-    sums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != CHECKSUMS}
-    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2))
-
-
-def damage(folder: Path) -> str:
-    """Why `folder` cannot be trusted ('' when every file matches its recorded checksum)."""
-    folder = Path(folder)
-    try:
-        sums = json.loads((folder / CHECKSUMS).read_text())
-    except (OSError, json.JSONDecodeError):
-        return f"{folder / CHECKSUMS} is missing or unreadable"
-    for name, expected in sums.items():
-        file = folder / name
-        if not file.is_file():
-            return f"{file} is missing"
-        if _sha256(file) != expected:
-            return f"{file} does not match its checksum (truncated or corrupted)"
-    return ""

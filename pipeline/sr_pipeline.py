@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from huggingface_hub import snapshot_download
 from PIL import Image
 from torch import Tensor
 
+from pipeline.checksums import CHECKSUMS, damage
 from pipeline.data import to_rgb8
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
@@ -37,7 +39,7 @@ from teachers.process import DiffusionProcess, sample
 
 
 @torch.no_grad()
-def super_resolve(student: BIDiffSRUNet, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None,
+def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None,
                   generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
     """SR images in [0, 1] from a student on its process, `cond` = bicubic(LR); `noise` (at the padded size) fixes
     the starting point."""
@@ -64,11 +66,12 @@ def _ramp(length: int, overlap: int, device) -> Tensor:
 
 
 @torch.no_grad()
-def tiled_super_resolve(student: BIDiffSRUNet, process: DiffusionProcess, cond: Tensor,
+def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor,
                         num_inference_steps: int | None,
                         generator: torch.Generator | None = None, tile: int = 256, overlap: int = 32,
                         tile_batch: int = 8) -> Tensor:
-    """`super_resolve` over overlapping tile x tile windows of one (1, 3, H, W) condition, blended."""
+    """`super_resolve` over overlapping tile x tile windows of one (1, 3, H, W) condition, blended. `student` is any
+    denoiser with a `size_multiple` (a teacher's `unet` too)."""
     _, c, h, w = cond.shape
     if h <= tile and w <= tile:
         return super_resolve(student, process, cond, num_inference_steps, generator=generator)
@@ -110,11 +113,17 @@ class BiDiffSRPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "BiDiffSRPipeline":
         """Load from a local folder or a Hub id. A Hub repository is fetched with huggingface_hub first: diffusers'
-        own download path only accepts custom components whose code lives in the repository."""
+        own download path only accepts custom components whose code lives in the repository. Every file is checked
+        against the folder's checksums.json when it has one."""
         path = pretrained_model_name_or_path
         if not os.path.isdir(path):
             path = snapshot_download(str(path), revision=kwargs.pop("revision", None), token=kwargs.pop("token", None),
                                      cache_dir=kwargs.pop("cache_dir", None))
+        if (Path(path) / CHECKSUMS).is_file():  # published folders carry one; a damaged file must not load silently
+            why = damage(path)
+            if why:
+                raise ValueError(f"the published model in {pretrained_model_name_or_path} is damaged: {why}; "
+                                 "download or publish it again")
         return super().from_pretrained(path, **kwargs)
 
     @torch.no_grad()

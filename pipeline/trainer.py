@@ -45,8 +45,9 @@ from pipeline.evaluate import evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import push_folder, write_model_folder
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
-from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, damage, read_fingerprint,
-                                 stage_fingerprints, write_checksums, write_fingerprint)
+from pipeline.checksums import damage, write_checksums
+from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, read_fingerprint, stage_fingerprints,
+                                 write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
 from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
@@ -327,7 +328,7 @@ class Trainer:
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
                         student_process=self.student_process, num_inference_steps=e.num_inference_steps or None, seed=e.seed, lpips_model=lpips_model,
                         out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
-                        console=self.console)
+                        console=self.console, tile_size=e.tile_size)
 
     # ---- one stage ---------------------------------------------------------------------------------------------
     def train_stage(self, i: int, cfg: StageConfig, stage: Stage, model: torch.nn.Module) -> torch.nn.Module:

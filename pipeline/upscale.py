@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.sr_pipeline import BiDiffSRPipeline
 
-    pipe = BiDiffSRPipeline.from_pretrained(args.model).to(args.device)
+    try:
+        pipe = BiDiffSRPipeline.from_pretrained(args.model).to(args.device)
+    except (OSError, ValueError) as err:
+        print(f"error: cannot load --model {args.model}: {err}", file=sys.stderr)
+        return 1
     pipe.set_progress_bar_config(disable=True)
     for path, out in zip(inputs, outputs):
         sr = pipe(Image.open(path), num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,

@@ -71,7 +71,8 @@ class Teacher(DiffusionPipeline):
         if int(self.config.scale) != int(scale):
             raise ValueError(f"teacher was trained for x{self.config.scale} super-resolution but the {source} is x{scale}")
 
-    def _autocast(self):
+    def autocast(self):
+        """The teacher's autocast context (a no-op unless `autocast_dtype` is set)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.unet.device.type, dtype=self.autocast_dtype)
@@ -79,13 +80,13 @@ class Teacher(DiffusionPipeline):
     @torch.no_grad()
     def predict(self, x_in: Tensor, y: Tensor, t: Tensor) -> Tensor:
         """The denoiser's raw output on model-ready inputs, frozen."""
-        with self._autocast():
+        with self.autocast():
             return self.unet(x_in, y, t).float()
 
     @torch.no_grad()
     def features(self, x_in: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(output, res-block features by name), frozen."""
-        with self._autocast():
+        with self.autocast():
             out, feats = self.unet(x_in, y, t, return_features=True)
         return out.float(), {k: v.float() for k, v in feats.items()}
 

@@ -174,3 +174,18 @@ def test_upscale_never_overwrites_inputs_or_merges_outputs(published, tmp_path):
     assert out.read_bytes() == b"keep me"
     assert upscale.main([str(src / "pic.png"), str(out), *args, "--overwrite"]) == 0
     assert Image.open(out).size == (36, 28)
+
+
+def test_a_damaged_published_model_is_refused_not_used(published, tmp_path, capsys):
+    _, folder = published
+    assert "unet/diffusion_pytorch_model.safetensors" in json.loads((folder / "checksums.json").read_text())
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is damaged: .*diffusion_pytorch_model.safetensors does not match"):
+        BiDiffSRPipeline.from_pretrained(folder)
+    src = tmp_path / "lr.png"
+    lr_image().save(src)
+    assert upscale.main([str(src), str(tmp_path / "sr.png"), "--model", str(folder)]) == 1
+    assert "is damaged" in capsys.readouterr().err and not (tmp_path / "sr.png").exists()

@@ -191,3 +191,19 @@ def test_a_loaded_teachers_process_is_used_when_the_recipe_names_none(write, sav
 def test_non_finite_numbers_are_refused(write, value):
     with pytest.raises(RecipeError, match=r"stages\[0\].lr: must be a finite number"):
         load_recipe(write(), [f"stages.0.lr={value}"])
+
+
+def test_validation_mistakes_are_found_before_training(write, tmp_path):
+    from PIL import Image
+
+    val = tmp_path / "val"
+    val.mkdir()
+    path = write()
+    with pytest.raises(RecipeError, match=r"data.val: folder .*val holds no images"):
+        load_recipe(path, [f'data.val="{val}"'])
+    Image.new("RGB", (40, 24)).save(val / "small.png")
+    with pytest.raises(RecipeError, match=r"data.val_crop: is 32 but validation image .*small.png is only 40x24"):
+        load_recipe(path, [f'data.val="{val}"', "data.val_crop=32"])
+    assert load_recipe(path, [f'data.val="{val}"', "data.val_crop=24"]).data.val_crop == 24
+    with pytest.raises(RecipeError, match=r"eval.tile_size: must be >= 64 and a multiple of 2"):
+        load_recipe(path, ["eval.tile_size=63"])

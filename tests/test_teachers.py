@@ -188,3 +188,21 @@ def test_evaluation_rows(kind):
     assert set(result["mean"]) == {"bicubic", "condition", "teacher", "student"}
     with pytest.raises(ValueError, match="needs its diffusion process"):
         evaluate(images, 4, student, None)
+
+
+def test_evaluation_tiles_large_images_and_leaves_small_ones_as_they_were():
+    """Images that fit in one tile score exactly as untiled sampling; larger ones are sampled in tiles."""
+    from pipeline.data import ValImage
+    from pipeline.evaluate import evaluate
+
+    hr, _ = patches(1, 96)
+    images = [ValImage("x", hr[0], F.avg_pool2d(hr, 4)[0])]
+    teacher = sr3().freeze()
+    whole = evaluate(images, 4, None, teacher, num_inference_steps=2, tile_size=512)
+    cond = __import__("pipeline.resize", fromlist=["upsample_cond"]).upsample_cond(images[0].lr[None], 4).clamp(0, 1)
+    direct = teacher.sample(cond, 2, generator=torch.Generator().manual_seed(10))
+    from pipeline.metrics import psnr_y
+
+    assert whole["mean"]["teacher"]["psnr"] == pytest.approx(float(psnr_y(direct, images[0].hr[None], 4)), abs=1e-9)
+    tiled = evaluate(images, 4, None, teacher, num_inference_steps=2, tile_size=64, tile_overlap=16)
+    assert tiled["mean"]["teacher"]["psnr"] != whole["mean"]["teacher"]["psnr"]

@@ -1,0 +1,43 @@
+"""Checksum manifests: `checksums.json` holds the sha256 of every file of a folder (a finished stage, a checkpoint, a
+published model), written last, just before the folder is published under its final name, and verified before the
+folder is used, so a truncated or corrupted file is named instead of silently loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+CHECKSUMS = "checksums.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the sha256 of every file in `folder` (written last, just before the folder is published)."""
+    folder = Path(folder)
+    sums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+
+
+def damage(folder: Path) -> str:
+    """Why `folder` cannot be trusted ('' when every file matches its recorded checksum)."""
+    folder = Path(folder)
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"{folder / CHECKSUMS} is missing or unreadable"
+    for name, expected in sums.items():
+        file = folder / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if _sha256(file) != expected:
+            return f"{file} does not match its checksum (truncated or corrupted)"
+    return ""
