@@ -31,6 +31,11 @@ from pipeline.resize import make_lr, modcrop, upsample_cond
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder`, sorted by name."""
+    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def to_rgb8(image: Image.Image) -> np.ndarray:
     """PIL image -> (H, W, 3) uint8 RGB. 16-bit images (modes I;16*, and I holding 16-bit values) are scaled by
     1/257, not clipped (Pillow's convert("RGB") turns them white); palette, gray+alpha, RGBA and CMYK go through
@@ -202,7 +207,7 @@ def load_validation(hr_dir: str | Path, scale: int, lr_dir: str | Path = "", max
     """Benchmark images (sorted by name): HR modcropped; LR from `lr_dir` (`<stem>x<scale>.png`) when present,
     else made with MATLAB-compatible bicubic. `crop` > 0 takes a centred crop x crop HR region (and makes its LR)."""
     hr_dir = Path(hr_dir)
-    files = sorted(f for f in hr_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(hr_dir)
     if not files:
         raise ValueError(f"validation folder {hr_dir} holds no images")
     if max_images:

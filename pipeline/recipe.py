@@ -363,7 +363,7 @@ def _teacher_unet_config(recipe: Recipe) -> tuple[str, dict] | None:
 
 def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
     """SPD and starting from the teacher need the student's full-precision twin as the teacher."""
-    from students.bidiffsr import LAYOUT_KEYS, BIDiffSRUNet
+    from students.bidiffsr import BIDiffSRUNet, layout_difference
 
     loaded = _teacher_unet_config(recipe)
     if loaded is None:
@@ -376,15 +376,9 @@ def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
     why = ""
     if name != BIDiffSRUNet.__name__:
         why = f"its denoiser is a {name or 'unknown model'}, not the student's BIDiffSRUNet"
-    else:
-        for k in LAYOUT_KEYS:
-            mine = student.config[k]
-            mine = list(mine) if isinstance(mine, (list, tuple)) else mine
-            theirs = config.get(k)
-            theirs = list(theirs) if isinstance(theirs, (list, tuple)) else theirs
-            if mine != theirs:
-                why = f"its {k} is {theirs!r} but student.unet.{k} is {mine!r}"
-                break
+    elif difference := layout_difference(student.config, config):
+        field, mine, theirs = difference
+        why = f"its {field} is {theirs!r} but student.unet.{field} is {mine!r}"
     _check(not why, recipe, key, f"{what} needs the student's full-precision twin as the teacher, but in "
            f"{recipe.teacher.path} {why}. Train a twin with a 'teacher' stage (teacher.kind = 'twin') or drop it "
            "(output_weight and one_step work with any teacher on the same process)")
@@ -394,10 +388,10 @@ def _check_validation_folder(recipe: Recipe) -> None:
     """Before training: the validation folder has images, and every one is at least data.val_crop on each side."""
     from PIL import Image
 
-    from pipeline.data import IMAGE_SUFFIXES
+    from pipeline.data import image_files
 
     d = recipe.data
-    files = sorted(f for f in Path(d.val).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(d.val)
     _check(bool(files), recipe, "data.val", f"folder {d.val} holds no images")
     if d.val_max_images:
         files = files[: d.val_max_images]

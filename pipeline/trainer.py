@@ -100,6 +100,7 @@ class Trainer:
         self.student_config = student_unet_config(recipe, self.process)
         self.fingerprints = stage_fingerprints(recipe, self.process, self.student_config)
         self._checkpoints: dict[int, Path | None] = {}
+        self._complete: dict[int, bool] = {}
 
     # ---- paths -------------------------------------------------------------------------------------------------
     def stage_dir(self, i: int, stage: StageConfig) -> Path:
@@ -144,7 +145,13 @@ class Trainer:
         return None
 
     def stage_complete(self, i: int, stage: StageConfig) -> bool:
-        """A finished stage counts only for the recipe that made it (else a RunFolderError saying what changed)."""
+        """A finished stage counts only for the recipe that made it (else a RunFolderError saying what changed).
+        Checked once per run (the up-front check, which hashes its files) and remembered."""
+        if i not in self._complete:
+            self._complete[i] = self._stage_complete(i, stage)
+        return self._complete[i]
+
+    def _stage_complete(self, i: int, stage: StageConfig) -> bool:
         done = self.stage_dir(i, stage)
         if self.recipe.run.resume == "never" or not done.is_dir():
             return False

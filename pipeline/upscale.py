@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline.data import IMAGE_SUFFIXES
+from pipeline.data import image_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     src, dst = Path(args.input), Path(args.output)
     if src.is_dir():
-        inputs = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        inputs = image_files(src)
         if not inputs:
             parser.error(f"{src} holds no images")
         outputs = [dst / f"{p.stem}.png" for p in inputs]

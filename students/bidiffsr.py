@@ -176,6 +176,20 @@ class DecoderLevel(nn.Module):
         self.full_precision = full_precision
 
 
+def layout_difference(student_config, teacher_config) -> tuple[str, object, object] | None:
+    """The first LAYOUT_KEYS entry on which two BIDiffSRUNet configs (objects or saved dicts) differ, as
+    (key, student value, teacher value), lists and tuples alike; None when the layouts agree."""
+    def value(config, key):
+        v = config.get(key)
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    for key in LAYOUT_KEYS:
+        mine, theirs = value(student_config, key), value(teacher_config, key)
+        if mine != theirs:
+            return key, mine, theirs
+    return None
+
+
 def _config_error(field: str, value, why: str) -> ValueError:
     return ValueError(f"BIDiffSRUNet config: {field}={value!r} {why}")
 
@@ -320,11 +334,10 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         """Why `other`'s features do not correspond to this model's channel for channel ('' when they do)."""
         if type(other) is not type(self):
             return f"the teacher's denoiser is a {type(other).__name__}, not a {type(self).__name__}"
-        for key in LAYOUT_KEYS:
-            mine, theirs = self.config[key], other.config[key]
-            if (list(mine) if isinstance(mine, (list, tuple)) else mine) != (
-                    list(theirs) if isinstance(theirs, (list, tuple)) else theirs):
-                return f"{key} is {theirs!r} in the teacher but {mine!r} in the student"
+        difference = layout_difference(self.config, other.config)
+        if difference:
+            key, mine, theirs = difference
+            return f"{key} is {theirs!r} in the teacher but {mine!r} in the student"
         return ""
 
     def init_from_teacher(self, teacher: nn.Module) -> list[str]:
