@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,11 +29,17 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline.resize import make_lr, modcrop, upsample_cond
 
+class DataError(ValueError):
+    """Training or validation data that cannot be used; the message names the folder, dataset or file."""
+
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def image_files(folder: str | Path) -> list[Path]:
     """The image files directly in `folder`, sorted by name."""
+    if not Path(folder).is_dir():
+        raise DataError(f"folder {folder} does not exist")
     return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -72,7 +79,7 @@ def load_hr_dataset(folder: str = "", hub: str = "", split: str = "train", image
     else:
         ds = datasets.load_dataset(hub, split=split)
     if image_column not in ds.column_names:
-        raise ValueError(f"dataset {folder or hub} has no column {image_column!r} (data.image_column); "
+        raise DataError(f"dataset {folder or hub} has no column {image_column!r} (data.image_column); "
                          f"columns: {', '.join(ds.column_names)}")
     return ds.cast_column(image_column, datasets.Image(decode=False))
 
@@ -81,9 +88,10 @@ def _open(cell: dict) -> Image.Image:
     return Image.open(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"])
 
 
-def make_pairs(ds, scale: int, min_hr_size: int, image_column: str = "image", source: str = "dataset"):
-    """Map HR images to {hr, lr} PNG pairs (cached by datasets); drop, with a warning naming each file, images
-    smaller than `min_hr_size` on a side or unreadable."""
+def make_pairs(ds, scale: int, min_hr_size: int, image_column: str = "image", source: str = "dataset",
+               num_proc: int = 0):
+    """Map HR images to {hr, lr} PNG pairs (cached by datasets, built by `num_proc` processes; 0: min(8, CPUs));
+    drop, with a warning naming each file, images smaller than `min_hr_size` on a side or unreadable."""
     import datasets
 
     def convert(example, idx):
@@ -100,15 +108,17 @@ def make_pairs(ds, scale: int, min_hr_size: int, image_column: str = "image", so
 
     features = datasets.Features({"hr": datasets.Image(), "lr": datasets.Image(), "name": datasets.Value("string"),
                                   "problem": datasets.Value("string")})
+    num_proc = num_proc or min(8, os.cpu_count() or 1)
+    parallel = num_proc > 1 and len(ds) >= 16 * num_proc  # a few images are faster in one process
     pairs = ds.map(convert, with_indices=True, remove_columns=ds.column_names, features=features,
-                   desc=f"bicubic LR x{scale}")
+                   desc=f"bicubic LR x{scale}", num_proc=num_proc if parallel else None)
     problems = [(n, p) for n, p in zip(pairs["name"], pairs["problem"]) if p]
     for name, problem in problems:
         warnings.warn(f"skipping training image {name}: {problem}", stacklevel=2)
     if problems:
         pairs = pairs.filter(lambda p: not p, input_columns="problem")
     if len(pairs) == 0:
-        raise ValueError(f"no usable training images in {source} (every image was skipped; see the warnings)")
+        raise DataError(f"no usable training images in {source} (every image was skipped; see the warnings)")
     return pairs
 
 
@@ -195,6 +205,14 @@ class StepBatchSampler(Sampler):
             m += 1
 
 
+def _read(file: Path) -> Tensor:
+    try:
+        with Image.open(file) as image:
+            return to_uint8_tensor(image)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image {file}: {err}") from None
+
+
 @dataclass
 class ValImage:
     name: str
@@ -209,24 +227,28 @@ def load_validation(hr_dir: str | Path, scale: int, lr_dir: str | Path = "", max
     hr_dir = Path(hr_dir)
     files = image_files(hr_dir)
     if not files:
-        raise ValueError(f"validation folder {hr_dir} holds no images")
+        raise DataError(f"validation folder {hr_dir} holds no images")
     if max_images:
         files = files[:max_images]
     images = []
     for f in files:
-        hr = modcrop(to_uint8_tensor(Image.open(f)), scale)
+        hr = modcrop(_read(f), scale)
         lr_file = Path(lr_dir) / f"{f.stem}x{scale}.png" if lr_dir else None
         if crop:
             c = crop - crop % scale
             h, w = hr.shape[-2:]
             if min(h, w) < c:
-                raise ValueError(f"validation image {f} ({w}x{h}) is smaller than data.val_crop={crop}")
+                raise DataError(f"validation image {f} ({w}x{h}) is smaller than data.val_crop={crop}")
             top, left = ((h - c) // 2) // scale * scale, ((w - c) // 2) // scale * scale
             hr, lr = hr[:, top : top + c, left : left + c], None
-        elif lr_file is not None and lr_file.is_file():
-            lr = to_uint8_tensor(Image.open(lr_file))
+        elif lr_file is not None and not lr_file.is_file():
+            present = ", ".join(p.name for p in image_files(lr_dir)[:5]) or "no images"
+            raise DataError(f"{lr_dir} has no {lr_file.name}, the x{scale} LR of {f} (it holds {present}); name LR "
+                            f"files <HR stem>x{scale}.png, or leave the LR folder out to make LR with MATLAB bicubic")
+        elif lr_file is not None:
+            lr = _read(lr_file)
             if lr.shape[-2] * scale != hr.shape[-2] or lr.shape[-1] * scale != hr.shape[-1]:
-                raise ValueError(f"{lr_file} is {lr.shape[-1]}x{lr.shape[-2]}, which is not the x{scale} LR of "
+                raise DataError(f"{lr_file} is {lr.shape[-1]}x{lr.shape[-2]}, which is not the x{scale} LR of "
                                  f"{f} ({hr.shape[-1]}x{hr.shape[-2]} after modcrop)")
         else:
             lr = None

@@ -27,7 +27,7 @@ from rich.table import Table
 from safetensors.torch import load_file
 from torch import Tensor
 
-from pipeline.data import ValImage, load_validation
+from pipeline.data import DataError, ValImage, load_validation
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
 from pipeline.resize import imresize_up, upsample_cond
 from pipeline.sr_pipeline import tiled_super_resolve
@@ -82,11 +82,12 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
              student_process: DiffusionProcess | None = None, num_inference_steps: int | None = None, seed: int = 10,
              lpips_model=None, out_dir: str | Path | None = None, grid_images: int = 4,
              device: str | torch.device = "cpu", console: Console | None = None, tile_size: int = 512,
-             tile_overlap: int = 32) -> dict:
+             tile_overlap: int = 32, lpips_skipped: str = "") -> dict:
     """Score bicubic, the condition, the teacher and the student (on `student_process`) on `images`; returns
     {"mean": {method: {metric: value}}, ...}. `num_inference_steps` None: each process's default. Models sample in
     overlapping `tile_size` tiles (HR pixels), as the published pipeline does, so memory stays bounded on large
-    images; an image that fits in one tile is sampled whole, with the same result as without tiling."""
+    images; an image that fits in one tile is sampled whole, with the same result as without tiling.
+    `lpips_skipped`: why LPIPS could not be computed, shown in the table and recorded in metrics.json."""
     methods = (["bicubic", "condition"] + (["teacher"] if teacher is not None else [])
                + (["student"] if student is not None else []))
     if student is not None and student_process is None:
@@ -128,14 +129,20 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
     result = {"scale": scale, "num_images": len(images), "num_inference_steps": num_inference_steps, "seed": seed,
               "metrics": metrics, "mean": mean, "per_image": per_image,
               "seconds_per_image": {m: s / len(images) for m, s in seconds.items()}}
+    if lpips_skipped:
+        result["lpips_skipped"] = lpips_skipped
 
-    table = Table(title=f"x{scale} on {len(images)} images (PSNR/SSIM on Y, border {scale})")
+    table = Table(title=f"x{scale} on {len(images)} images (PSNR/SSIM on Y, border {scale})",
+                  caption=f"LPIPS SKIPPED: {lpips_skipped}" if lpips_skipped else None, caption_style="bold yellow")
     table.add_column("method")
     for k in metrics:
         table.add_column(k.upper(), justify="right")
+    if lpips_skipped:
+        table.add_column("LPIPS", justify="right")
     table.add_column("s / image", justify="right")
     for m in methods:
         table.add_row(m, *(f"{mean[m][k]:.2f}" if k == "psnr" else f"{mean[m][k]:.4f}" for k in metrics),
+                      *(["skipped"] if lpips_skipped else []),
                       f"{result['seconds_per_image'][m]:.2f}" if m in seconds else "-")
     (console or Console()).print(table)
     if out_dir is not None:
@@ -169,7 +176,8 @@ def _finite(obj):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--student", help="saved student folder or training checkpoint")
     parser.add_argument("--teacher", help="teacher folder (adds the teacher row)")
     parser.add_argument("--val", required=True, help="folder of HR benchmark images")
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--max-images", type=int, default=0)
     parser.add_argument("--crop", type=int, default=0, help="centre-crop HR images to N x N")
-    parser.add_argument("--tile", type=int, default=512, help="HR tile size of the models' sampling (default 512)")
+    parser.add_argument("--tile", type=int, default=512, help="HR tile size of the models' sampling")
     parser.add_argument("--lpips-backbone", default="", help="torchvision alexnet.features state dict")
     parser.add_argument("--no-lpips", action="store_true")
     parser.add_argument("--out", default="", help="write metrics.json and samples.png here")
@@ -187,17 +195,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     console = Console()
-    student, process = load_student(args.student) if args.student else (None, None)
-    teacher = load_teacher(args.teacher) if args.teacher else None
-    if teacher is not None:
-        teacher.check_scale(args.scale, source="--scale")
+    try:
+        student, process = load_student(args.student) if args.student else (None, None)
+        teacher = load_teacher(args.teacher) if args.teacher else None
+        if teacher is not None:
+            teacher.check_scale(args.scale, source="--scale")
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     lpips_model = None
     if not args.no_lpips:
         try:
             lpips_model = load_lpips(args.lpips_backbone or None, args.device)
         except LPIPSUnavailable as err:
             parser.error(str(err))
-    images = load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop)
+    try:
+        images = load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop)
+    except DataError as err:
+        parser.error(str(err))
     evaluate(images, args.scale, student, teacher, student_process=process, num_inference_steps=args.steps, seed=args.seed,
              lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console,
              tile_size=args.tile)

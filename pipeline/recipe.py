@@ -12,9 +12,11 @@ value read as a TOML literal (bare words are strings).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import json
 import math
+import os
 import re
 import tomllib
 import typing
@@ -28,7 +30,7 @@ STAGE_TYPES = ("teacher", "direct", "feature_distill", "one_step")
 TEACHER_KINDS = ("sr3", "twin")
 PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
-TRACKERS = ("tensorboard",)
+TRACKERS = ("tensorboard", "wandb")
 
 
 class RecipeError(ValueError):
@@ -45,7 +47,7 @@ class RunConfig:
     output_dir: str = "runs/bidistill"
     seed: int = 10
     scale: int = 4
-    mixed_precision: str = "no"
+    mixed_precision: str = ""  # "" = the launcher's (accelerate launch --mixed_precision, accelerate config)
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     log_every: int = 10
     checkpoint_every: int = 1000
@@ -62,6 +64,7 @@ class DataConfig:
     image_column: str = "image"
     patch_size: int = 256
     num_workers: int = 2
+    num_proc: int = 0  # processes that build the LR cache (datasets' map); 0: min(8, CPU count)
     val: str = ""  # a folder of HR images (Set5 layout)
     val_lr: str = ""  # optional folder of pre-made LR images named <stem>x<scale>.png; else made from HR
     val_max_images: int = 0  # 0: all
@@ -384,6 +387,27 @@ def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
            "(output_weight and one_step work with any teacher on the same process)")
 
 
+def _check_hub_dataset(recipe: Recipe) -> None:
+    """Before training: the Hub dataset exists, or, without a connection, has been downloaded before (otherwise
+    datasets retries for a while and ends in a traceback)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    repo = recipe.data.train_hub
+    try:
+        HfApi().dataset_info(repo, timeout=10)
+        return
+    except RepositoryNotFoundError:
+        raise RecipeError(recipe.source, "data.train_hub", f"there is no dataset {repo!r} on the Hub (a private one "
+                          "needs `hf auth login`)") from None
+    except Exception as err:  # offline mode, no network, a proxy error: fall back to what is cached
+        why = f"{type(err).__name__}"
+    cached = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
+    _check(cached.is_dir(), recipe, "data.train_hub",
+           f"cannot reach the Hub for {repo!r} ({why}) and it is not in the local cache ({cached}); connect once to "
+           "download it (it is then reused offline; set HF_HUB_OFFLINE=1), or point data.train at a folder of images")
+
+
 def _check_validation_folder(recipe: Recipe) -> None:
     """Before training: the validation folder has images, and every one is at least data.val_crop on each side."""
     from PIL import Image
@@ -405,15 +429,49 @@ def _check_validation_folder(recipe: Recipe) -> None:
                f"is {d.val_crop} but validation image {f} is only {w}x{h}")
 
 
+def _check_training_folder(recipe: Recipe) -> None:
+    """Before training: data.train holds images (searched in subfolders too, as datasets' imagefolder does), some
+    of them readable and at least as large as the largest training patch on both sides."""
+    from PIL import Image
+
+    from pipeline.data import IMAGE_SUFFIXES
+
+    d, r = recipe.data, recipe.run
+    files = sorted(f for f in Path(d.train).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    _check(bool(files), recipe, "data.train",
+           f"folder {d.train} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)")
+    sides = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                sides.append(min(im.size) - min(im.size) % r.scale)
+        except OSError:
+            continue  # reported and skipped when the data is prepared
+    _check(bool(sides), recipe, "data.train", f"none of the {len(files)} images in {d.train} can be read "
+           f"(the first is {files[0]})")
+    patch, key = max((s.patch_size or d.patch_size, f"stages[{i}].patch_size" if s.patch_size else "data.patch_size")
+                     for i, s in enumerate(recipe.stages))
+    _check(max(sides) >= patch, recipe, key, f"is {patch} but no training image in {d.train} is that large on both "
+           f"sides (the largest allows {max(sides)}px at x{r.scale})")
+
+
 def validate(recipe: Recipe) -> None:
     from students.bidiffsr import BIDiffSRUNet
     from teachers import SR3UNet
 
     r, d, t = recipe.run, recipe.data, recipe.teacher
     _check(r.scale in (2, 3, 4, 8), recipe, "run.scale", f"must be 2, 3, 4 or 8, got {r.scale}")
-    _check(r.mixed_precision in PRECISIONS, recipe, "run.mixed_precision", f"must be one of {PRECISIONS}, got {r.mixed_precision!r}")
+    _check(r.mixed_precision in ("",) + PRECISIONS, recipe, "run.mixed_precision",
+           f"must be one of {PRECISIONS} (or left out to follow the launcher), got {r.mixed_precision!r}")
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "")
+    _check(not (r.mixed_precision and launcher and launcher != r.mixed_precision), recipe, "run.mixed_precision",
+           f"is {r.mixed_precision!r} but the launcher asks for {launcher!r} (accelerate launch --mixed_precision or "
+           "accelerate config): change one of them, or leave run.mixed_precision out to follow the launcher")
     for i, tracker in enumerate(r.log_with):
         _check(tracker in TRACKERS, recipe, f"run.log_with[{i}]", f"must be one of {TRACKERS}, got {tracker!r}")
+        package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(tracker)
+        _check(package is None or importlib.util.find_spec(package) is not None, recipe, f"run.log_with[{i}]",
+               f"{tracker!r} needs the {package} package, which is not installed (pip install {package}), or drop it")
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(r, key) > 0, recipe, f"run.{key}", f"must be > 0, got {getattr(r, key)}")
     _check(r.resume in ("latest", "never") or Path(r.resume).is_dir(), recipe, "run.resume",
@@ -513,6 +571,11 @@ def validate(recipe: Recipe) -> None:
     multiple = 2 ** (len(student.config.channel_mults) - 1)
     _check(recipe.eval.tile_size >= 64 and recipe.eval.tile_size % multiple == 0, recipe, "eval.tile_size",
            f"must be >= 64 and a multiple of {multiple} (the student's size multiple), got {recipe.eval.tile_size}")
+    _check(d.num_proc >= 0, recipe, "data.num_proc", f"must be >= 0 (0: min(8, CPU count)), got {d.num_proc}")
+    if d.train:
+        _check_training_folder(recipe)
+    if d.train_hub:
+        _check_hub_dataset(recipe)
     if d.val and recipe.eval.enabled:
         _check_validation_folder(recipe)
     if recipe.eval.lpips_backbone:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,23 +18,39 @@ from pipeline.recipe import RecipeError, load_recipe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pipeline/run.py", description="Run a BiDistill recipe.")
-    parser.add_argument("recipe", help="a TOML recipe (see recipes/)")
+    parser = argparse.ArgumentParser(prog="pipeline/run.py", description="Run a BiDistill recipe: train its stages, "
+                                     "evaluate, publish.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("recipe", help="a TOML recipe (see recipes/; pipeline/recipe.py lists every key)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set stages.0.steps=10 (repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved recipe (defaults filled in, overrides applied) as JSON and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the recipe and the output folder, print what would run, and exit without "
+                             "writing anything")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.set)
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return 0
+    from pipeline.data import DataError
     from pipeline.publish import PublishError
-    from pipeline.run_folder import RunFolderError
+    from pipeline.run_folder import RunFolder, RunFolderError
     from pipeline.trainer import NonFiniteLoss, Trainer
 
     try:
-        Trainer(recipe).run()
-    except RunFolderError as err:
+        trainer = Trainer(recipe)
+        if args.dry_run:
+            RunFolder(trainer.out).check()
+            trainer.check_earlier_work()
+            trainer.print_summary()
+            return 0
+        trainer.run()
+    except (RunFolderError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (PublishError, NonFiniteLoss) as err:

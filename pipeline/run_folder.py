@@ -40,7 +40,8 @@ class RunFolder:
         self._fd: int | None = None
         self.notice = ""  # a line for the user (e.g. a stale lock taken over)
 
-    def claim(self) -> "RunFolder":
+    def check(self) -> None:
+        """Refuse a path that is a file or a folder holding files BiDistill did not write (writes nothing)."""
         path = self.path
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"run.output_dir {path} is a file, not a folder")
@@ -50,6 +51,11 @@ class RunFolder:
                 shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
                 raise RunFolderError(f"run.output_dir {path} already holds files that BiDistill did not write ({shown}); "
                                      "choose a new or empty folder, so that nothing of yours is replaced")
+
+    def claim(self) -> "RunFolder":
+        """`check`, then create the folder, take its lock and mark it as a BiDistill run folder."""
+        self.check()
+        path = self.path
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:

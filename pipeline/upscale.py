@@ -1,10 +1,12 @@
 """Command line super-resolution with a published student.
 
     python -m pipeline.upscale IN OUT --model runs/quickstart/publish [--steps N] [--seed 10] [--tile 256]
+        [--dtype bfloat16] [--threads 2]
 
 IN is an image or a folder of images, OUT a file or a folder; `--model` a published folder or a Hub id.
 It never overwrites an input, refuses two inputs that would write one output (`pic.jpg` and `pic.png`), keeps
-existing outputs unless `--overwrite`, and writes each image under a temporary name before renaming it.
+existing outputs unless `--overwrite`, and writes each image under a temporary name before renaming it. A progress
+bar counts the network evaluations of each image (tiles x steps).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from PIL import Image
 
 from pipeline.data import image_files
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.upscale", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.upscale", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("input", help="an LR image or a folder of them")
     parser.add_argument("output", help="output image (for one input) or folder")
     parser.add_argument("--model", required=True, help="published folder or Hub id (owner/name)")
@@ -28,11 +33,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="sampling steps (default: the model's process: DDPM 50, ResShift all its steps; "
                              "one-step students take one)")
     parser.add_argument("--seed", type=int, default=10)
-    parser.add_argument("--tile", type=int, default=256, help="HR tile size for large images")
+    parser.add_argument("--tile", type=int, default=256, help="HR tile size for large images (tiles go through "
+                        "the network 8 at a time)")
     parser.add_argument("--overlap", type=int, default=32, help="HR tile overlap")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="the network's dtype (bfloat16 / float16 halve its memory; the sampler stays float32)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     src, dst = Path(args.input), Path(args.output)
     if src.is_dir():
@@ -44,20 +60,26 @@ def main(argv: list[str] | None = None) -> int:
         inputs, outputs = [src], [dst / f"{src.stem}.png" if dst.is_dir() else dst]
     else:
         parser.error(f"input {src} does not exist")
-    problem = check_outputs(inputs, outputs, args.overwrite)
+    problem = check_outputs(inputs, outputs, args.overwrite) or check_readable(inputs)
     if problem:
         parser.error(problem)
 
     from pipeline.sr_pipeline import BiDiffSRPipeline
 
     try:
-        pipe = BiDiffSRPipeline.from_pretrained(args.model).to(args.device)
+        pipe = BiDiffSRPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype]).to(args.device)
     except (OSError, ValueError) as err:
         print(f"error: cannot load --model {args.model}: {err}", file=sys.stderr)
         return 1
-    pipe.set_progress_bar_config(disable=True)
-    for path, out in zip(inputs, outputs):
-        sr = pipe(Image.open(path), num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,
+    for n, (path, out) in enumerate(zip(inputs, outputs), 1):
+        pipe.set_progress_bar_config(disable=args.quiet, desc=f"{n}/{len(inputs)} {path.name}", leave=False)
+        try:
+            image = Image.open(path)
+            image.load()  # reads and closes the file
+        except OSError as err:
+            print(f"error: cannot read {path}: {err}", file=sys.stderr)
+            return 1
+        sr = pipe(image, num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,
                   tile_overlap=args.overlap).images[0]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.partial.png")
@@ -81,6 +103,16 @@ def check_outputs(inputs: list[Path], outputs: list[Path], overwrite: bool) -> s
         seen[target] = src
         if target.exists() and not overwrite:
             return f"output {out} exists; pass --overwrite to replace it"
+    return ""
+
+
+def check_readable(inputs: list[Path]) -> str:
+    """Why the inputs cannot be upscaled ('' when every one opens as an image): checked before the model loads."""
+    for path in inputs:
+        try:
+            Image.open(path).close()
+        except OSError as err:
+            return f"cannot read {path}: {err}"
     return ""
 
 

@@ -22,6 +22,16 @@ TINY_STUDENT = dict(
     dropout=0.0,
 )
 
+# The same student as a recipe table, for recipes the tests write.
+TINY_UNET_TOML = """[student.unet]
+base_channels = 16
+channel_mults = [1, 2]
+num_res_blocks = 1
+norm_groups = 4
+image_size = 32
+fp_resolutions = [32]
+"""
+
 
 @pytest.fixture
 def tiny_config() -> dict:

@@ -124,3 +124,25 @@ def test_floating_point_images_are_refused_clearly():
 
     with pytest.raises(ValueError, match="mode F"):
         to_rgb8(Image.new("F", (4, 4)))
+
+
+def test_lr_files_must_match_their_hr_names(tmp_path):
+    hr = make_folder(tmp_path / "hr", [((40, 32), "RGB")])
+    lr = tmp_path / "lr"
+    lr.mkdir()
+    Image.new("RGB", (10, 8)).save(lr / "img0_x4.png")  # another naming scheme: not silently replaced by bicubic
+    with pytest.raises(ValueError, match=r"has no img0x4.png, the x4 LR of .*img0.png \(it holds img0_x4.png\)"):
+        load_validation(hr, 4, lr)
+    Image.new("RGB", (10, 8)).save(lr / "img0x4.png")
+    assert load_validation(hr, 4, lr)[0].lr.abs().sum() == 0  # the given LR file is used
+
+
+def test_the_lr_cache_built_in_parallel_equals_the_serial_one(tmp_path):
+    folder = make_folder(tmp_path / "hr", [((40 + i % 3 * 4, 36), "RGB") for i in range(32)])
+    ds = load_hr_dataset(str(folder))
+    serial = make_pairs(ds, 4, 32, num_proc=1)
+    parallel = make_pairs(ds, 4, 32, num_proc=2)
+    assert serial["name"] == parallel["name"] and len(serial) == 32
+    for i in (0, 17, 31):
+        assert serial[i]["hr"].tobytes() == parallel[i]["hr"].tobytes()
+        assert serial[i]["lr"].tobytes() == parallel[i]["lr"].tobytes()

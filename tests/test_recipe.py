@@ -32,8 +32,11 @@ steps = 3
 
 @pytest.fixture
 def write(tmp_path):
+    from PIL import Image
+
     train = tmp_path / "train"
     train.mkdir()
+    Image.new("RGB", (64, 64)).save(train / "photo.png")
 
     def _write(extra: str = "", base: str = BASE) -> Path:
         path = tmp_path / "r.toml"

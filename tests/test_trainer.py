@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY_UNET_TOML
 from pipeline import evaluate as evaluate_cli
 from pipeline.recipe import load_recipe
 from pipeline.trainer import Trainer
@@ -32,14 +33,7 @@ keep_checkpoints = 2
 train = "{train}"
 patch_size = 32
 num_workers = 0
-[student.unet]
-base_channels = 16
-channel_mults = [1, 2]
-num_res_blocks = 1
-norm_groups = 4
-image_size = 32
-fp_resolutions = [32]
-dropout = 0.2
+{unet}dropout = 0.2
 [[stages]]
 type = "direct"
 steps = {steps}
@@ -62,7 +56,8 @@ def subprocess_env(tmp_path):
 
 def write_recipe(tmp_path, name, steps=12, every=3):
     path = tmp_path / f"{name}.toml"
-    path.write_text(DIRECT_ONLY.format(out=tmp_path / name, train=SHARED / "data" / "Set14", steps=steps, every=every))
+    path.write_text(DIRECT_ONLY.format(out=tmp_path / name, train=SHARED / "data" / "Set14", steps=steps, every=every,
+                                       unet=TINY_UNET_TOML))
     return path
 
 

@@ -1,0 +1,229 @@
+"""Broken inputs, table-driven, through the commands users run (`pipeline/run.py`, `pipeline.upscale`,
+`pipeline.evaluate`): each case ends with its exit status and a message naming the key or file at fault, before any
+training step, and nothing outside the run's output folder changes (the sandbox's files are hashed before and
+after). Kills, resumes and NaN losses are tested in test_trainer.py and test_run_folder.py."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import evaluate as evaluate_cli
+from pipeline import upscale as upscale_cli
+from conftest import TINY_UNET_TOML
+from pipeline.run import main as run_main
+from pipeline.run_folder import RunFolder
+
+BASE = """
+[run]
+output_dir = "{out}"
+log_with = []
+checkpoint_every = 2
+[data]
+train = "{S}/train"
+patch_size = 32
+num_workers = 0
+val = "{S}/val"
+val_crop = 32
+{unet}[[stages]]
+type = "direct"
+steps = 2
+batch_size = 2
+[eval]
+lpips = false
+num_inference_steps = 2
+grid_images = 0
+"""
+
+SPD_STAGE = '[[stages]]\ntype = "feature_distill"\nname = "spd"\nsteps = 2\nbatch_size = 2\n'
+TEACHER_STAGE = '[[stages]]\ntype = "teacher"\nname = "t"\nsteps = 2\nbatch_size = 2\n'
+
+
+def photo(seed: int, size: int) -> Image.Image:
+    """A smooth random colour image (what a photo looks like to a bicubic kernel)."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((size // 8, size // 8, 3)) * 255).astype(np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.BICUBIC)
+
+
+def digest(root: Path, skip: Path) -> dict[str, str]:
+    """sha256 of every file under `root` except those under `skip` (the case's own output folder)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and skip not in p.parents}
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    """Training and validation photos, saved teachers of several kinds, a user's folder and a finished run."""
+    from students.bidiffsr import BIDiffSRUNet
+    from teachers import DDPMProcess, ResShiftProcess, SR3UNet, Teacher
+
+    s = tmp_path_factory.mktemp("sandbox")
+    for name, images in {"train": [photo(i, 96) for i in range(3)], "val": [photo(9, 64)]}.items():
+        (s / name).mkdir()
+        for i, image in enumerate(images):
+            image.save(s / name / f"{i}.png")
+    (s / "empty").mkdir()
+    (s / "unreadable").mkdir()
+    (s / "unreadable" / "a.png").write_bytes(b"not an image")
+    (s / "user").mkdir()
+    (s / "user" / "thesis.txt").write_text("years of work")
+    (s / "a_file").write_text("a user's file")
+    (s / "not_a_student").mkdir()
+    twin = BIDiffSRUNet.twin_config(dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4,
+                                         image_size=32, fp_resolutions=(32,)))
+    teachers = {"twin": (BIDiffSRUNet(**twin), DDPMProcess()),
+                "wide": (BIDiffSRUNet(**dict(twin, base_channels=32)), DDPMProcess()),
+                "resshift": (BIDiffSRUNet(**dict(twin, num_train_timesteps=15)), ResShiftProcess()),
+                "sr3": (SR3UNet(base_channels=16, channel_mults=(1, 2), norm_groups=4), DDPMProcess())}
+    for name, (unet, process) in teachers.items():
+        Teacher(unet, process).save_pretrained(s / "teachers" / name)
+    (s / "recipe.toml").write_text(BASE.format(S=s, out=s / "finished", unet=TINY_UNET_TOML))
+    assert run_main([str(s / "recipe.toml")]) == 0
+    (s / "lr").mkdir()
+    photo(3, 16).save(s / "lr" / "pic.png")
+    photo(4, 16).save(s / "lr" / "pic.jpg")
+    photo(5, 16).save(s / "lr2.png")
+    (s / "sr.png").write_bytes(b"an earlier result")
+    damaged = s / "damaged_model"
+    shutil.copytree(s / "finished" / "publish", damaged)
+    weights = damaged / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    return s
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]                  # {S}: the sandbox; {out}: this case's output folder; {recipe}: its recipe
+    expect: list[str]                # fragments of the message, key and file names included
+    rc: int = 2
+    extra: str = ""                  # TOML appended to the base recipe
+    command: str = "run"
+    setup: object = field(default=None, repr=False)
+
+
+RUN = ["{recipe}"]
+RUN_CASES = [
+    Case("missing recipe", ["{S}/nope.toml"], ["{S}/nope.toml", "recipe file does not exist"]),
+    Case("unknown key", RUN + ["--set", "stages.0.lrr=1"], ["stages[0].lrr: unknown key"]),
+    Case("bad override", RUN + ["--set", "stages.0.steps"], ["stages.0.steps: an override must look like"]),
+    Case("wrong type", RUN + ["--set", 'stages.0.steps="ten"'], ["stages[0].steps: must be an integer"]),
+    Case("infinite lr", RUN + ["--set", "stages.0.lr=inf"], ["stages[0].lr: must be a finite number"]),
+    Case("nan loss weight", RUN + ["--set", "stages.0.output_weight=nan"], ["stages[0].output_weight: must be a finite"]),
+    Case("scale", RUN + ["--set", "run.scale=5"], ["run.scale: must be 2, 3, 4 or 8"]),
+    Case("stage name escapes", RUN + ["--set", 'stages.0.name="../user"'], ["stages[0].name", "names folders"]),
+    Case("output is a user's folder", RUN + ["--set", 'run.output_dir="{S}/user"'],
+         ["{S}/user", "already holds files that BiDistill did not write"]),
+    Case("output is a file", RUN + ["--set", 'run.output_dir="{S}/a_file"'], ["{S}/a_file is a file"]),
+    Case("missing training folder", RUN + ["--set", 'data.train="{S}/gone"'], ["data.train: folder {S}/gone"]),
+    Case("empty training folder", RUN + ["--set", 'data.train="{S}/empty"'], ["data.train", "{S}/empty holds no images"]),
+    Case("unreadable training images", RUN + ["--set", 'data.train="{S}/unreadable"'],
+         ["data.train", "can be read", "{S}/unreadable/a.png"]),
+    Case("patch larger than every image", RUN + ["--set", "data.patch_size=128"], ["data.patch_size: is 128", "96px"]),
+    Case("stage patch larger than every image", RUN + ["--set", "stages.0.patch_size=200"],
+         ["stages[0].patch_size: is 200"]),
+    Case("empty validation folder", RUN + ["--set", 'data.val="{S}/empty"'], ["data.val", "{S}/empty holds no images"]),
+    Case("validation crop too large", RUN + ["--set", "data.val_crop=100"], ["data.val_crop: is 100", "{S}/val/0.png"]),
+    Case("missing LPIPS weights", RUN + ["--set", 'eval.lpips_backbone="{S}/alex.pth"'],
+         ["eval.lpips_backbone", "{S}/alex.pth does not exist"]),
+    Case("tile size", RUN + ["--set", "eval.tile_size=50"], ["eval.tile_size: must be >= 64"]),
+    Case("hub id", RUN + ["--set", 'publish.push_to_hub="noslash"'], ["publish.push_to_hub", "owner/name"]),
+    Case("resume from nowhere", RUN + ["--set", 'run.resume="{S}/nowhere"'], ["run.resume", "{S}/nowhere"]),
+    Case("unknown process", RUN + ["--set", 'process.type="ddim"'], ["process.type: must be one of"]),
+    Case("unknown process setting", RUN, ["process.kapa: unknown ResShiftProcess setting"],
+         extra='[process]\ntype = "resshift"\nkapa = 2.0\n'),
+    Case("student.init not a student", RUN + ["--set", 'student.init="{S}/not_a_student"'],
+         ["student.init", "{S}/not_a_student is not a saved student"]),
+    Case("teacher.path not a teacher", RUN + ["--set", 'teacher.path="{S}/user"'],
+         ["teacher.path", "{S}/user is not a teacher folder"]),
+    Case("teacher on another process", RUN + ["--set", 'teacher.path="{S}/teachers/resshift"'],
+         ["process.type", "lives on the 'resshift' process"], extra='[process]\ntype = "ddpm"\n'),
+    Case("teacher of another width", RUN + ["--set", 'teacher.path="{S}/teachers/wide"',
+                                            "--set", "student.init_from_teacher=true"],
+         ["student.init_from_teacher", "base_channels is 32 but student.unet.base_channels is 16"]),
+    Case("SPD against an unrelated teacher", RUN + ["--set", 'teacher.path="{S}/teachers/sr3"'],
+         ["stages[1].spd_weight", "SR3UNet"], extra=SPD_STAGE),
+    Case("SPD without starting from the teacher", RUN + ["--set", 'teacher.path="{S}/teachers/twin"'],
+         ["student.init_from_teacher", "set student.init_from_teacher = true"], extra=SPD_STAGE),
+    Case("SPD grid does not divide the patch", RUN + ["--set", 'teacher.path="{S}/teachers/twin"',
+                                                      "--set", "student.init_from_teacher=true"],
+         ["stages[1].patch_size", "multiple of 8"], extra=SPD_STAGE + "patch_size = 36\n"),
+    Case("distillation without a teacher", RUN, ["stages[1].type", "needs a teacher"], extra=SPD_STAGE),
+    Case("teacher stage and teacher.path", RUN + ["--set", 'teacher.path="{S}/teachers/twin"'],
+         ["stages[1].type", "remove teacher.path"], extra=TEACHER_STAGE),
+    Case("start from a teacher that comes later", RUN + ["--set", "student.init_from_teacher=true"],
+         ["student.init_from_teacher", "needs a teacher before the first student stage"], extra=TEACHER_STAGE),
+    Case("a changed recipe on a finished run", RUN + ["--set", 'run.output_dir="{S}/finished"', "--set",
+                                                      "stages.0.steps=3"],
+         ["stage 0 (direct) in {S}/finished", "different recipe (stage.steps: 2 -> 3)", 'run.resume = "never"']),
+    Case("a run already using the folder", RUN, ["another run (pid", "is using {out}"],
+         setup=lambda out: RunFolder(out).claim()),
+]
+
+UPSCALE = ["--model", "{S}/finished/publish", "--steps", "1"]
+UPSCALE_CASES = [
+    Case("output is the input", ["{S}/lr2.png", "{S}/lr2.png"] + UPSCALE, ["output {S}/lr2.png would overwrite the input"],
+         command="upscale"),
+    Case("output folder is the input folder", ["{S}/lr", "{S}/lr"] + UPSCALE, ["would overwrite the input"],
+         command="upscale"),
+    Case("two inputs, one output", ["{S}/lr", "{out}"] + UPSCALE, ["pic.jpg", "pic.png", "would both be written"],
+         command="upscale"),
+    Case("existing output", ["{S}/lr2.png", "{S}/sr.png"] + UPSCALE, ["output {S}/sr.png exists", "--overwrite"],
+         command="upscale"),
+    Case("missing input", ["{S}/nothing.png", "{out}"] + UPSCALE, ["input {S}/nothing.png does not exist"],
+         command="upscale"),
+    Case("input folder without images", ["{S}/empty", "{out}"] + UPSCALE, ["{S}/empty holds no images"],
+         command="upscale"),
+    Case("unreadable input", ["{S}/unreadable", "{out}"] + UPSCALE, ["cannot read", "{S}/unreadable/a.png"],
+         command="upscale"),
+    Case("damaged model", ["{S}/lr2.png", "{out}/sr.png", "--model", "{S}/damaged_model"],
+         ["--model {S}/damaged_model", "is damaged", "diffusion_pytorch_model.safetensors does not match"], rc=1,
+         command="upscale"),
+    Case("missing model", ["{S}/lr2.png", "{out}/sr.png", "--model", "{S}/no_model"], ["--model {S}/no_model"], rc=1,
+         command="upscale"),
+    Case("evaluate: missing validation folder", ["--val", "{S}/gone", "--scale", "4", "--no-lpips"],
+         ["folder {S}/gone does not exist"], command="evaluate"),
+    Case("evaluate: not a student", ["--student", "{S}/user", "--val", "{S}/val", "--scale", "4", "--no-lpips"],
+         ["{S}/user is neither a saved student"], command="evaluate"),
+    Case("evaluate: teacher of another scale", ["--teacher", "{S}/teachers/twin", "--val", "{S}/val", "--scale", "2",
+                                                "--no-lpips"], ["trained for x4", "--scale is x2"], command="evaluate"),
+]
+
+COMMANDS = {"run": run_main, "upscale": upscale_cli.main, "evaluate": evaluate_cli.main}
+
+
+@pytest.mark.parametrize("case", RUN_CASES + UPSCALE_CASES, ids=lambda c: c.id)
+def test_broken_input_is_named_and_nothing_else_changes(case: Case, sandbox: Path, capsys):
+    out = sandbox / "out" / case.id.replace(" ", "_").replace(":", "")
+    recipe = sandbox / "recipes" / f"{out.name}.toml"
+    recipe.parent.mkdir(exist_ok=True)
+    recipe.write_text(BASE.format(S=sandbox, out=out, unet=TINY_UNET_TOML) + case.extra)
+    held = case.setup(out) if case.setup else None
+    before = digest(sandbox, skip=out)
+    capsys.readouterr()
+    argv = [a.format(S=sandbox, out=out, recipe=recipe) for a in case.args]
+    try:
+        try:
+            rc = COMMANDS[case.command](argv)
+        except SystemExit as exit:  # argparse's parser.error
+            rc = exit.code
+    finally:
+        if held is not None:
+            held.release()
+    said = capsys.readouterr()
+    message = said.err + said.out
+    assert rc == case.rc, message
+    for fragment in case.expect:
+        assert fragment.format(S=sandbox, out=out) in message, message
+    assert "Traceback" not in message
+    assert digest(sandbox, skip=out) == before
+    assert not (out / "stages").exists() and not (out / "checkpoints").exists()  # nothing was trained
