@@ -11,7 +11,7 @@ from pathlib import Path
 CHECKSUMS = "checksums.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -22,22 +22,25 @@ def _sha256(path: Path) -> str:
 def write_checksums(folder: Path) -> None:
     """Record the sha256 of every file in `folder` (written last, just before the folder is published)."""
     folder = Path(folder)
-    sums = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*"))
+    sums = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != CHECKSUMS}
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2))
 
 
-def damage(folder: Path) -> str:
-    """Why `folder` cannot be trusted ('' when every file matches its recorded checksum)."""
+def damage(folder: Path, prefix: str = "") -> str:
+    """Why `folder` cannot be trusted ('' when every file matches its recorded checksum); with `prefix`, only the
+    files whose recorded name starts with it (`"unet/"`: one component of a published folder)."""
     folder = Path(folder)
     try:
         sums = json.loads((folder / CHECKSUMS).read_text())
     except (OSError, json.JSONDecodeError):
         return f"{folder / CHECKSUMS} is missing or unreadable"
     for name, expected in sums.items():
+        if not name.startswith(prefix):
+            continue
         file = folder / name
         if not file.is_file():
             return f"{file} is missing"
-        if _sha256(file) != expected:
+        if sha256_file(file) != expected:
             return f"{file} does not match its checksum (truncated or corrupted)"
     return ""

@@ -2,6 +2,9 @@
 
 The folder (written to a temporary name, then renamed) holds:
     model_index.json, unet/, scheduler/   `BiDiffSRPipeline.from_pretrained(folder or "owner/name")` loads it
+    pipeline_bidiffsr.py, unet/bidiffsr_unet.py, scheduler/bidiffsr_process.py
+                                          loader files for diffusers' generic `DiffusionPipeline.from_pretrained(
+                                          ..., trust_remote_code=True)`: they import this package's classes
     student_1bit.safetensors              the packed 1-bit checkpoint (`students.packing.unpack_student`)
     README.md                             model card: evaluation table, complexity, usage, the recipe
     recipe.json                           the resolved recipe that produced it
@@ -16,31 +19,108 @@ import json
 import shutil
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from pipeline.checksums import write_checksums
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 from students.complexity import format_ops, format_params, measure_student
 from students.packing import save_packed
+from teachers.process import PROCESSES
 
 PACKED_NAME = "student_1bit.safetensors"
+
+# component -> (loader file, the package module it points at); diffusers' custom-code convention: model_index.json
+# names ["<file stem>", "<class>"] and the file lives in the component's folder (the pipeline's at the top).
+LOADERS = {
+    "_class_name": ("pipeline_bidiffsr.py", "pipeline.sr_pipeline"),
+    "unet": ("unet/bidiffsr_unet.py", "students.bidiffsr"),
+    "scheduler": ("scheduler/bidiffsr_process.py", "teachers"),
+}
+
+LOADER_TEMPLATE = '''"""Loader for diffusers' generic call on this model:
+
+    DiffusionPipeline.from_pretrained("<this folder or Hub id>", trust_remote_code=True)
+
+It only points at {what} in the BiDistill package, which must be installed (BiDistill's own
+`BiDiffSRPipeline.from_pretrained` loads the model without running this file)."""
+
+import importlib
+
+try:
+    _module = importlib.import_module("{module}")
+except ImportError as err:
+    raise ImportError("this model runs on BiDistill's code: install the BiDistill package in this environment "
+                      "(pip install <its repository>)") from err
+
+{names}
+'''
+
+PAPERS = [
+    ("Binarized Diffusion Model for Image Super-Resolution (BI-DiffSR)", "zhengchen1999/BI-DiffSR"),
+    ("BiDM: Pushing the Limit of Quantization for Diffusion Models", "Xingyu-Zheng/BiDM"),
+    ("BiMaCoSR: Binary One-Step Diffusion Model Leveraging Flexible Matrix Compression for Real Super-Resolution",
+     "Kai-Liu001/BiMaCoSR"),
+    ("ResShift: Efficient Diffusion Model for Image Super-resolution by Residual Shifting", "zsyOAOA/ResShift"),
+    ("SinSR: Diffusion-Based Image Super-Resolution in a Single Step", "wyf0912/SinSR"),
+]
 
 
 class PublishError(RuntimeError):
     pass
 
 
+def write_loaders(folder: Path, process) -> None:
+    """The generic-diffusers loader files and the model_index.json entries that name them."""
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text())
+    classes = {"_class_name": [BiDiffSRPipeline.__name__], "unet": [BIDiffSRUNet.__name__],
+               "scheduler": sorted(c.__name__ for c in PROCESSES.values())}
+    own = {"_class_name": BiDiffSRPipeline.__name__, "unet": BIDiffSRUNet.__name__, "scheduler": type(process).__name__}
+    for key, (file, module) in LOADERS.items():
+        names = "\n".join(f"{name} = _module.{name}" for name in classes[key])
+        (folder / file).write_text(LOADER_TEMPLATE.format(what=", ".join(classes[key]), module=module, names=names))
+        index[key] = [Path(file).stem, own[key]]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _card_data(metrics: dict | None, recipe: dict | None, repo_id: str) -> ModelCardData:
+    datasets = [recipe["data"]["train_hub"]] if recipe and recipe.get("data", {}).get("train_hub") else None
+    results = None
+    if metrics and "student" in metrics["mean"]:
+        name = Path(recipe["data"]["val"]).name if recipe and recipe.get("data", {}).get("val") else "validation"
+        results = [EvalResult(task_type="image-to-image", dataset_type=name, dataset_name=f"{name} x{metrics['scale']}",
+                              metric_type=metric, metric_value=round(float(value), 4))
+                   for metric, value in metrics["mean"]["student"].items() if value is not None]
+    return ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="image-to-image",
+                         tags=["super-resolution", "binarized", "1-bit", "diffusion", "bidistill"], datasets=datasets,
+                         metrics=["psnr", "ssim", "lpips"], model_name=repo_id or "BiDistill student",
+                         eval_results=results)
+
+
+def _provenance(recipe: dict | None) -> list[str]:
+    """Teacher and data lines of the model card, from the recipe."""
+    if not recipe:
+        return []
+    teacher, data = recipe.get("teacher", {}), recipe.get("data", {})
+    trained = [s["type"] for s in recipe.get("stages", [])]
+    source = (f"loaded from `{teacher['path']}`" if teacher.get("path")
+              else f"trained in the same run (kind `{teacher.get('kind', 'twin')}`)")
+    train = data.get("train_hub") or data.get("builtin") or data.get("train") or "?"
+    return [f"- Teacher: {source}; stages: {', '.join(trained)}.",
+            f"- Training data: `{train}`; validation: `{data.get('val') or '-'}`.", ""]
+
+
 def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
                repo_id: str = "") -> ModelCard:
     c = measure_student(dict(student.config))
-    data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="image-to-image",
-                         tags=["super-resolution", "binarized", "1-bit", "diffusion", "bidistill"])
+    where = repo_id or "path/to/this/folder"
     lines = [
-        "---", data.to_yaml(), "---", "",
+        "---", _card_data(metrics, recipe, repo_id).to_yaml(), "---", "",
         f"# {repo_id or 'BiDistill student'}: 1-bit diffusion super-resolution, x{scale}", "",
         f"A binarized BI-DiffSR student (binarizer `{student.config.binarizer}`) trained with BiDistill, on the "
-        f"`{type(process).__name__}` process: {_sampling(process)}.", "",
+        f"`{type(process).__name__}` process ({process.num_train_timesteps} training steps): {_sampling(process)}.", "",
+    ] + _provenance(recipe) + [
         "| Params (paper rule) | OPs per step at 3x256x256 | raw parameters | binary weights |",
         "| --- | --- | --- | --- |",
         f"| {format_params(c.params)} | {format_ops(c.ops)} | {c.raw_params:,} | {c.binary_params:,} |", "",
@@ -56,15 +136,20 @@ def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None,
             cells = [("-" if row[n] is None else f"{row[n]:.2f}" if n == "psnr" else f"{row[n]:.4f}") for n in names]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+        if metrics.get("lpips_skipped"):
+            lines += [f"LPIPS was not computed: {metrics['lpips_skipped']}", ""]
     lines += [
-        "## Usage", "", "```python",
-        "from PIL import Image",
-        "from pipeline.sr_pipeline import BiDiffSRPipeline  # pip install the BiDistill repository",
-        "", f"pipe = BiDiffSRPipeline.from_pretrained({(repo_id or 'path/to/this/folder')!r})",
+        "## Usage", "", "With the BiDistill package installed (its loader runs no code from the model folder):", "",
+        "```python", "from PIL import Image", "from pipeline.sr_pipeline import BiDiffSRPipeline", "",
+        f"pipe = BiDiffSRPipeline.from_pretrained({where!r})",
         "sr = pipe(Image.open('lr.png'), seed=10).images[0]", "```", "",
-        f"`{PACKED_NAME}` holds the same student with 1-bit packed weights: "
+        "or diffusers' generic call, through the loader files in this folder (they import the same classes):", "",
+        "```python", "from diffusers import DiffusionPipeline", "",
+        f"pipe = DiffusionPipeline.from_pretrained({where!r}, trust_remote_code=True)", "```", "",
+        f"`{PACKED_NAME}` holds the same student with its binary weights packed 1 bit each: "
         "`students.packing.unpack_student(path)` rebuilds it with bit-identical outputs.", "",
-    ]
+        "## Papers", "",
+    ] + [f"- {title} (`{repo}`)" for title, repo in PAPERS] + [""]
     if recipe:
         lines += ["## Recipe", "", "```json", json.dumps(recipe, indent=2), "```", ""]
     return ModelCard("\n".join(lines))
@@ -85,6 +170,7 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
     shutil.rmtree(tmp, ignore_errors=True)
     student = student.eval()
     BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)
+    write_loaders(tmp, scheduler)
     save_packed(student, tmp / PACKED_NAME)
     model_card(student, scheduler, scale, metrics, recipe, repo_id).save(tmp / "README.md")
     if recipe is not None:

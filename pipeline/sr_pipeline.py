@@ -17,9 +17,11 @@ This module path is recorded in published model_index.json files: keep it.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,16 +37,30 @@ from pipeline.data import to_rgb8
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import pad_to_multiple
-from teachers.process import DiffusionProcess, sample
+from teachers.process import DiffusionProcess, load_process, num_evaluations, sample
 
 
 @torch.no_grad()
 def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None,
-                  generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, noise: Tensor | None = None,
+                  progress: Callable[[], object] | None = None) -> Tensor:
     """SR images in [0, 1] from a student on its process, `cond` = bicubic(LR); `noise` (at the padded size) fixes
-    the starting point."""
-    return sample(lambda x, y, t: student(x, y, t).float(), process, cond, num_inference_steps,
-                  size_multiple=student.size_multiple, generator=generator, noise=noise)
+    the starting point. The network runs in its own dtype (bf16/fp16 weights too); the process's arithmetic stays
+    float32."""
+    dtype = next(student.parameters()).dtype
+
+    def denoise(x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        return student(x.to(dtype), y.to(dtype), t).float()
+
+    return sample(denoise, process, cond, num_inference_steps, size_multiple=student.size_multiple,
+                  generator=generator, noise=noise, progress=progress)
+
+
+TILE_BATCH = 8  # tiles per batched network evaluation
+
+
+def num_tiles(h: int, w: int, tile: int, overlap: int) -> int:
+    return len(_starts(h, tile, overlap)) * len(_starts(w, tile, overlap))
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -69,12 +85,13 @@ def _ramp(length: int, overlap: int, device) -> Tensor:
 def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor,
                         num_inference_steps: int | None,
                         generator: torch.Generator | None = None, tile: int = 256, overlap: int = 32,
-                        tile_batch: int = 8) -> Tensor:
+                        tile_batch: int = TILE_BATCH, progress: Callable[[], object] | None = None) -> Tensor:
     """`super_resolve` over overlapping tile x tile windows of one (1, 3, H, W) condition, blended. `student` is any
-    denoiser with a `size_multiple` (a teacher's `unet` too)."""
+    denoiser with a `size_multiple` (a teacher's `unet` too). `progress` is called after each batched network
+    evaluation (ceil(tiles / tile_batch) x steps calls)."""
     _, c, h, w = cond.shape
     if h <= tile and w <= tile:
-        return super_resolve(student, process, cond, num_inference_steps, generator=generator)
+        return super_resolve(student, process, cond, num_inference_steps, generator=generator, progress=progress)
     if tile % student.size_multiple or not 0 <= overlap < tile // 2:
         raise ValueError(f"tile_size={tile} must be a multiple of {student.size_multiple} and overlap={overlap} "
                          f"in [0, tile_size / 2)")
@@ -90,7 +107,7 @@ def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, con
         conds = torch.cat([cond[:, :, y : y + th, x : x + tw] for y, x in chunk])
         noises = torch.cat([noise[:, :, y : y + th, x : x + tw] for y, x in chunk])
         srs = super_resolve(student, process, conds, num_inference_steps, generator=generator,  # stochastic steps
-                            noise=pad_to_multiple(noises, student.size_multiple))
+                            noise=pad_to_multiple(noises, student.size_multiple), progress=progress)
         for (y, x), sr in zip(chunk, srs):
             out[:, :, y : y + th, x : x + tw] += sr * window
             weight[:, :, y : y + th, x : x + tw] += window
@@ -99,7 +116,10 @@ def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, con
 
 @dataclass
 class SRPipelineOutput(BaseOutput):
-    images: list[Image.Image] | Tensor
+    images: list[Image.Image] | list[Tensor] | np.ndarray
+
+
+OUTPUT_TYPES = ("pil", "pt", "np")
 
 
 class BiDiffSRPipeline(DiffusionPipeline):
@@ -111,46 +131,79 @@ class BiDiffSRPipeline(DiffusionPipeline):
         self.register_to_config(scale=scale)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "BiDiffSRPipeline":
-        """Load from a local folder or a Hub id. A Hub repository is fetched with huggingface_hub first: diffusers'
-        own download path only accepts custom components whose code lives in the repository. Every file is checked
-        against the folder's checksums.json when it has one."""
-        path = pretrained_model_name_or_path
-        if not os.path.isdir(path):
-            path = snapshot_download(str(path), revision=kwargs.pop("revision", None), token=kwargs.pop("token", None),
-                                     cache_dir=kwargs.pop("cache_dir", None))
-        if (Path(path) / CHECKSUMS).is_file():  # published folders carry one; a damaged file must not load silently
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                        torch_dtype: torch.dtype | None = None, revision: str | None = None, token: str | None = None,
+                        cache_dir: str | None = None, local_files_only: bool = False) -> "BiDiffSRPipeline":
+        """Load a published folder or a Hub id (fetched with huggingface_hub). Every file is checked against the
+        folder's checksums.json when it has one, and no code from the folder is run: the components are built from
+        this package's classes (diffusers' generic `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
+        goes through the loader files the folder carries, which import the same classes)."""
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            path = Path(snapshot_download(str(pretrained_model_name_or_path), revision=revision, token=token,
+                                          cache_dir=cache_dir, local_files_only=local_files_only))
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{pretrained_model_name_or_path} is not a published BiDistill model "
+                             "(no model_index.json)")
+        if (path / CHECKSUMS).is_file():  # published folders carry one; a damaged file must not load silently
             why = damage(path)
             if why:
                 raise ValueError(f"the published model in {pretrained_model_name_or_path} is damaged: {why}; "
                                  "download or publish it again")
-        return super().from_pretrained(path, **kwargs)
+        index = json.loads((path / "model_index.json").read_text())
+        unet = BIDiffSRUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        return cls(unet=unet, scheduler=load_process(path / "scheduler"), scale=int(index.get("scale", 4)))
 
     @torch.no_grad()
-    def __call__(self, image: Image.Image | list[Image.Image] | Tensor, num_inference_steps: int | None = None,
+    def __call__(self, image: Image.Image | np.ndarray | Tensor | list, num_inference_steps: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None, tile_size: int = 256,
-                 tile_overlap: int = 32, output_type: str = "pil") -> SRPipelineOutput:
-        """Super-resolve LR images. `num_inference_steps` defaults to the process's (DDPM: 50; ResShift: all its
-        steps; ignored by one-step students); `seed` (or `generator`) makes the result reproducible; `output_type`
-        is "pil" or "pt" (a list of (3, H, W) tensors in [0, 1])."""
-        if output_type not in ("pil", "pt"):
-            raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
-        device = self.unet.device
+                 tile_overlap: int = 32, output_type: str = "pil", return_dict: bool = True):
+        """Super-resolve LR images: a PIL image, an (h, w, 3) uint8 or [0, 1] float array, a (B, 3, h, w) or
+        (3, h, w) tensor in [0, 1], or a list of these. `num_inference_steps` defaults to the process's (DDPM: 50;
+        ResShift: all its steps; one-step students make one evaluation whatever it says); `seed` (or `generator`)
+        makes the result reproducible. `output_type`: "pil", "pt" (a list of (3, H, W) float tensors in [0, 1]) or
+        "np" (a (B, H, W, 3) float array in [0, 1]). Returns `SRPipelineOutput(images)`, or `(images,)` when
+        `return_dict` is False. The progress bar counts network evaluations over all tiles and steps."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
+                                                or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be a positive integer (or None for the process's default), "
+                             f"got {num_inference_steps!r}")
+        if not isinstance(self.scheduler, DiffusionProcess):
+            raise TypeError(f"the scheduler must be a BiDistill diffusion process (teachers.process.DiffusionProcess: "
+                            f"DDPMProcess, ResShiftProcess), got {type(self.scheduler).__name__}")
+        multiple = self.unet.size_multiple
+        if tile_size < multiple or tile_size % multiple or not 0 <= tile_overlap < tile_size // 2:
+            raise ValueError(f"tile_size={tile_size} must be a positive multiple of {multiple} and "
+                             f"tile_overlap={tile_overlap} in [0, tile_size / 2)")
+        lrs = self._as_tensors(image)
+        device, scale = self.unet.device, self.config.scale
         if generator is None and seed is not None:
             generator = torch.Generator(device).manual_seed(seed)
+        batches = [-(-num_tiles(lr.shape[-2] * scale, lr.shape[-1] * scale, tile_size, tile_overlap) // TILE_BATCH)
+                   for lr in lrs]
+        total = sum(batches) * num_evaluations(self.scheduler, num_inference_steps)
         self.unet.eval()
         results = []
-        for lr in self._as_tensors(image):
-            cond = upsample_cond(lr[None].to(device), self.config.scale).clamp(0, 1)
-            results.append(tiled_super_resolve(self.unet, self.scheduler, cond, num_inference_steps,
-                                               generator=generator, tile=tile_size, overlap=tile_overlap)[0].cpu())
+        with self.progress_bar(total=total) as bar:
+            for lr in lrs:
+                cond = upsample_cond(lr[None].to(device), scale).clamp(0, 1)
+                results.append(tiled_super_resolve(self.unet, self.scheduler, cond, num_inference_steps,
+                                                   generator=generator, tile=tile_size, overlap=tile_overlap,
+                                                   progress=bar.update)[0].clamp(0, 1).cpu())
         if output_type == "pil":
-            results = [Image.fromarray((r.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()) for r in results]
-        return SRPipelineOutput(images=results)
+            results = [Image.fromarray((r * 255).round().byte().permute(1, 2, 0).numpy()) for r in results]
+        elif output_type == "np":
+            shapes = {tuple(r.shape) for r in results}
+            results = (np.stack([r.permute(1, 2, 0).numpy() for r in results]) if len(shapes) == 1
+                       else [r.permute(1, 2, 0).numpy() for r in results])
+        return SRPipelineOutput(images=results) if return_dict else (results,)
 
     @staticmethod
     def _as_tensors(image) -> list[Tensor]:
-        if isinstance(image, Image.Image):
+        """Inputs -> a list of (3, h, w) float tensors in [0, 1] (see `__call__`)."""
+        if isinstance(image, (Image.Image, np.ndarray)):
             image = [image]
         if isinstance(image, Tensor):
             if image.ndim == 3:
@@ -158,4 +211,20 @@ class BiDiffSRPipeline(DiffusionPipeline):
             if image.ndim != 4 or image.shape[1] != 3:
                 raise ValueError(f"expected (B, 3, h, w) tensors in [0, 1], got shape {tuple(image.shape)}")
             return list(image.float())
-        return [torch.from_numpy(to_rgb8(im).astype(np.float32) / 255).permute(2, 0, 1) for im in image]
+        if not isinstance(image, (list, tuple)) or not image:
+            raise TypeError(f"image must be a PIL image, a numpy array, a tensor or a non-empty list of them, got "
+                            f"{type(image).__name__}")
+        out = []
+        for im in image:
+            if isinstance(im, Image.Image):
+                out.append(torch.from_numpy(to_rgb8(im).astype(np.float32) / 255).permute(2, 0, 1))
+            elif isinstance(im, np.ndarray):
+                if im.ndim != 3 or im.shape[2] != 3:
+                    raise ValueError(f"expected (h, w, 3) arrays, got shape {im.shape}")
+                arr = im.astype(np.float32) / 255 if im.dtype == np.uint8 else im.astype(np.float32)
+                out.append(torch.from_numpy(arr).permute(2, 0, 1))
+            elif isinstance(im, Tensor):
+                out.extend(BiDiffSRPipeline._as_tensors(im))
+            else:
+                raise TypeError(f"cannot super-resolve a {type(im).__name__}")
+        return out

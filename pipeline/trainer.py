@@ -28,15 +28,21 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
 from torch.utils.data import DataLoader
 
 from pipeline.builtin_data import export_skimage
@@ -45,7 +51,7 @@ from pipeline.evaluate import evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import push_folder, write_model_folder
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
-from pipeline.checksums import damage, write_checksums
+from pipeline.checksums import damage, sha256_file, write_checksums
 from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, read_fingerprint, stage_fingerprints,
                                  write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
@@ -78,13 +84,32 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+class StepsPerSecond(ProgressColumn):
+    """Training speed in the progress bar."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} it/s" if task.speed else "- it/s", style="progress.data.speed")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, accelerator: Accelerator | None = None):
         self.recipe = recipe
         r = recipe.run
         self.out = Path(r.output_dir)
         self.accelerator = accelerator or Accelerator(
-            mixed_precision=r.mixed_precision,
+            mixed_precision=r.mixed_precision or None,  # None: the launcher's setting
             log_with=list(r.log_with) or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
@@ -184,7 +209,8 @@ class Trainer:
             patch = max(s.patch_size or d.patch_size for s in self.recipe.stages)
             with self.accelerator.main_process_first():  # the main process builds the datasets cache first
                 ds = load_hr_dataset(d.train, d.train_hub, d.train_split, d.image_column)
-                self._pairs = make_pairs(ds, self.recipe.run.scale, patch, d.image_column, d.train or d.train_hub)
+                self._pairs = make_pairs(ds, self.recipe.run.scale, patch, d.image_column, d.train or d.train_hub,
+                                         num_proc=d.num_proc)
         return self._pairs
 
     def new_teacher(self) -> Teacher:
@@ -249,9 +275,32 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         try:
             self.check_earlier_work()
+            self.print_summary()
             return self._run()
         finally:
             folder.release()
+
+    def print_summary(self) -> None:
+        """What is about to run: processes, device, precision, batches, steps, output folder, what resumes."""
+        acc, r = self.accelerator, self.recipe
+        if not acc.is_main_process:
+            return
+        table = Table(title=f"{r.run.name} ({r.source})", title_justify="left")
+        for column in ("stage", "type", "steps", "batch / device", "effective batch", "lr", "state"):
+            table.add_column(column, justify="left" if column in ("stage", "type", "state") else "right")
+        for i, stage in enumerate(r.stages):
+            if self.stage_complete(i, stage):
+                state = "finished (reused)"
+            elif (checkpoint := self.find_checkpoint(i, stage)) is not None:
+                state = f"resumes from {checkpoint.name}"
+            else:
+                state = "new"
+            table.add_row(f"{i}-{stage.name}", stage.type, str(stage.steps), str(stage.batch_size),
+                          str(stage.batch_size * stage.grad_accum * acc.num_processes), f"{stage.lr:g}", state)
+        self.console.print(table)
+        self.console.print(f"processes {acc.num_processes} | device {acc.device} | precision {acc.mixed_precision}"
+                           f"{' (from the launcher)' if not r.run.mixed_precision else ''} | process "
+                           f"{self.process.name} | output {self.out} | resume {r.run.resume}")
 
     def _run(self) -> dict | None:
         acc, recipe = self.accelerator, self.recipe
@@ -291,11 +340,30 @@ class Trainer:
         result = None
         if acc.is_main_process and recipe.data.val and recipe.eval.enabled:
             result = self.evaluate(student, teacher)
+            if student is not None:  # ties the metrics to these weights (see last_evaluation)
+                result["student_sha256"] = sha256_file(self.out / "student" / WEIGHTS)
+                written = self.out / "eval" / "metrics.json"
+                written.write_text(json.dumps(dict(json.loads(written.read_text()),
+                                                   student_sha256=result["student_sha256"]), indent=2))
+            self.log_evaluation(result)
         if acc.is_main_process and student is not None:
-            self.publish(student, teacher, result)
+            self.publish(student, teacher, result if result is not None else self.last_evaluation())
         acc.wait_for_everyone()
         acc.end_training()
         return result
+
+    def last_evaluation(self) -> dict | None:
+        """The earlier evaluation of exactly this student (eval/metrics.json records the weights' sha256), so that a
+        rerun without evaluation keeps the model card's table."""
+        file, weights = self.out / "eval" / "metrics.json", self.out / "student" / WEIGHTS
+        try:
+            metrics = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if not weights.is_file() or metrics.get("student_sha256") != sha256_file(weights):
+            return None
+        self.console.print(f"[dim]evaluation off: the model card keeps the last evaluation ({file})[/dim]")
+        return metrics
 
     def publish(self, student, teacher, metrics) -> None:
         """Write the publishable folder; push it when the recipe names a repository."""
@@ -325,17 +393,17 @@ class Trainer:
 
     def evaluate(self, student, teacher) -> dict:
         d, e = self.recipe.data, self.recipe.eval
-        lpips_model = None
+        lpips_model, skipped = None, ""
         if e.lpips:
             try:
                 lpips_model = load_lpips(e.lpips_backbone or None, self.accelerator.device)
             except LPIPSUnavailable as err:
-                self.console.print(f"[yellow]LPIPS skipped: {err}[/yellow]")
+                skipped = str(err)
         images = load_validation(d.val, self.recipe.run.scale, d.val_lr, d.val_max_images, d.val_crop)
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
                         student_process=self.student_process, num_inference_steps=e.num_inference_steps or None, seed=e.seed, lpips_model=lpips_model,
                         out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
-                        console=self.console, tile_size=e.tile_size)
+                        console=self.console, tile_size=e.tile_size, lpips_skipped=skipped)
 
     # ---- one stage ---------------------------------------------------------------------------------------------
     def train_stage(self, i: int, cfg: StageConfig, stage: Stage, model: torch.nn.Module) -> torch.nn.Module:
@@ -375,10 +443,11 @@ class Trainer:
         set_progress = getattr(acc.unwrap_model(wrapped), "set_training_progress", None)
 
         progress = Progress(TextColumn(f"[bold]{i}-{cfg.name}"), BarColumn(), MofNCompleteColumn(),
-                            TaskProgressColumn(show_speed=True), TextColumn("loss {task.fields[loss]}"),
+                            TaskProgressColumn(), StepsPerSecond(), TextColumn("loss {task.fields[loss]}"),
                             TimeRemainingColumn(), console=self.console, disable=not acc.is_local_main_process)
         running: dict[str, torch.Tensor] = {}
-        interval = 0
+        interval, since = 0, time.perf_counter()
+        samples_per_step = cfg.batch_size * cfg.grad_accum * acc.num_processes
         with progress:
             task = progress.add_task(cfg.name, total=cfg.steps, completed=start, loss="-")
             for step in range(start, cfg.steps):
@@ -409,9 +478,13 @@ class Trainer:
                 if done % run.log_every == 0 or done == cfg.steps or checkpoint_now:  # a checkpoint is checked first
                     values = {k: acc.reduce(v.detach().reshape(1), "mean").item() / interval
                               for k, v in running.items()}  # the only host sync: once per log interval
-                    running, interval = {}, 0
                     self._check_finite(values, i, cfg, done)
                     values["lr"] = schedule.get_last_lr()[0]
+                    now = time.perf_counter()
+                    values["steps_per_s"] = interval / (now - since)
+                    values["samples_per_s"] = values["steps_per_s"] * samples_per_step
+                    values["peak_memory_gb"] = peak_memory_gb(acc.device)
+                    running, interval, since = {}, 0, now
                     progress.update(task, loss=f"{values['loss']:.4f}")
                     if not self.console.is_terminal and acc.is_local_main_process:  # logs, batch jobs: plain lines
                         self.console.print(f"{i}-{cfg.name} step {done}/{cfg.steps} "
@@ -425,6 +498,22 @@ class Trainer:
         trained = acc.unwrap_model(wrapped)
         acc.free_memory()
         return trained
+
+    def log_evaluation(self, result: dict) -> None:
+        """Evaluation metrics and the sample grid to the trackers (tensorboard, wandb)."""
+        acc = self.accelerator
+        if not self.recipe.run.log_with:
+            return
+        acc.log({f"eval/{method}/{k}": v for method, row in result["mean"].items() for k, v in row.items()
+                 if v is not None}, step=self.global_step)
+        grid = self.out / "eval" / "samples.png"
+        if grid.is_file():
+            image = np.asarray(Image.open(grid).convert("RGB"))
+            for tracker in acc.trackers:  # the two trackers take images in different shapes
+                if tracker.name == "tensorboard":
+                    tracker.log_images({"eval/samples": image[None]}, step=self.global_step, dataformats="NHWC")
+                elif tracker.name == "wandb":
+                    tracker.log_images({"eval/samples": [image]}, step=self.global_step)
 
     def _check_finite(self, values: dict[str, float], i: int, cfg: StageConfig, step: int) -> None:
         """Stop at the first non-finite loss (checked once per log interval, with the logs' host sync), before a

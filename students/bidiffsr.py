@@ -13,6 +13,7 @@ and `timestep_groups` (K, the number of pairs). `binarizer` swaps in the Table 2
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -201,6 +202,19 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
     Defaults are the official x2/x4 configuration (51,280,387 parameters; 4.58M / 36.67G by the paper's rule).
     `binarizer="none"` gives the full-precision twin: the same modules and parameter names, binarization off.
     """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BIDiffSRUNet":
+        """diffusers' loading, after checking the weights against the checksums of the published folder when the
+        path is one's `unet/` (diffusers' generic `DiffusionPipeline.from_pretrained` loads it through here)."""
+        from pipeline.checksums import CHECKSUMS, damage  # publishing writes them; the model only checks them
+
+        path = Path(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if path.is_dir() and (path.parent / CHECKSUMS).is_file():
+            why = damage(path.parent, prefix=f"{path.name}/")
+            if why:
+                raise ValueError(f"the model in {path} is damaged: {why}; download or publish it again")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @register_to_config
     def __init__(

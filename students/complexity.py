@@ -241,9 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    parser = argparse.ArgumentParser(prog="python -m students.complexity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m students.complexity", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="a student folder or config.json (default: the paper's configuration)")
-    parser.add_argument("--size", type=int, default=256, help="output height and width (default 256)")
+    parser.add_argument("--size", type=int, default=256, help="output height and width")
     args = parser.parse_args(argv)
 
     console = Console()

@@ -190,13 +190,15 @@ def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: 
 @torch.no_grad()
 def sample(model: Denoiser, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None, *,
            size_multiple: int = 1, generator: torch.Generator | None = None, noise: Tensor | None = None,
-           deterministic: bool | None = None, decode: bool = True) -> Tensor:
+           deterministic: bool | None = None, decode: bool = True,
+           progress: Callable[[], object] | None = None) -> Tensor:
     """Super-resolve a batch with any denoiser on any process: `cond` = bicubic(LR) in [0, 1] at HR size ->
     [0, 1] images (or, with `decode=False`, the final x0 in the process's space at the padded size).
 
     The condition is reflect-padded to `size_multiple`, x_T = prior(y, noise) with `noise` (at the padded size) or
     noise drawn with `generator`; a one-step process (`config.one_step`) evaluates the model once at the top
-    timestep, others run `inference_timesteps` with the process's deterministic or stochastic step."""
+    timestep, others run `inference_timesteps` with the process's deterministic or stochastic step. `progress` is called
+    after every network evaluation (a progress bar's update)."""
     from teachers.base import pad_to_multiple  # base imports this module
 
     h, w = cond.shape[-2:]
@@ -210,9 +212,20 @@ def sample(model: Denoiser, process: DiffusionProcess, cond: Tensor, num_inferen
     if getattr(process.config, "one_step", False):
         top = process.num_train_timesteps - 1
         x = process.predict_x0(model(process.model_input(x, top), y, torch.tensor(top, device=y.device)), x, top, y)
+        if progress is not None:
+            progress()
     else:
         steps = process.inference_timesteps(num_inference_steps)
         for t, t_prev in zip(steps, steps[1:] + [-1]):
             out = model(process.model_input(x, t), y, torch.tensor(t, device=y.device))
             x = process.step(out.to(x.dtype), t, t_prev, x, y, deterministic=deterministic, generator=generator)
+            if progress is not None:
+                progress()
     return process.decode(x)[:, :, :h, :w] if decode else x
+
+
+def num_evaluations(process: DiffusionProcess, num_inference_steps: int | None = None) -> int:
+    """How many network evaluations `sample` makes on `process` (for progress bars)."""
+    if getattr(process.config, "one_step", False):
+        return 1
+    return len(process.inference_timesteps(num_inference_steps))

@@ -47,7 +47,9 @@ def test_folder_contents_and_one_line_load(published):
     student, folder = published
     assert {"model_index.json", "unet", "scheduler", PACKED_NAME, "README.md", "recipe.json"} <= {p.name for p in folder.iterdir()}
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["unet"] == ["students.bidiffsr", "BIDiffSRUNet"] and index["scale"] == 4
+    assert index["unet"] == ["bidiffsr_unet", "BIDiffSRUNet"] and index["scale"] == 4
+    assert index["_class_name"] == ["pipeline_bidiffsr", "BiDiffSRPipeline"]
+    assert index["scheduler"] == ["bidiffsr_process", "DDPMProcess"]
     card = (folder / "README.md").read_text()
     assert "| student | 24.50 | 0.6900 |" in card and "user/tiny-sr" in card and "pipeline_tag: image-to-image" in card
     pipe = BiDiffSRPipeline.from_pretrained(folder)
@@ -100,6 +102,12 @@ def test_upscale_cli(published, tmp_path, capsys):
                          "--overlap", "8"]) == 0
     assert Image.open(tmp_path / "out" / "a.png").size == (36, 28)
     assert Image.open(tmp_path / "out" / "b.png").size == (48, 20)
+    assert upscale.main([str(src / "a.png"), str(tmp_path / "half.png"), "--model", str(folder), "--steps", "2",
+                         "--dtype", "bfloat16", "--quiet"]) == 0
+    assert Image.open(tmp_path / "half.png").size == (36, 28)
+    with pytest.raises(SystemExit):
+        upscale.main([str(src / "a.png"), str(tmp_path / "zero.png"), "--model", str(folder), "--steps", "0"])
+    assert "--steps must be >= 1" in capsys.readouterr().err
 
 
 def test_push_without_credentials_keeps_the_folder(published, monkeypatch):
@@ -121,6 +129,7 @@ def test_push_without_network_keeps_the_folder(published):
 
 PUSH_AND_LOAD = """
 import sys, torch
+from diffusers import DiffusionPipeline
 from pipeline.publish import push_folder
 from pipeline.sr_pipeline import BiDiffSRPipeline
 folder, out = sys.argv[1], sys.argv[2]
@@ -128,6 +137,9 @@ print(push_folder(folder, "user/tiny-sr"))
 pipe = BiDiffSRPipeline.from_pretrained("user/tiny-sr")
 x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
 torch.save(pipe(x, num_inference_steps=2, seed=4, output_type="pt").images[0], out)
+generic = DiffusionPipeline.from_pretrained("user/tiny-sr", trust_remote_code=True)  # diffusers' own download path
+assert type(generic).__name__ == "BiDiffSRPipeline", type(generic)
+torch.save(generic(x, num_inference_steps=2, seed=4, output_type="pt").images[0], out + ".generic")
 """
 
 
@@ -148,6 +160,7 @@ def test_push_to_hub_and_load_back(published, tmp_path):
     x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
     expected = local(x, num_inference_steps=2, seed=4, output_type="pt").images[0]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    assert torch.equal(torch.load(tmp_path / "out.pt.generic"), expected)
 
 
 def test_upscale_never_overwrites_inputs_or_merges_outputs(published, tmp_path):
@@ -189,3 +202,104 @@ def test_a_damaged_published_model_is_refused_not_used(published, tmp_path, caps
     lr_image().save(src)
     assert upscale.main([str(src), str(tmp_path / "sr.png"), "--model", str(folder)]) == 1
     assert "is damaged" in capsys.readouterr().err and not (tmp_path / "sr.png").exists()
+
+
+def test_the_generic_diffusers_call_loads_a_published_folder(published):
+    from diffusers import DiffusionPipeline
+
+    _, folder = published
+    with pytest.raises(ValueError, match="trust_remote_code"):  # diffusers' rule for folders that carry code
+        DiffusionPipeline.from_pretrained(folder)
+    generic = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    ours = BiDiffSRPipeline.from_pretrained(folder)
+    assert isinstance(generic, BiDiffSRPipeline) and isinstance(generic.unet, BIDiffSRUNet)
+    assert isinstance(generic.scheduler, DDPMProcess) and generic.config.scale == 4
+    x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(generic(x, num_inference_steps=2, seed=4, output_type="pt").images[0],
+                       ours(x, num_inference_steps=2, seed=4, output_type="pt").images[0])
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is damaged"):  # the generic path checks the checksums too
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+
+
+def test_model_card_metadata(published):
+    from huggingface_hub import ModelCard
+
+    _, folder = published
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "image-to-image" and "psnr" in data["metrics"]
+    results = {m["type"]: m["value"] for r in data["model-index"][0]["results"] for m in r["metrics"]}
+    assert results == {"psnr": 24.5, "ssim": 0.69}
+    text = card.text
+    for needle in ("DDPMProcess", "50 deterministic sampling steps", PACKED_NAME, "trust_remote_code=True",
+                   "zhengchen1999/BI-DiffSR", "Xingyu-Zheng/BiDM", "Kai-Liu001/BiMaCoSR"):
+        assert needle in text, needle
+
+
+def test_call_conventions_and_validation(published):
+    import numpy as np
+
+    _, folder = published
+    pipe = BiDiffSRPipeline.from_pretrained(folder)
+    image = lr_image()
+    pil = np.array(pipe(image, num_inference_steps=2, seed=1).images[0])
+    from_array = pipe(np.array(image), num_inference_steps=2, seed=1, output_type="np").images
+    assert from_array.shape == (1, 28, 36, 3) and from_array.dtype == np.float32
+    assert np.array_equal((from_array[0] * 255).round().astype(np.uint8), pil)
+    (images,) = pipe([image, image], num_inference_steps=2, seed=1, output_type="pt", return_dict=False)
+    assert len(images) == 2 and images[0].shape == (3, 28, 36)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_inference_steps must be a positive integer"):
+            pipe(image, num_inference_steps=bad)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(image, output_type="latent")
+    with pytest.raises(ValueError, match="tile_size"):
+        pipe(image, tile_size=10)
+    with pytest.raises(TypeError, match="image must be"):
+        pipe("lr.png")
+
+
+def test_a_swapped_scheduler_is_used_and_a_foreign_one_refused(published):
+    from diffusers import DDIMScheduler
+
+    _, folder = published
+    pipe = BiDiffSRPipeline.from_pretrained(folder)
+    x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
+    data_clip = pipe(x, num_inference_steps=3, seed=4, output_type="pt").images[0]
+    pipe.scheduler = DDPMProcess(clip_sample="none")
+    assert not torch.equal(pipe(x, num_inference_steps=3, seed=4, output_type="pt").images[0], data_clip)
+    pipe.scheduler = DDIMScheduler()
+    with pytest.raises(TypeError, match="must be a BiDistill diffusion process"):
+        pipe(x)
+
+
+def test_progress_counts_every_network_evaluation_and_bf16_runs(published):
+    _, folder = published
+    pipe = BiDiffSRPipeline.from_pretrained(folder)
+    bars = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    pipe.progress_bar = Bar
+    pipe(lr_image(12, 12), num_inference_steps=3, seed=0, tile_size=16, tile_overlap=4)  # 16 tiles: 2 batches of 8
+    assert bars[-1].total == bars[-1].n == 2 * 3
+    half = BiDiffSRPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    assert next(half.unet.parameters()).dtype == torch.bfloat16
+    out = half(lr_image(), num_inference_steps=2, seed=1, output_type="pt").images[0]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all() and 0 <= out.min() <= out.max() <= 1

@@ -1,0 +1,67 @@
+"""The `bidistill` command: one entry point for training, evaluation, inference, publishing and accounting.
+
+    bidistill train recipes/quickstart.toml [--set KEY=VALUE] [--print-config] [--dry-run]
+    bidistill evaluate --student runs/x/student --val ../shared/data/Set5 --scale 4
+    bidistill upscale lr.png sr.png --model runs/quickstart/publish
+    bidistill push runs/quickstart/publish owner/name [--private]
+    bidistill complexity
+
+Each subcommand is the module it names (`bidistill train` = `python pipeline/run.py`, `bidistill evaluate` =
+`python -m pipeline.evaluate`, ...); `bidistill SUBCOMMAND --help` lists its options with their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("pipeline.run", "train, evaluate and publish what a recipe describes"),
+    "evaluate": ("pipeline.evaluate", "score a student and/or teacher against bicubic on a benchmark folder"),
+    "upscale": ("pipeline.upscale", "super-resolve images with a published student"),
+    "push": ("pipeline.cli", "upload a published folder to the Hugging Face Hub"),
+    "complexity": ("students.complexity", "Params / OPs of students by the papers' counting rule"),
+}
+
+
+def push(argv: list[str] | None = None) -> int:
+    from pipeline.publish import PublishError, push_folder
+
+    parser = argparse.ArgumentParser(prog="bidistill push", description=COMMANDS["push"][1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("folder", help="a published folder (run.output_dir/publish)")
+    parser.add_argument("repo_id", help="owner/name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    args = parser.parse_args(argv)
+    try:
+        print(push_folder(args.folder, args.repo_id, private=args.private))
+    except PublishError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[0] + "\n\nsubcommands:")
+        for name, (_, what) in COMMANDS.items():
+            print(f"  {name:<11} {what}")
+        print("\n`bidistill SUBCOMMAND --help` for its options.")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown subcommand {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    if name == "push":
+        return push(rest)
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return module.main(rest) or 0
+    except SystemExit as exit:  # argparse: --help (0) and usage errors (2)
+        return exit.code if isinstance(exit.code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

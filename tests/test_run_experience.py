@@ -1,0 +1,116 @@
+"""What a user sees around a run: the launcher's precision, the start-up summary and dry run, tracker contents,
+loud LPIPS skips, a model card that keeps its evaluation, and up-front checks of Hub datasets and trackers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_UNET_TOML
+from pipeline.recipe import RecipeError, load_recipe
+from test_trainer import ROOT, SHARED, subprocess_env
+
+pytestmark = pytest.mark.skipif(not (SHARED / "data" / "Set5").is_dir(), reason="../shared/data not present")
+
+RECIPE = """
+[run]
+output_dir = "{out}"
+log_with = {trackers}
+log_every = 1
+[data]
+train = "{shared}/data/Set14"
+patch_size = 32
+num_workers = 0
+val = "{shared}/data/Set5"
+val_max_images = 1
+val_crop = 32
+{unet}[[stages]]
+type = "direct"
+steps = 2
+batch_size = 2
+[eval]
+lpips = {lpips}
+num_inference_steps = 2
+"""
+
+
+def write(tmp_path, trackers="[]", lpips="false", name="r") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(RECIPE.format(out=tmp_path / name, shared=SHARED, trackers=trackers, lpips=lpips,
+                                  unet=TINY_UNET_TOML))
+    return path
+
+
+def test_precision_follows_the_launcher_and_a_conflict_is_named(tmp_path, monkeypatch):
+    recipe = write(tmp_path)
+    env = dict(subprocess_env(tmp_path), ACCELERATE_MIXED_PRECISION="bf16")
+    done = subprocess.run([sys.executable, str(ROOT / "pipeline" / "run.py"), str(recipe), "--dry-run"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join(done.stdout.split())
+    assert "precision bf16 (from the launcher)" in said and "processes 1" in said
+    assert "0-direct" in said and "new" in said and not (tmp_path / "r").exists()  # a dry run writes nothing
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(RecipeError, match=r"run.mixed_precision: is 'no' but the launcher asks for 'bf16'"):
+        load_recipe(recipe, ['run.mixed_precision="no"'])
+    assert load_recipe(recipe, ['run.mixed_precision="bf16"']).run.mixed_precision == "bf16"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_a_tracker_that_is_not_installed_is_named(tmp_path):
+    with pytest.raises(RecipeError, match=r"run.log_with\[0\]: 'wandb' needs the wandb package"):
+        load_recipe(write(tmp_path, trackers='["wandb"]'))
+
+
+def test_an_unreachable_uncached_hub_dataset_stops_before_training(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    recipe = write(tmp_path)
+    overrides = ['data.train=""', 'data.train_hub="someone/photos"']
+    with pytest.raises(RecipeError, match=r"data.train_hub: cannot reach the Hub for 'someone/photos' .* not in the "
+                                          r"local cache"):
+        load_recipe(recipe, overrides)  # the tests run with HF_HUB_OFFLINE=1
+    (tmp_path / "hub" / "datasets--someone--photos").mkdir(parents=True)
+    assert load_recipe(recipe, overrides).data.train_hub == "someone/photos"
+
+
+def test_trackers_get_speed_memory_metrics_and_the_grid_and_the_card_keeps_its_table(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.trainer import Trainer
+
+    recipe = write(tmp_path, trackers='["tensorboard"]')
+    Trainer(load_recipe(recipe)).run()
+    out = tmp_path / "r"
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents*")).parent)).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"direct/loss", "direct/steps_per_s", "direct/samples_per_s", "direct/peak_memory_gb",
+            "eval/student/psnr", "eval/bicubic/ssim"} <= scalars, scalars
+    assert "eval/samples" in events.Tags()["images"]
+    assert events.Scalars("direct/peak_memory_gb")[-1].value > 0.05
+
+    card = (out / "publish" / "README.md").read_text()
+    assert "| student |" in card
+    capsys.readouterr()
+    Trainer(load_recipe(recipe, ["eval.enabled=false"])).run()  # a rerun without evaluation
+    assert "keeps the last evaluation" in capsys.readouterr().out
+    assert "| student |" in (out / "publish" / "README.md").read_text()
+
+
+def test_a_skipped_lpips_is_loud_in_the_table_the_metrics_and_the_card(tmp_path, capsys, monkeypatch):
+    from pipeline.trainer import Trainer
+
+    monkeypatch.setenv("BIDISTILL_LPIPS_ALEX", str(tmp_path / "missing_alex.pth"))
+    Trainer(load_recipe(write(tmp_path, lpips="true"))).run()
+    said = " ".join(capsys.readouterr().out.split())
+    assert "LPIPS SKIPPED" in said and "skipped" in said
+    metrics = json.loads((tmp_path / "r" / "eval" / "metrics.json").read_text())
+    assert "missing_alex.pth does not exist" in metrics["lpips_skipped"]
+    assert "LPIPS was not computed" in (tmp_path / "r" / "publish" / "README.md").read_text()
