@@ -287,7 +287,8 @@ class Trainer:
             return
         table = Table(title=f"{r.run.name} ({r.source})", title_justify="left")
         for column in ("stage", "type", "steps", "batch / device", "effective batch", "lr", "state"):
-            table.add_column(column, justify="left" if column in ("stage", "type", "state") else "right")
+            table.add_column(column, justify="left" if column in ("stage", "type", "state") else "right",
+                             overflow="fold")
         for i, stage in enumerate(r.stages):
             if self.stage_complete(i, stage):
                 state = "finished (reused)"
