@@ -3,6 +3,7 @@
     bidistill train recipes/quickstart.toml [--set KEY=VALUE] [--print-config] [--dry-run]
     bidistill evaluate --student runs/x/student --val ../shared/data/Set5 --scale 4
     bidistill upscale lr.png sr.png --model runs/quickstart/publish
+    bidistill import bidiffsr BI_DiffSR_x4.pth --config test_BI_DiffSR_x4.yml --out imported/bidiffsr_x4
     bidistill push runs/quickstart/publish owner/name [--private]
     bidistill complexity
 
@@ -20,6 +21,7 @@ COMMANDS = {
     "train": ("pipeline.run", "train, evaluate and publish what a recipe describes"),
     "evaluate": ("pipeline.evaluate", "score a student and/or teacher against bicubic on a benchmark folder"),
     "upscale": ("pipeline.upscale", "super-resolve images with a published student"),
+    "import": ("pipeline.import_official", "convert an officially released checkpoint (BI-DiffSR) into a folder"),
     "push": ("pipeline.cli", "upload a published folder to the Hugging Face Hub"),
     "complexity": ("students.complexity", "Params / OPs of students by the papers' counting rule"),
 }

@@ -30,16 +30,19 @@ from torch import Tensor
 from pipeline.data import DataError, ValImage, load_validation
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
 from pipeline.resize import imresize_up, upsample_cond
-from pipeline.sr_pipeline import tiled_super_resolve
+from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import Teacher, load_teacher
 from teachers.process import DiffusionProcess, load_process
 
 
 def load_student(path: str | Path) -> tuple[BIDiffSRUNet, DiffusionProcess]:
-    """(student, its process) from a saved student folder or a training checkpoint (config.json +
-    model.safetensors), each with the process's scheduler_config.json beside."""
+    """(student, its process) from a published folder, a saved student folder or a training checkpoint
+    (config.json + model.safetensors), the last two with the process's scheduler_config.json beside."""
     path = Path(path)
+    if (path / "model_index.json").is_file() and (path / "unet").is_dir():  # a published (or imported) folder
+        pipe = BiDiffSRPipeline.from_pretrained(path)
+        return pipe.unet, pipe.scheduler
     if (path / "diffusion_pytorch_model.safetensors").is_file():
         model = BIDiffSRUNet.from_pretrained(path)
     elif (path / "config.json").is_file() and (path / "model.safetensors").is_file():
@@ -178,7 +181,7 @@ def _finite(obj):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--student", help="saved student folder or training checkpoint")
+    parser.add_argument("--student", help="published or imported folder, saved student folder or training checkpoint")
     parser.add_argument("--teacher", help="teacher folder (adds the teacher row)")
     parser.add_argument("--val", required=True, help="folder of HR benchmark images")
     parser.add_argument("--val-lr", default="", help="folder of pre-made LR images <stem>x<scale>.png")
