@@ -102,6 +102,8 @@ def scaled_sign_clip_ste(weight: Tensor, scale: Tensor) -> Tensor:
     This is the official BI-DiffSR / BBCU / ReActNet weight estimator (W_b.detach() - clamp(W).detach() +
     clamp(W)). Writing it as scale * ClipSign(W) instead multiplies the gradient by alpha (~0.007 at full size),
     which pushes the binary-weight gradients below Adam's eps and stalls the binary layers."""
+    if not (torch.is_grad_enabled() and weight.requires_grad):  # inference: the same values, no STE bookkeeping
+        return scale.detach() * torch.sign(weight.detach())
     passed = weight * (weight.detach().abs() <= 1.0)  # torch.clamp's backward drops the edges |W| = 1 themselves
     return (scale.detach() * torch.sign(weight.detach())) + (passed - passed.detach())
 

@@ -203,3 +203,15 @@ def test_reactnet_adds_shortcut_before_rprelu_and_bbcu_after():
 def test_unknown_binarizer_names_the_field():
     with pytest.raises(ValueError, match=r"binarizer='ternary'.*bbcu"):
         get_binarizer("ternary")
+
+
+def test_inference_skips_the_estimator_and_keeps_every_value():
+    """Without autograd the clip STE returns scale * sign(W) directly: the same bits as with it."""
+    from students.binary import channel_scale, scaled_sign_clip_ste
+
+    w = torch.randn(8, 4, 3, 3, requires_grad=True)
+    w.data[0, 0, 0, 0] = 0.0
+    with torch.no_grad():
+        fast = scaled_sign_clip_ste(w, channel_scale(w))
+    slow = scaled_sign_clip_ste(w, channel_scale(w))
+    assert slow.requires_grad and not fast.requires_grad and torch.equal(fast, slow.detach())
