@@ -79,15 +79,19 @@ class Teacher(DiffusionPipeline):
 
     @torch.no_grad()
     def predict(self, x_in: Tensor, y: Tensor, t: Tensor) -> Tensor:
-        """The denoiser's raw output on model-ready inputs, frozen."""
+        """The denoiser's raw output on model-ready inputs at timesteps `t`, frozen."""
+        return self._denoise(x_in, y, self.scheduler.model_time(torch.as_tensor(t, device=x_in.device)))
+
+    def _denoise(self, x_in: Tensor, y: Tensor, time: Tensor) -> Tensor:
         with self.autocast():
-            return self.unet(x_in, y, t).float()
+            return self.unet(x_in, y, time).float()
 
     @torch.no_grad()
     def features(self, x_in: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(output, res-block features by name), frozen."""
+        """(output, res-block features by name) at timesteps `t`, frozen."""
+        time = self.scheduler.model_time(torch.as_tensor(t, device=x_in.device))
         with self.autocast():
-            out, feats = self.unet(x_in, y, t, return_features=True)
+            out, feats = self.unet(x_in, y, time, return_features=True)
         return out.float(), {k: v.float() for k, v in feats.items()}
 
     def training_loss(self, hr: Tensor, cond: Tensor, generator: torch.Generator | None = None,
@@ -100,7 +104,7 @@ class Teacher(DiffusionPipeline):
                noise: Tensor | None = None, deterministic: bool | None = None, decode: bool = True) -> Tensor:
         """Super-resolve `cond` = bicubic(LR) in [0, 1] -> [0, 1] with the process's sampler (see
         `teachers.process.sample`); `deterministic=True` with a fixed `noise` always gives the same output."""
-        return sample(self.predict, self.scheduler, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
+        return sample(self._denoise, self.scheduler, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
                       generator=generator, noise=noise, deterministic=deterministic, decode=decode)
 
 

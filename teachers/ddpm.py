@@ -11,6 +11,12 @@ then pushes every later input off the data (measured on a small teacher: DDIM-20
 21.9 dB with the data-range clip). Released official weights were evaluated with the official clip:
 `clip_sample="official"` keeps that reachable. As in the official sampler, the noise estimate is not recomputed
 from the clipped x0.
+
+SR3 as Janspiry/Image-Super-Resolution-via-Iterative-Refinement trains and samples it (the process of an imported
+SR3 teacher): `data_range="signed"` (images and conditions in [-1, 1]), `time_input="noise_level"` (the denoiser
+is given sqrt(alpha_bar_t), not t) and `sampler="ddpm"` (ancestral steps through the posterior of the clipped x0, all
+T of them by default). A student distilled from such a teacher keeps `time_input="index"` (its TaR/TaA groups need
+timesteps); the teacher converts for itself (`Teacher.predict`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from torch import Tensor
 
 from teachers.process import LOSSES, DiffusionProcess, check_prediction_type, per_sample
 
-CLIP_CHOICES = {"data": (0.0, 1.0), "official": (-1.0, 1.0), "none": None}
+CLIP_CHOICES = {"data": None, "official": (-1.0, 1.0), "none": None}  # "data": DATA_RANGES[data_range]
+DATA_RANGES = {"unit": (0.0, 1.0), "signed": (-1.0, 1.0)}  # images (and conditions) in [0, 1] or, as SR3, [-1, 1]
+TIME_INPUTS = ("index", "noise_level")  # what the denoiser is given: the timestep, or SR3's sqrt(alpha_bar_t)
+SAMPLERS = ("ddim", "ddpm")  # DDIM steps (eta 0 / 1), or SR3's ancestral posterior steps
 
 
 class DDPMProcess(DiffusionProcess):
@@ -45,6 +54,9 @@ class DDPMProcess(DiffusionProcess):
         clip_sample: str = "data",
         num_inference_steps: int = 50,
         one_step: bool = False,
+        data_range: str = "unit",
+        time_input: str = "index",
+        sampler: str = "ddim",
     ):
         if num_train_timesteps < 2:
             raise ValueError(f"DDPMProcess: num_train_timesteps={num_train_timesteps} must be at least 2")
@@ -58,18 +70,34 @@ class DDPMProcess(DiffusionProcess):
         if not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(f"DDPMProcess: num_inference_steps={num_inference_steps} must be in [1, "
                              f"{num_train_timesteps}]")
+        for key, value, choices in (("data_range", data_range, DATA_RANGES), ("time_input", time_input, TIME_INPUTS),
+                                    ("sampler", sampler, SAMPLERS)):
+            if value not in choices:
+                raise ValueError(f"DDPMProcess: {key}={value!r} is not one of {tuple(choices)}")
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
 
     @property
+    def default_deterministic(self) -> bool:
+        return self.config.sampler == "ddim"  # DDIM with eta 0; SR3's ancestral sampler draws noise
+
+    @property
     def clip_range(self):
+        if self.config.clip_sample == "data":
+            return DATA_RANGES[self.config.data_range]
         return CLIP_CHOICES[self.config.clip_sample]
 
     def encode(self, image: Tensor) -> Tensor:
-        return image
+        return image if self.config.data_range == "unit" else image * 2 - 1
 
     def decode(self, x: Tensor) -> Tensor:
-        return x.clamp(0.0, 1.0)
+        return (x if self.config.data_range == "unit" else (x + 1) / 2).clamp(0.0, 1.0)
+
+    def model_time(self, t: Tensor) -> Tensor:
+        """The timestep index, or SR3's noise level sqrt(alpha_bar_t) (`time_input="noise_level"`)."""
+        if self.config.time_input == "index":
+            return t
+        return self.alphas_cumprod.to(t.device)[t.long()].sqrt()
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         ab = per_sample(self.alphas_cumprod, t, x0)
@@ -106,12 +134,21 @@ class DDPMProcess(DiffusionProcess):
 
     def step(self, output: Tensor, t: int, t_prev: int, x_t: Tensor, y: Tensor, deterministic: bool = True,
              generator: torch.Generator | None = None) -> Tensor:
-        """DDIM with eta 0 (deterministic) or eta 1 (stochastic); alpha_bar before the first index is 1."""
+        """DDIM with eta 0 (deterministic) or eta 1 (stochastic), or with `sampler="ddpm"` SR3's ancestral step: the
+        mean of q(x_prev | x_t, x0) from the clipped x0, plus its standard deviation times noise (none at the last
+        step or when deterministic). alpha_bar before the first index is 1."""
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[t_prev] if t_prev >= 0 else torch.tensor(1.0)
         x0, eps = self._x0_and_eps(output, x_t, t)
         if self.clip_range:
             x0 = x0.clamp(*self.clip_range)
+        if self.config.sampler == "ddpm":
+            alpha = ab_t / ab_prev
+            mean = (ab_prev**0.5 * (1 - alpha) * x0 + alpha**0.5 * (1 - ab_prev) * x_t) / (1 - ab_t)
+            if deterministic or t_prev < 0:
+                return mean
+            std = ((1 - alpha) * (1 - ab_prev) / (1 - ab_t)) ** 0.5
+            return mean + std * randn_tensor(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         variance = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
         std = 0.0 if deterministic else variance**0.5
         prev = ab_prev**0.5 * x0 + (1 - ab_prev - std**2) ** 0.5 * eps

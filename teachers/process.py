@@ -77,6 +77,11 @@ class DiffusionProcess(SchedulerMixin, ConfigMixin):
         """What the denoiser sees of x_t (identity unless the process scales its input)."""
         return x_t
 
+    def model_time(self, t: Tensor) -> Tensor:
+        """What the denoiser is given as its time input for timesteps `t` (the indices themselves unless the process
+        conditions on something else, e.g. SR3's continuous noise level)."""
+        return t
+
     def target(self, x0: Tensor, noise: Tensor, y: Tensor) -> Tensor:
         """The denoiser's training target for this process's prediction type."""
         raise NotImplementedError
@@ -158,7 +163,7 @@ def load_process(folder: str | Path) -> DiffusionProcess:
 
 @dataclass
 class NoisyBatch:
-    """One training draw in the process's space: the denoiser call is `model(x_in, y, t)`."""
+    """One training draw in the process's space: the denoiser call is `model(x_in, y, process.model_time(t))`."""
 
     x0: Tensor
     y: Tensor
@@ -184,7 +189,7 @@ def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: 
                   generator: torch.Generator | None) -> Tensor:
     """The process's own loss for a denoiser on one batch (teacher training and the students' direct stage)."""
     b = noisy_batch(process, hr, cond, generator)
-    return process.loss(model(b.x_in, b.y, b.t), b.target)
+    return process.loss(model(b.x_in, b.y, process.model_time(b.t)), b.target)
 
 
 @torch.no_grad()
@@ -211,13 +216,14 @@ def sample(model: Denoiser, process: DiffusionProcess, cond: Tensor, num_inferen
     x = process.prior(y, noise.to(y.dtype))
     if getattr(process.config, "one_step", False):
         top = process.num_train_timesteps - 1
-        x = process.predict_x0(model(process.model_input(x, top), y, torch.tensor(top, device=y.device)), x, top, y)
+        time = process.model_time(torch.tensor(top, device=y.device))
+        x = process.predict_x0(model(process.model_input(x, top), y, time), x, top, y)
         if progress is not None:
             progress()
     else:
         steps = process.inference_timesteps(num_inference_steps)
         for t, t_prev in zip(steps, steps[1:] + [-1]):
-            out = model(process.model_input(x, t), y, torch.tensor(t, device=y.device))
+            out = model(process.model_input(x, t), y, process.model_time(torch.tensor(t, device=y.device)))
             x = process.step(out.to(x.dtype), t, t_prev, x, y, deterministic=deterministic, generator=generator)
             if progress is not None:
                 progress()

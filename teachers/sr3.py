@@ -6,6 +6,10 @@ projection, and SR3's time MLP (64 -> 256 -> 64, sine half first), which gives e
 176.41G OPs at 3x256x256. It runs on any process (`teachers.ddpm.DDPMProcess`, BI-DiffSR's, for the SR3 teacher;
 `teachers.resshift.ResShiftProcess` for a pixel-space ResShift teacher); its channels do not correspond to a
 BI-DiffSR student's, so it teaches by outputs, never by features.
+
+`attention_levels` adds self-attention after every res block of those levels and `time_act_in_blocks=False` drops
+diffusers' SiLU before each block's time projection: with both, the network is the original SR3's (Janspiry's
+`attn_res` layouts), which `pipeline.import_official sr3` builds for released checkpoints.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import ResnetBlock2D
 from torch import Tensor, nn
 
 from teachers.base import pad_to_multiple, per_sample_timesteps
@@ -33,31 +39,43 @@ class SR3UNet(ModelMixin, ConfigMixin):
         num_res_blocks: int = 2,
         dropout: float = 0.2,
         norm_groups: int = 16,
+        attention_levels: tuple[int, ...] = (),
+        time_act_in_blocks: bool = True,
     ):
         super().__init__()
         widths = [base_channels * m for m in channel_mults]
         bad = [w for w in widths if w % norm_groups]
         if bad:
             raise ValueError(f"SR3UNet config: norm_groups={norm_groups} must divide every level width; {bad[0]} is not a multiple")
+        levels = set(attention_levels)
+        if not levels <= set(range(len(widths))):
+            raise ValueError(f"SR3UNet config: attention_levels={tuple(attention_levels)} must be level indices "
+                             f"0..{len(widths) - 1} (0 the finest)")
         self.unet = UNet2DModel(
             in_channels=in_channels,
             out_channels=out_channels,
             block_out_channels=tuple(widths),
             layers_per_block=num_res_blocks,
-            down_block_types=("DownBlock2D",) * len(widths),
-            up_block_types=("UpBlock2D",) * len(widths),
+            down_block_types=tuple("AttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(len(widths))),
+            up_block_types=tuple("AttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(len(widths)))),
             norm_num_groups=norm_groups,
-            attention_head_dim=widths[-1],  # one head, as SR3
+            attention_head_dim=None,  # one head per attention, as SR3
             time_embedding_dim=base_channels,  # res blocks project a 64-d embedding, as SR3
             flip_sin_to_cos=False,
             freq_shift=0,
             dropout=dropout,
         )
-        # SR3's time MLP widens to 4C and comes back to C; its attention qkv projection has no bias.
+        # SR3's time MLP widens to 4C and comes back to C; its attention qkv projections have no bias.
         self.unet.time_embedding = TimestepEmbedding(base_channels, 4 * base_channels, out_dim=base_channels)
-        attention = self.unet.mid_block.attentions[0]
-        for name in ("to_q", "to_k", "to_v"):
-            setattr(attention, name, nn.Linear(widths[-1], widths[-1], bias=False))
+        for attention in self.unet.modules():
+            if isinstance(attention, Attention):
+                width = attention.to_q.in_features
+                for name in ("to_q", "to_k", "to_v"):
+                    setattr(attention, name, nn.Linear(width, width, bias=False))
+        if not time_act_in_blocks:  # the original SR3 projects the time embedding without a SiLU first
+            for block in self.unet.modules():
+                if isinstance(block, ResnetBlock2D):
+                    block.skip_time_act = True
 
     @property
     def size_multiple(self) -> int:
