@@ -21,7 +21,7 @@ COMMANDS = {
     "train": ("pipeline.run", "train, evaluate and publish what a recipe describes"),
     "evaluate": ("pipeline.evaluate", "score a student and/or teacher against bicubic on a benchmark folder"),
     "upscale": ("pipeline.upscale", "super-resolve images with a published student"),
-    "import": ("pipeline.import_official", "convert an officially released checkpoint (BI-DiffSR) into a folder"),
+    "import": ("pipeline.import_official", "convert a released BI-DiffSR student or SR3 teacher checkpoint"),
     "push": ("pipeline.cli", "upload a published folder to the Hugging Face Hub"),
     "complexity": ("students.complexity", "Params / OPs of students by the papers' counting rule"),
 }
