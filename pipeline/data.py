@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline.resize import make_lr, modcrop, upsample_cond
 
+
 class DataError(ValueError):
     """Training or validation data that cannot be used; the message names the folder, dataset or file."""
 

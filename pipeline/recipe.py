@@ -303,14 +303,6 @@ def _check_buildable(recipe: Recipe, key: str, cls: type, kwargs: dict):
 _SCHEDULE_KEYS_IGNORED = {"clip_sample", "num_inference_steps", "one_step", "time_input", "sampler"}
 
 
-def _student_side(process):
-    """The recipe's process as the student uses it: timesteps as its time input (its TaR/TaA groups index them),
-    whatever a loaded teacher is given (SR3's noise level)."""
-    if getattr(process.config, "time_input", "index") != "index":
-        return type(process).from_config(process.config, time_input="index")
-    return process
-
-
 def build_recipe_process(recipe: Recipe):
     """The process teacher and student live on: [process], or a loaded teacher's own when [process] sets no type.
     A teacher on another process (or another schedule) is a RecipeError naming the key."""
@@ -326,7 +318,7 @@ def build_recipe_process(recipe: Recipe):
     if not p.type and teacher_process is not None:
         _check(not p.options, recipe, "process.type",
                "set process.type when giving process settings (or leave [process] out to use the teacher's)")
-        return _student_side(teacher_process)
+        return teacher_process.for_student()
     _check((p.type or "ddpm") in PROCESSES, recipe, "process.type",
            f"must be one of {tuple(sorted(PROCESSES))}, got {p.type!r}")
     cls = PROCESSES[p.type or "ddpm"]
@@ -347,10 +339,9 @@ def build_recipe_process(recipe: Recipe):
                 continue
             _check(process.config[key] == value, recipe, f"process.{key}",
                    f"is {process.config[key]!r} but the teacher in {t.path} was trained with {value!r}")
-    _check(getattr(process.config, "time_input", "index") == "index" or not any(
-        s.type != "teacher" for s in recipe.stages), recipe, "process.time_input",
-        "a BI-DiffSR student is given timesteps (its TaR/TaA groups index them); leave time_input at 'index' (a "
-        "loaded teacher that takes noise levels converts for itself)")
+    _check(process.for_student() is process or all(s.type == "teacher" for s in recipe.stages), recipe,
+           "process.time_input", "a BI-DiffSR student is given timesteps (its TaR/TaA groups index them); leave "
+           "time_input at 'index' (a loaded teacher that takes noise levels converts for itself)")
     return process
 
 

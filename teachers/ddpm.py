@@ -93,6 +93,9 @@ class DDPMProcess(DiffusionProcess):
     def decode(self, x: Tensor) -> Tensor:
         return (x if self.config.data_range == "unit" else (x + 1) / 2).clamp(0.0, 1.0)
 
+    def for_student(self) -> "DDPMProcess":
+        return self if self.config.time_input == "index" else DDPMProcess.from_config(self.config, time_input="index")
+
     def model_time(self, t: Tensor) -> Tensor:
         """The timestep index, or SR3's noise level sqrt(alpha_bar_t) (`time_input="noise_level"`)."""
         if self.config.time_input == "index":

@@ -77,6 +77,11 @@ class DiffusionProcess(SchedulerMixin, ConfigMixin):
         """What the denoiser sees of x_t (identity unless the process scales its input)."""
         return x_t
 
+    def for_student(self) -> "DiffusionProcess":
+        """This process as a BI-DiffSR student lives on it: the student is given timesteps (its TaR/TaA groups index
+        them), whatever time input a teacher on this process takes (itself unless that differs)."""
+        return self
+
     def model_time(self, t: Tensor) -> Tensor:
         """What the denoiser is given as its time input for timesteps `t` (the indices themselves unless the process
         conditions on something else, e.g. SR3's continuous noise level)."""

@@ -484,3 +484,29 @@ enabled = false
     assert trainer.process.config.time_input == "index" and trainer.process.config.data_range == "signed"
     trainer.run()
     assert (tmp_path / "run" / "publish" / "model_index.json").is_file()
+
+
+def test_a_student_recipe_cannot_feed_noise_levels_to_its_student(tmp_path):
+    from PIL import Image
+
+    from conftest import TINY_UNET_TOML
+    from pipeline.recipe import RecipeError, load_recipe
+
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (48, 48)).save(tmp_path / "train" / "a.png")
+    (tmp_path / "r.toml").write_text(f"""
+[run]
+output_dir = "{tmp_path / 'run'}"
+[data]
+train = "{tmp_path / 'train'}"
+patch_size = 32
+[process]
+type = "ddpm"
+time_input = "noise_level"
+{TINY_UNET_TOML}
+[[stages]]
+type = "direct"
+steps = 2
+""")
+    with pytest.raises(RecipeError, match="process.time_input: a BI-DiffSR student is given timesteps"):
+        load_recipe(tmp_path / "r.toml")
