@@ -1,0 +1,83 @@
+"""Shared by the importers: reading released checkpoint files and filling a model from one, strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+WRAPPERS = ("params_ema", "params", "state_dict", "model", "module")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be imported; the message names the file and the key."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """A released file -> a flat {name: tensor}: bare state dicts, or one under params_ema / params / state_dict /
+    model / module (in that order of preference), with any `module.` prefix (DataParallel) removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data = load_file(path)
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated files, non-tensor payloads
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {type(err).__name__}: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict")
+    for wrapper in WRAPPERS:
+        if wrapper in data and isinstance(data[wrapper], dict):
+            data = data[wrapper]
+            break
+    state = {}
+    for name, value in data.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: {name!r} is a {type(value).__name__}, not a tensor (is this a weights file?)")
+        state[name[len("module."):] if name.startswith("module.") else name] = value
+    return state
+
+
+def convert(state: dict[str, Tensor], model, pairs: list[tuple[str, str, str]], source: str,
+            ignore: set[str] = frozenset()):
+    """Fill `model` from `state` by `pairs` (official name, our name, how), strictly: every released key but those
+    in `ignore` used, every parameter filled, every shape checked; errors name `source` and the key."""
+    ours, out, used = model.state_dict(), {}, set(ignore) & set(state)
+    for official, name, how in pairs:
+        if official not in state:
+            raise CheckpointError(f"{source}: missing key {official!r} (needed for {name}); the checkpoint does not "
+                                  "match the network settings (check the config)")
+        if name not in ours:
+            raise CheckpointError(f"{source}: {official!r} maps to {name!r}, which this network does not have")
+        value, used = state[official], used | {official}
+        if how.startswith("stack:"):
+            row = int(how.split(":")[1])
+            table = out.setdefault(name, torch.full_like(ours[name], float("nan")))
+            if value.numel() != table.shape[1]:
+                raise CheckpointError(f"{source}: {official!r} has {value.numel()} values but {name} has rows of "
+                                      f"{table.shape[1]}")
+            table[row] = value.reshape(-1).float()
+            continue
+        if how.startswith("qkv:"):
+            part = int(how.split(":")[1])
+            value = value.reshape(3, value.shape[0] // 3, -1)[part] if value.shape[0] % 3 == 0 else value
+        elif how == "linear":
+            value = value.reshape(value.shape[0], -1)
+        if value.shape != ours[name].shape:
+            raise CheckpointError(f"{source}: {official!r} has shape {tuple(value.shape)} but {name} needs "
+                                  f"{tuple(ours[name].shape)} (check the config)")
+        out[name] = value.float()
+    unused = sorted(set(state) - used)
+    if unused:
+        raise CheckpointError(f"{source}: unexpected key {unused[0]!r} ({len(unused)} unused in all): the checkpoint "
+                              "has parts this network does not (check the config, or the KIND)")
+    missing = sorted(set(ours) - set(out))
+    if missing:
+        raise CheckpointError(f"{source}: nothing in the checkpoint fills {missing[0]!r} ({len(missing)} in all)")
+    model.load_state_dict(out, strict=True)
+    return model.eval()

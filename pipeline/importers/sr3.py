@@ -1,0 +1,146 @@
+"""Released SR3 generators (Janspiry/Image-Super-Resolution-via-Iterative-Refinement, `I*_gen.pth`) -> teacher folders
+with the original network (`SR3UNet(attention_levels, time_act_in_blocks=False)`) and process (`DDPMProcess` with
+signed data, noise-level time input and the ancestral sampler)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline.importers import CheckpointError, convert, read_checkpoint
+
+
+# Buffers the released GaussianDiffusion saves beside its denoiser: the noise schedule, rebuilt from the config.
+SR3_SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                        "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                        "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                        "posterior_mean_coef1", "posterior_mean_coef2"}
+
+
+def _sr3_res_block(official: str, ours: str, state: dict) -> list[tuple[str, str, str]]:
+    pairs = []
+    for i, (norm, conv) in ((1, ("norm1", "conv1")), (2, ("norm2", "conv2"))):
+        for p in ("weight", "bias"):
+            pairs += [(f"{official}.block{i}.block.0.{p}", f"{ours}.{norm}.{p}", "copy"),
+                      (f"{official}.block{i}.block.3.{p}", f"{ours}.{conv}.{p}", "copy")]
+    pairs += [(f"{official}.noise_func.noise_func.0.{p}", f"{ours}.time_emb_proj.{p}", "copy") for p in ("weight", "bias")]
+    if f"{official}.res_conv.weight" in state:
+        pairs += [(f"{official}.res_conv.{p}", f"{ours}.conv_shortcut.{p}", "copy") for p in ("weight", "bias")]
+    return pairs
+
+
+def _sr3_attention(official: str, ours: str) -> list[tuple[str, str, str]]:
+    return [(f"{official}.norm.weight", f"{ours}.group_norm.weight", "copy"),
+            (f"{official}.norm.bias", f"{ours}.group_norm.bias", "copy"),
+            (f"{official}.qkv.weight", f"{ours}.to_q.weight", "qkv:0"),
+            (f"{official}.qkv.weight", f"{ours}.to_k.weight", "qkv:1"),
+            (f"{official}.qkv.weight", f"{ours}.to_v.weight", "qkv:2"),
+            (f"{official}.out.weight", f"{ours}.to_out.0.weight", "linear"),
+            (f"{official}.out.bias", f"{ours}.to_out.0.bias", "copy")]
+
+
+def sr3_name_map(config: dict, state: dict) -> list[tuple[str, str, str]]:
+    """(official name, our SR3UNet name, how) in the official order: `downs` = [conv, level blocks (+ attention),
+    Downsample, ...], `mid` = [block + attention, block], `ups` = per level from the coarsest, res_blocks + 1 blocks
+    then Upsample; `how` is copy, linear (a 1x1 conv as a linear) or qkv:i (a third of the qkv 1x1 conv)."""
+    levels, blocks, attn = len(config["channel_mults"]), config["num_res_blocks"], set(config["attention_levels"])
+    pairs = [("noise_level_mlp.1.weight", "unet.time_embedding.linear_1.weight", "copy"),
+             ("noise_level_mlp.1.bias", "unet.time_embedding.linear_1.bias", "copy"),
+             ("noise_level_mlp.3.weight", "unet.time_embedding.linear_2.weight", "copy"),
+             ("noise_level_mlp.3.bias", "unet.time_embedding.linear_2.bias", "copy"),
+             ("downs.0.weight", "unet.conv_in.weight", "copy"), ("downs.0.bias", "unet.conv_in.bias", "copy")]
+    n = 1
+    for i in range(levels):
+        for j in range(blocks):
+            pairs += _sr3_res_block(f"downs.{n}.res_block", f"unet.down_blocks.{i}.resnets.{j}", state)
+            if i in attn:
+                pairs += _sr3_attention(f"downs.{n}.attn", f"unet.down_blocks.{i}.attentions.{j}")
+            n += 1
+        if i < levels - 1:
+            pairs += [(f"downs.{n}.conv.{p}", f"unet.down_blocks.{i}.downsamplers.0.conv.{p}", "copy")
+                      for p in ("weight", "bias")]
+            n += 1
+    pairs += _sr3_res_block("mid.0.res_block", "unet.mid_block.resnets.0", state)
+    pairs += _sr3_attention("mid.0.attn", "unet.mid_block.attentions.0")
+    pairs += _sr3_res_block("mid.1.res_block", "unet.mid_block.resnets.1", state)
+    n = 0
+    for k in range(levels):
+        level = levels - 1 - k
+        for j in range(blocks + 1):
+            pairs += _sr3_res_block(f"ups.{n}.res_block", f"unet.up_blocks.{k}.resnets.{j}", state)
+            if level in attn:
+                pairs += _sr3_attention(f"ups.{n}.attn", f"unet.up_blocks.{k}.attentions.{j}")
+            n += 1
+        if level > 0:
+            pairs += [(f"ups.{n}.conv.{p}", f"unet.up_blocks.{k}.upsamplers.0.conv.{p}", "copy") for p in ("weight", "bias")]
+            n += 1
+    pairs += [(f"final_conv.block.0.{p}", f"unet.conv_norm_out.{p}", "copy") for p in ("weight", "bias")]
+    pairs += [(f"final_conv.block.3.{p}", f"unet.conv_out.{p}", "copy") for p in ("weight", "bias")]
+    return pairs
+
+
+def sr3_settings(options: dict) -> tuple[dict, dict, int]:
+    """(SR3UNet config, DDPMProcess settings, scale) from a released SR3 JSON config."""
+    try:
+        model, unet = options["model"], options["model"]["unet"]
+        image_size = int(model["diffusion"]["image_size"])
+        schedule = model["beta_schedule"].get("val") or model["beta_schedule"]["train"]
+        mults = tuple(unet["channel_multiplier"])
+        config = dict(in_channels=unet.get("in_channel", 6), out_channels=unet.get("out_channel", 3),
+                      base_channels=unet["inner_channel"], channel_mults=mults, num_res_blocks=unet["res_blocks"],
+                      dropout=float(unet.get("dropout", 0.0)), norm_groups=unet.get("norm_groups") or 32,
+                      attention_levels=tuple(i for i in range(len(mults)) if image_size // 2**i in set(unet["attn_res"])),
+                      time_act_in_blocks=False)
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"the SR3 config lacks {err} (model.unet, model.diffusion.image_size, "
+                              "model.beta_schedule)") from None
+    if schedule.get("schedule") != "linear":
+        raise CheckpointError(f"beta schedule {schedule.get('schedule')!r}: only the released 'linear' one is supported")
+    steps = int(schedule["n_timestep"])
+    process = dict(num_train_timesteps=steps, beta_start=float(schedule["linear_start"]),
+                   beta_end=float(schedule["linear_end"]), data_range="signed", time_input="noise_level",
+                   sampler="ddpm", num_inference_steps=steps)
+    val = options.get("datasets", {}).get("val", {})
+    scale = int(val["r_resolution"]) // int(val["l_resolution"]) if "r_resolution" in val else 0
+    return config, process, scale
+
+
+def import_sr3(checkpoint: str | Path, out: str | Path, config_file: str | Path | None, scale: int = 0) -> Path:
+    """Convert a released SR3 generator (`I..._E..._gen.pth`) into a teacher folder (`load_teacher(out)`)."""
+    from teachers import DDPMProcess, SR3UNet, Teacher
+
+    if not config_file:
+        raise CheckpointError("an SR3 import needs the release's JSON config (--config), e.g. sr_sr3_16_128.json: the "
+                              "checkpoint's shapes do not give its attention resolutions or noise schedule")
+    config, settings, found_scale = sr3_settings(_read_json_with_comments(config_file))
+    scale = scale or found_scale
+    if not scale:
+        raise CheckpointError(f"{config_file} names no l_resolution / r_resolution: pass --scale")
+    state = read_checkpoint(checkpoint)
+    state = {k[len("denoise_fn."):] if k.startswith("denoise_fn.") else k: v for k, v in state.items()}
+    process = DDPMProcess(**settings)
+    if "betas" in state and not torch.allclose(state["betas"].double(),
+                                               torch.linspace(settings["beta_start"], settings["beta_end"],
+                                                              settings["num_train_timesteps"], dtype=torch.float64)):
+        raise CheckpointError(f"{checkpoint}: its saved betas are not the config's linear schedule")
+    try:
+        unet = SR3UNet(**config)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{config_file}: the network settings do not build: {err}") from None
+    convert(state, unet, sr3_name_map(config, state), str(checkpoint), ignore=SR3_SCHEDULE_BUFFERS)
+    folder = Path(out)
+    Teacher(unet, process, scale=scale).save_pretrained(folder)
+    return folder
+
+
+def _read_json_with_comments(path: str | Path) -> dict:
+    """The released configs carry // comments; they are cut at '//' line by line, as the official reader does."""
+    import json
+
+    path = Path(path)
+    try:
+        text = "".join(line.split("//")[0] + "\n" for line in path.read_text().splitlines())
+        return json.loads(text)
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read the config {path}: {err}") from None
