@@ -1,7 +1,7 @@
 """Command line super-resolution with a published student.
 
     python -m pipeline.upscale IN OUT --model runs/quickstart/publish [--steps N] [--seed 10] [--tile 256]
-        [--dtype bfloat16] [--threads 2]
+        [--dtype bfloat16 (on a GPU)] [--threads 2]
 
 IN is an image or a folder of images, OUT a file or a folder; `--model` a published folder or a Hub id.
 It never overwrites an input, refuses two inputs that would write one output (`pic.jpg` and `pic.png`), keeps
