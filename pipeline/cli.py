@@ -17,13 +17,13 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = {
-    "train": ("pipeline.run", "train, evaluate and publish what a recipe describes"),
-    "evaluate": ("pipeline.evaluate", "score a student and/or teacher against bicubic on a benchmark folder"),
-    "upscale": ("pipeline.upscale", "super-resolve images with a published student"),
-    "import": ("pipeline.import_official", "convert a released BI-DiffSR student or SR3 teacher checkpoint"),
-    "push": ("pipeline.cli", "upload a published folder to the Hugging Face Hub"),
-    "complexity": ("students.complexity", "Params / OPs of students by the papers' counting rule"),
+COMMANDS = {  # subcommand -> ("module:function" taking argv, what it does)
+    "train": ("pipeline.run:main", "train, evaluate and publish what a recipe describes"),
+    "evaluate": ("pipeline.evaluate:main", "score a student and/or teacher against bicubic on a benchmark folder"),
+    "upscale": ("pipeline.upscale:main", "super-resolve images with a published student"),
+    "import": ("pipeline.import_official:main", "convert a released BI-DiffSR student or SR3 teacher checkpoint"),
+    "push": ("pipeline.cli:push", "upload a published folder to the Hugging Face Hub"),
+    "complexity": ("students.complexity:main", "Params / OPs of students by the papers' counting rule"),
 }
 
 
@@ -56,11 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown subcommand {name!r}; one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    if name == "push":
-        return push(rest)
-    module = importlib.import_module(COMMANDS[name][0])
+    module, function = COMMANDS[name][0].split(":")
     try:
-        return module.main(rest) or 0
+        return getattr(importlib.import_module(module), function)(rest) or 0
     except SystemExit as exit:  # argparse: --help (0) and usage errors (2)
         return exit.code if isinstance(exit.code, int) else 1
 

@@ -85,12 +85,13 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
              student_process: DiffusionProcess | None = None, num_inference_steps: int | None = None, seed: int = 10,
              lpips_model=None, out_dir: str | Path | None = None, grid_images: int = 4,
              device: str | torch.device = "cpu", console: Console | None = None, tile_size: int = 512,
-             tile_overlap: int = 32, lpips_skipped: str = "") -> dict:
+             tile_overlap: int = 32, lpips_skipped: str = "", record: dict | None = None) -> dict:
     """Score bicubic, the condition, the teacher and the student (on `student_process`) on `images`; returns
     {"mean": {method: {metric: value}}, ...}. `num_inference_steps` None: each process's default. Models sample in
     overlapping `tile_size` tiles (HR pixels), as the published pipeline does, so memory stays bounded on large
     images; an image that fits in one tile is sampled whole, with the same result as without tiling.
-    `lpips_skipped`: why LPIPS could not be computed, shown in the table and recorded in metrics.json."""
+    `lpips_skipped`: why LPIPS could not be computed, shown in the table and recorded in metrics.json; `record`:
+    further entries for the result and metrics.json."""
     methods = (["bicubic", "condition"] + (["teacher"] if teacher is not None else [])
                + (["student"] if student is not None else []))
     if student is not None and student_process is None:
@@ -134,6 +135,7 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
               "seconds_per_image": {m: s / len(images) for m, s in seconds.items()}}
     if lpips_skipped:
         result["lpips_skipped"] = lpips_skipped
+    result.update(record or {})
 
     table = Table(title=f"x{scale} on {len(images)} images (PSNR/SSIM on Y, border {scale})",
                   caption=f"LPIPS SKIPPED: {lpips_skipped}" if lpips_skipped else None, caption_style="bold yellow")

@@ -473,9 +473,8 @@ def validate(recipe: Recipe) -> None:
            "accelerate config): change one of them, or leave run.mixed_precision out to follow the launcher")
     for i, tracker in enumerate(r.log_with):
         _check(tracker in TRACKERS, recipe, f"run.log_with[{i}]", f"must be one of {TRACKERS}, got {tracker!r}")
-        package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(tracker)
-        _check(package is None or importlib.util.find_spec(package) is not None, recipe, f"run.log_with[{i}]",
-               f"{tracker!r} needs the {package} package, which is not installed (pip install {package}), or drop it")
+        _check(importlib.util.find_spec(tracker) is not None, recipe, f"run.log_with[{i}]",  # named as its package
+               f"{tracker!r} needs the {tracker} package, which is not installed (pip install {tracker}), or drop it")
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(r, key) > 0, recipe, f"run.{key}", f"must be > 0, got {getattr(r, key)}")
     _check(r.resume in ("latest", "never") or Path(r.resume).is_dir(), recipe, "run.resume",
@@ -562,7 +561,7 @@ def validate(recipe: Recipe) -> None:
             _check(recipe.student.init_from_teacher or bool(recipe.student.init), recipe, "student.init_from_teacher",
                    f"stages[{i}] uses SPD, whose channel-wise Gram matrices only carry signal when the student starts "
                    "from the teacher's weights (BiDM); set student.init_from_teacher = true")
-            grid = s.spd_patches * 2 ** (len(student.config.channel_mults) - 1)
+            grid = s.spd_patches * student.size_multiple
             _check(patch % grid == 0, recipe, f"{key}.patch_size",
                    f"SPD splits every feature map into a {s.spd_patches}x{s.spd_patches} grid, so the patch size must "
                    f"be a multiple of {grid} (spd_patches x 2^(levels - 1)); got {patch}")
@@ -572,7 +571,7 @@ def validate(recipe: Recipe) -> None:
             except ValueError as err:
                 raise RecipeError(recipe.source, f"{key}.teacher_steps", str(err)) from None
     _check(recipe.eval.num_inference_steps >= 0, recipe, "eval.num_inference_steps", "must be >= 0 (0: the process's default)")
-    multiple = 2 ** (len(student.config.channel_mults) - 1)
+    multiple = student.size_multiple
     _check(recipe.eval.tile_size >= 64 and recipe.eval.tile_size % multiple == 0, recipe, "eval.tile_size",
            f"must be >= 64 and a multiple of {multiple} (the student's size multiple), got {recipe.eval.tile_size}")
     _check(d.num_proc >= 0, recipe, "data.num_proc", f"must be >= 0 (0: min(8, CPU count)), got {d.num_proc}")

@@ -107,18 +107,19 @@ def stage_fingerprints(recipe, process, student_config: dict) -> list[dict]:
     return out
 
 
-def _flat(d, prefix: str = "") -> dict:
+def flat_dict(d, prefix: str = "") -> dict:
+    """Nested dicts -> {"a.b.c": leaf}."""
     if not isinstance(d, dict):
         return {prefix: d}
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flat_dict(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
 def describe_changes(old: dict, new: dict) -> str:
     """'key: old -> new' for each setting that differs (at most 6)."""
-    a, b = _flat(old), _flat(new)
+    a, b = flat_dict(old), flat_dict(new)
     changed = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
                if a.get(k) != b.get(k)]
     return "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")

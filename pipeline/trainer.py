@@ -52,8 +52,8 @@ from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import push_folder, write_model_folder
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
 from pipeline.checksums import damage, sha256_file, write_checksums
-from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, read_fingerprint, stage_fingerprints,
-                                 write_fingerprint)
+from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, flat_dict, read_fingerprint,
+                                 stage_fingerprints, write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
 from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
@@ -71,17 +71,9 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{key}."))
-        elif isinstance(v, list):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = v
-    return out
+def _tracker_config(recipe: Recipe) -> dict:
+    """The recipe as flat scalars for the trackers (lists as JSON text)."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat_dict(recipe.to_dict()).items()}
 
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -151,10 +143,12 @@ class Trainer:
             if why:
                 raise RunFolderError(f"run.resume names a damaged checkpoint: {why}")
             state = json.loads((path / "trainer_state.json").read_text())
-            candidates = [path] if state["stage_index"] == i else []
-        else:
-            root = self.checkpoint_root(i, stage)
-            candidates = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
+            if state["stage_index"] != i:
+                return None
+            check_fingerprint(state.get("fingerprint"), self.fingerprints[i], f"checkpoint {path}", f"stages[{i}]")
+            return path
+        root = self.checkpoint_root(i, stage)
+        candidates = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
         for found in candidates:
             why = damage(found)
             if why:
@@ -308,7 +302,7 @@ class Trainer:
         if acc.is_main_process:
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
         if recipe.run.log_with:
-            acc.init_trackers(recipe.run.name, config=_flat(recipe.to_dict()))
+            acc.init_trackers(recipe.run.name, config=_tracker_config(recipe))
         self.resolve_builtin_data()
         teacher = self.prepare_teacher(load_teacher(recipe.teacher.path)) if recipe.teacher.path else None
         student = None
@@ -341,11 +335,6 @@ class Trainer:
         result = None
         if acc.is_main_process and recipe.data.val and recipe.eval.enabled:
             result = self.evaluate(student, teacher)
-            if student is not None:  # ties the metrics to these weights (see last_evaluation)
-                result["student_sha256"] = sha256_file(self.out / "student" / WEIGHTS)
-                written = self.out / "eval" / "metrics.json"
-                written.write_text(json.dumps(dict(json.loads(written.read_text()),
-                                                   student_sha256=result["student_sha256"]), indent=2))
             self.log_evaluation(result)
         if acc.is_main_process and student is not None:
             self.publish(student, teacher, result if result is not None else self.last_evaluation())
@@ -401,10 +390,12 @@ class Trainer:
             except LPIPSUnavailable as err:
                 skipped = str(err)
         images = load_validation(d.val, self.recipe.run.scale, d.val_lr, d.val_max_images, d.val_crop)
+        # the saved student's hash ties the metrics to these weights (see last_evaluation)
+        record = {"student_sha256": sha256_file(self.out / "student" / WEIGHTS)} if student is not None else {}
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
                         student_process=self.student_process, num_inference_steps=e.num_inference_steps or None, seed=e.seed, lpips_model=lpips_model,
                         out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
-                        console=self.console, tile_size=e.tile_size, lpips_skipped=skipped)
+                        console=self.console, tile_size=e.tile_size, lpips_skipped=skipped, record=record)
 
     # ---- one stage ---------------------------------------------------------------------------------------------
     def train_stage(self, i: int, cfg: StageConfig, stage: Stage, model: torch.nn.Module) -> torch.nn.Module:

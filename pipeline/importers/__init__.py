@@ -43,6 +43,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def copied(official: str, ours: str, params: tuple[str, ...] = ("weight", "bias")) -> list[tuple[str, str, str]]:
+    """(official name, our name, "copy") for each parameter of one module."""
+    return [(f"{official}.{p}", f"{ours}.{p}", "copy") for p in params]
+
+
+def sr3_stem(time_mlp: str, ours: str = "") -> list[tuple[str, str, str]]:
+    """The time MLP (`<time_mlp>.1`, `<time_mlp>.3`: Linear, Swish, Linear after the sinusoidal code) and the first
+    conv (`downs.0`) that SR3 and BI-DiffSR (built on SR3's code) share, onto diffusers' names under `ours`."""
+    return (copied(f"{time_mlp}.1", f"{ours}time_embedding.linear_1")
+            + copied(f"{time_mlp}.3", f"{ours}time_embedding.linear_2") + copied("downs.0", f"{ours}conv_in"))
+
+
 def convert(state: dict[str, Tensor], model, pairs: list[tuple[str, str, str]], source: str,
             ignore: set[str] = frozenset()):
     """Fill `model` from `state` by `pairs` (official name, our name, how), strictly: every released key but those

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from pipeline.importers import CheckpointError, convert, read_checkpoint
+from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, sr3_stem
 
 
 def _binary_conv(official: str, ours: str, groups: int) -> list[tuple[str, str, str]]:
@@ -31,18 +31,16 @@ def _binary_conv(official: str, ours: str, groups: int) -> list[tuple[str, str, 
 def _conv(official: str, ours: str, binary: bool, groups: int) -> list[tuple[str, str, str]]:
     if binary:
         return _binary_conv(official, ours, groups)
-    return [(f"{official}.weight", f"{ours}.weight", "copy"), (f"{official}.bias", f"{ours}.bias", "copy")]
+    return copied(official, ours)
 
 
 def _res_block(official: str, ours: str, binary: bool, groups: int) -> list[tuple[str, str, str]]:
     """The official (BI_)ResnetBlock under `official` (its `res_block`) <-> our ResBlock under `ours`."""
     pairs = []
     for i, norm in ((1, "norm1"), (2, "norm2")):
-        pairs += [(f"{official}.block{i}.block.0.weight", f"{ours}.{norm}.weight", "copy"),
-                  (f"{official}.block{i}.block.0.bias", f"{ours}.{norm}.bias", "copy")]
+        pairs += copied(f"{official}.block{i}.block.0", f"{ours}.{norm}")
         pairs += _conv(f"{official}.block{i}.conv", f"{ours}.conv{i}", binary, groups)
-    pairs += [(f"{official}.timestep_func.1.weight", f"{ours}.time_proj.weight", "copy"),
-              (f"{official}.timestep_func.1.bias", f"{ours}.time_proj.bias", "copy")]
+    pairs += copied(f"{official}.timestep_func.1", f"{ours}.time_proj")
     return pairs
 
 
@@ -52,11 +50,7 @@ def bidiffsr_name_map(config: dict) -> list[tuple[str, str, str]]:
     attention, block], `ups` = per level from the coarsest: (CS-Fusion, block) x (res_blocks + 1), then CP-Up."""
     levels, blocks, groups = len(config["channel_mults"]), config["num_res_blocks"], config["timestep_groups"]
     fp_levels = {i for i in range(levels) if config["image_size"] // 2**i in set(config["fp_resolutions"])}
-    pairs = [("timestep_level_mlp.1.weight", "time_embedding.linear_1.weight", "copy"),
-             ("timestep_level_mlp.1.bias", "time_embedding.linear_1.bias", "copy"),
-             ("timestep_level_mlp.3.weight", "time_embedding.linear_2.weight", "copy"),
-             ("timestep_level_mlp.3.bias", "time_embedding.linear_2.bias", "copy"),
-             ("downs.0.weight", "conv_in.weight", "copy"), ("downs.0.bias", "conv_in.bias", "copy")]
+    pairs = sr3_stem("timestep_level_mlp")
     n = 1
     for i in range(levels):
         for j in range(blocks):
@@ -83,8 +77,7 @@ def bidiffsr_name_map(config: dict) -> list[tuple[str, str, str]]:
             pairs += _binary_conv(f"ups.{n}.biconv1", f"decoder.{d}.up.conv_a", groups)
             pairs += _binary_conv(f"ups.{n}.biconv2", f"decoder.{d}.up.conv_b", groups)
             n += 1
-    pairs += [("final_conv.block.0.weight", "norm_out.weight", "copy"), ("final_conv.block.0.bias", "norm_out.bias", "copy"),
-              ("final_conv.block.3.weight", "conv_out.weight", "copy"), ("final_conv.block.3.bias", "conv_out.bias", "copy")]
+    pairs += copied("final_conv.block.0", "norm_out") + copied("final_conv.block.3", "conv_out")
     return pairs
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.importers import CheckpointError, convert, read_checkpoint
+from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, sr3_stem
 
 
 # Buffers the released GaussianDiffusion saves beside its denoiser: the noise schedule, rebuilt from the config.
@@ -20,24 +20,22 @@ SR3_SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_
 
 def _sr3_res_block(official: str, ours: str, state: dict) -> list[tuple[str, str, str]]:
     pairs = []
-    for i, (norm, conv) in ((1, ("norm1", "conv1")), (2, ("norm2", "conv2"))):
-        for p in ("weight", "bias"):
-            pairs += [(f"{official}.block{i}.block.0.{p}", f"{ours}.{norm}.{p}", "copy"),
-                      (f"{official}.block{i}.block.3.{p}", f"{ours}.{conv}.{p}", "copy")]
-    pairs += [(f"{official}.noise_func.noise_func.0.{p}", f"{ours}.time_emb_proj.{p}", "copy") for p in ("weight", "bias")]
+    for i in (1, 2):  # Block: GroupNorm, Swish, Dropout, Conv
+        pairs += copied(f"{official}.block{i}.block.0", f"{ours}.norm{i}")
+        pairs += copied(f"{official}.block{i}.block.3", f"{ours}.conv{i}")
+    pairs += copied(f"{official}.noise_func.noise_func.0", f"{ours}.time_emb_proj")
     if f"{official}.res_conv.weight" in state:
-        pairs += [(f"{official}.res_conv.{p}", f"{ours}.conv_shortcut.{p}", "copy") for p in ("weight", "bias")]
+        pairs += copied(f"{official}.res_conv", f"{ours}.conv_shortcut")
     return pairs
 
 
 def _sr3_attention(official: str, ours: str) -> list[tuple[str, str, str]]:
-    return [(f"{official}.norm.weight", f"{ours}.group_norm.weight", "copy"),
-            (f"{official}.norm.bias", f"{ours}.group_norm.bias", "copy"),
-            (f"{official}.qkv.weight", f"{ours}.to_q.weight", "qkv:0"),
-            (f"{official}.qkv.weight", f"{ours}.to_k.weight", "qkv:1"),
-            (f"{official}.qkv.weight", f"{ours}.to_v.weight", "qkv:2"),
-            (f"{official}.out.weight", f"{ours}.to_out.0.weight", "linear"),
-            (f"{official}.out.bias", f"{ours}.to_out.0.bias", "copy")]
+    return copied(f"{official}.norm", f"{ours}.group_norm") + [
+        (f"{official}.qkv.weight", f"{ours}.to_q.weight", "qkv:0"),
+        (f"{official}.qkv.weight", f"{ours}.to_k.weight", "qkv:1"),
+        (f"{official}.qkv.weight", f"{ours}.to_v.weight", "qkv:2"),
+        (f"{official}.out.weight", f"{ours}.to_out.0.weight", "linear"),
+        (f"{official}.out.bias", f"{ours}.to_out.0.bias", "copy")]
 
 
 def sr3_name_map(config: dict, state: dict) -> list[tuple[str, str, str]]:
@@ -45,11 +43,7 @@ def sr3_name_map(config: dict, state: dict) -> list[tuple[str, str, str]]:
     Downsample, ...], `mid` = [block + attention, block], `ups` = per level from the coarsest, res_blocks + 1 blocks
     then Upsample; `how` is copy, linear (a 1x1 conv as a linear) or qkv:i (a third of the qkv 1x1 conv)."""
     levels, blocks, attn = len(config["channel_mults"]), config["num_res_blocks"], set(config["attention_levels"])
-    pairs = [("noise_level_mlp.1.weight", "unet.time_embedding.linear_1.weight", "copy"),
-             ("noise_level_mlp.1.bias", "unet.time_embedding.linear_1.bias", "copy"),
-             ("noise_level_mlp.3.weight", "unet.time_embedding.linear_2.weight", "copy"),
-             ("noise_level_mlp.3.bias", "unet.time_embedding.linear_2.bias", "copy"),
-             ("downs.0.weight", "unet.conv_in.weight", "copy"), ("downs.0.bias", "unet.conv_in.bias", "copy")]
+    pairs = sr3_stem("noise_level_mlp", "unet.")
     n = 1
     for i in range(levels):
         for j in range(blocks):
@@ -58,8 +52,7 @@ def sr3_name_map(config: dict, state: dict) -> list[tuple[str, str, str]]:
                 pairs += _sr3_attention(f"downs.{n}.attn", f"unet.down_blocks.{i}.attentions.{j}")
             n += 1
         if i < levels - 1:
-            pairs += [(f"downs.{n}.conv.{p}", f"unet.down_blocks.{i}.downsamplers.0.conv.{p}", "copy")
-                      for p in ("weight", "bias")]
+            pairs += copied(f"downs.{n}.conv", f"unet.down_blocks.{i}.downsamplers.0.conv")
             n += 1
     pairs += _sr3_res_block("mid.0.res_block", "unet.mid_block.resnets.0", state)
     pairs += _sr3_attention("mid.0.attn", "unet.mid_block.attentions.0")
@@ -73,10 +66,9 @@ def sr3_name_map(config: dict, state: dict) -> list[tuple[str, str, str]]:
                 pairs += _sr3_attention(f"ups.{n}.attn", f"unet.up_blocks.{k}.attentions.{j}")
             n += 1
         if level > 0:
-            pairs += [(f"ups.{n}.conv.{p}", f"unet.up_blocks.{k}.upsamplers.0.conv.{p}", "copy") for p in ("weight", "bias")]
+            pairs += copied(f"ups.{n}.conv", f"unet.up_blocks.{k}.upsamplers.0.conv")
             n += 1
-    pairs += [(f"final_conv.block.0.{p}", f"unet.conv_norm_out.{p}", "copy") for p in ("weight", "bias")]
-    pairs += [(f"final_conv.block.3.{p}", f"unet.conv_out.{p}", "copy") for p in ("weight", "bias")]
+    pairs += copied("final_conv.block.0", "unet.conv_norm_out") + copied("final_conv.block.3", "unet.conv_out")
     return pairs
 
 
