@@ -10,6 +10,10 @@ the twin's weights for the same number of steps each:
 | student + SPD             | `feature_distill`: the process loss + spd_weight x SPD against the twin      |
 | student + SPD + output    | `feature_distill`: as above + output_weight x the process loss to the twin's output (the quickstart's stage) |
 | one-step student          | `one_step`: one evaluation from x_T matched to the twin's deterministic 15-step sampler (BiMaCoSR's objective) |
+| BiDM student (TBS) + SPD + output | as "student + SPD + output" with BiDM's conv (`bidm`) and cross-timestep connection (4 of the 6 decoder blocks, BiDM's 2/3) |
+| BiDM conv only + SPD + output     | the same without the cross-timestep connection (which part helps) |
+| BiMaCoSR student + SPD + output   | as "student + SPD + output" with BiMaCoSR's layer (`bimacosr`: + sparse and low-rank FP branches) |
+| one-step BiMaCoSR student | as "one-step student" with BiMaCoSR's layer: its paper's design and objective together |
 
 and evaluates every model on Set5 x4 (full images, the benchmark's own LR files) with PSNR/SSIM on Y, LPIPS-alex and
 seconds per image on this machine. Nothing is tuned to the table: the settings are the quickstart's.
@@ -17,7 +21,7 @@ seconds per image on this machine. Nothing is tuned to the table: the settings a
     python benchmarks/distillation.py [--teacher-steps 800] [--student-steps 400] [--one-step-steps 150]
         [--lpips-backbone ../shared/weights/alexnet_features_imagenet1k_v1.pth] [--out runs/bench_distillation]
 
-About 20 minutes on 2 CPU cores with the defaults.
+About 25 minutes on 2 CPU cores with the defaults.
 """
 
 from __future__ import annotations
@@ -68,15 +72,23 @@ def main(argv=None) -> None:
     Trainer(quickstart_recipe(out / "teacher", teacher_stage, init_from_teacher=False)).run()
     teacher_dir = str((out / "teacher" / "teacher").resolve())
     n = args.student_steps
-    runs = {
-        "student, direct only": stage("direct", n),
-        "student + SPD": stage("feature_distill", n, spd_weight=0.1, output_weight=0.0),
-        "student + SPD + output": stage("feature_distill", n, spd_weight=0.1, output_weight=1.0),
-        "one-step student": stage("one_step", args.one_step_steps),
+    distil = stage("feature_distill", n, spd_weight=0.1, output_weight=1.0)
+    one_step = stage("one_step", args.one_step_steps)
+    bidm = ['student.unet.binarizer="bidm"', "student.unet.cross_timestep_blocks=4"]
+    bimacosr = ['student.unet.binarizer="bimacosr"']
+    runs = {  # label: (stages, recipe overrides)
+        "student, direct only": (stage("direct", n), []),
+        "student + SPD": (stage("feature_distill", n, spd_weight=0.1, output_weight=0.0), []),
+        "student + SPD + output": (distil, []),
+        "one-step student": (one_step, []),
+        "BiDM student (TBS) + SPD + output": (distil, bidm),
+        "BiDM conv only + SPD + output": (distil, bidm[:1]),
+        "BiMaCoSR student + SPD + output": (distil, bimacosr),
+        "one-step BiMaCoSR student": (one_step, bimacosr),
     }
     students = {}
-    for i, (label, stages) in enumerate(runs.items()):
-        trainer = Trainer(quickstart_recipe(out / f"student_{i}", stages, teacher_path=teacher_dir))
+    for i, (label, (stages, overrides)) in enumerate(runs.items()):
+        trainer = Trainer(quickstart_recipe(out / f"student_{i}", stages, overrides, teacher_path=teacher_dir))
         trainer.run()
         students[label] = (trainer.student.eval(), trainer.student_process)
 

@@ -461,6 +461,7 @@ def _check_training_folder(recipe: Recipe) -> None:
 
 def validate(recipe: Recipe) -> None:
     from students.bidiffsr import BIDiffSRUNet
+    from students.binarizers import get_binarizer
     from teachers import SR3UNet
 
     r, d, t = recipe.run, recipe.data, recipe.teacher
@@ -523,6 +524,15 @@ def validate(recipe: Recipe) -> None:
                "put a 'teacher' stage first")
         _check_alignment(recipe, "student.init_from_teacher", student, "starting the student from the teacher")
 
+    binarizer = get_binarizer(student.config.binarizer)
+    if binarizer.needs_full_precision_init:
+        _check(recipe.student.init_from_teacher or bool(recipe.student.init), recipe, "student.unet.binarizer",
+               f"{binarizer.name!r} splits full-precision weights into its branches when it starts, so the student "
+               "must start from its full-precision twin (student.init_from_teacher = true with a twin teacher) or from "
+               "a saved student (student.init)")
+    _check(not (student.config.cross_timestep_blocks and any(s.type == "one_step" for s in recipe.stages)), recipe,
+           "student.unet.cross_timestep_blocks", "a one-step student has no previous sampling step to mix in; set it "
+           "to 0 for a recipe with a one_step stage")
     _check(bool(recipe.stages), recipe, "stages", "a recipe needs at least one [[stages]] entry")
     names = set()
     teacher_ready = bool(t.path)

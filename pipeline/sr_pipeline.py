@@ -46,11 +46,17 @@ def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Ten
                   progress: Callable[[], object] | None = None) -> Tensor:
     """SR images in [0, 1] from a student on its process, `cond` = bicubic(LR); `noise` (at the padded size) fixes
     the starting point. The network runs in its own dtype (bf16/fp16 weights too); the process's arithmetic stays
-    float32."""
+    float32. A student with BiDM's cross-timestep connection (`cross_timestep_blocks`) mixes in the previous
+    step's block outputs (none at the first step)."""
     dtype = next(student.parameters()).dtype
+    previous: dict[str, dict[str, Tensor] | None] = {"features": None}
 
     def denoise(x: Tensor, y: Tensor, t: Tensor) -> Tensor:
-        return student(x.to(dtype), y.to(dtype), t).float()
+        if not getattr(student.config, "cross_timestep_blocks", 0):
+            return student(x.to(dtype), y.to(dtype), t).float()
+        out, previous["features"] = student(x.to(dtype), y.to(dtype), t, return_features=True,
+                                            cache=previous["features"])
+        return out.float()
 
     return sample(denoise, process, cond, num_inference_steps, size_multiple=student.size_multiple,
                   generator=generator, noise=noise, progress=progress)
@@ -133,11 +139,13 @@ class BiDiffSRPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
                         torch_dtype: torch.dtype | None = None, revision: str | None = None, token: str | None = None,
-                        cache_dir: str | None = None, local_files_only: bool = False) -> "BiDiffSRPipeline":
+                        cache_dir: str | None = None, local_files_only: bool = False,
+                        packed_kernels: bool = False) -> "BiDiffSRPipeline":
         """Load a published folder or a Hub id (fetched with huggingface_hub). Every file is checked against the
         folder's checksums.json when it has one, and no code from the folder is run: the components are built from
         this package's classes (diffusers' generic `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
-        goes through the loader files the folder carries, which import the same classes)."""
+        goes through the loader files the folder carries, which import the same classes). `packed_kernels=True`:
+        the binarized convs compute on packed sign bits (real 1-bit arithmetic, CPU only; `students.packed_conv`)."""
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
             path = Path(snapshot_download(str(pretrained_model_name_or_path), revision=revision, token=token,
@@ -152,6 +160,8 @@ class BiDiffSRPipeline(DiffusionPipeline):
                                  "download or publish it again")
         index = json.loads((path / "model_index.json").read_text())
         unet = BIDiffSRUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        if packed_kernels:
+            unet.use_packed_kernels()
         return cls(unet=unet, scheduler=load_process(path / "scheduler"), scale=int(index.get("scale", 4)))
 
     @torch.no_grad()

@@ -232,8 +232,9 @@ class Trainer:
         return student
 
     def make_stage(self, stage: StageConfig, student: BIDiffSRUNet, teacher: Teacher | None) -> Stage:
+        cross_timestep = bool(student.config.cross_timestep_blocks)
         if stage.type == "direct":
-            return DirectStage(self.student_process)
+            return DirectStage(self.student_process, cross_timestep)
         if stage.type == "one_step":
             self.student_process = self.process.one_step_variant()
             return OneStepStage(teacher, self.student_process, stage.teacher_steps or None)
@@ -244,7 +245,7 @@ class Trainer:
                 raise ValueError(f"stage {stage.name!r}: SPD needs the student's full-precision twin as teacher: {why}")
             names = list(stage.features) or list(self._feature_shapes(student, stage))
         return FeatureDistillStage(teacher, self.student_process, names, stage.spd_weight, stage.spd_patches,
-                                   stage.output_weight)
+                                   stage.output_weight, cross_timestep)
 
     def _feature_shapes(self, student: BIDiffSRUNet, stage: StageConfig) -> dict[str, tuple]:
         patch = stage.patch_size or self.recipe.data.patch_size

@@ -1,7 +1,7 @@
 """Command line super-resolution with a published student.
 
     python -m pipeline.upscale IN OUT --model runs/quickstart/publish [--steps N] [--seed 10] [--tile 256]
-        [--dtype bfloat16 (on a GPU)] [--threads 2]
+        [--dtype bfloat16 (on a GPU)] [--threads 2] [--packed (CPU: real 1-bit arithmetic)]
 
 IN is an image or a folder of images, OUT a file or a folder; `--model` a published folder or a Hub id.
 It never overwrites an input, refuses two inputs that would write one output (`pic.jpg` and `pic.png`), keeps
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="the network's dtype: bfloat16 / float16 halve its memory on a GPU (on this project's 2-core "
                              "CPU they ran 50x slower than float32); the sampler stays float32")
+    parser.add_argument("--packed", action="store_true",
+                        help="run the binarized convs on packed sign bits (XNOR/popcount, CPU only; "
+                             "students/packed_conv.py): the same images, real 1-bit arithmetic")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs, outputs = [src], [dst / f"{src.stem}.png" if dst.is_dir() else dst]
     else:
         parser.error(f"input {src} does not exist")
+    if args.packed and (args.device != "cpu" or args.dtype != "float32"):
+        parser.error("--packed runs on the CPU in float32: use --device cpu --dtype float32")
     problem = check_outputs(inputs, outputs, args.overwrite) or check_readable(inputs)
     if problem:
         parser.error(problem)
@@ -68,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.sr_pipeline import BiDiffSRPipeline
 
     try:
-        pipe = BiDiffSRPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype]).to(args.device)
-    except (OSError, ValueError) as err:
+        pipe = BiDiffSRPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype],
+                                                packed_kernels=args.packed).to(args.device)
+    except (OSError, ValueError, RuntimeError) as err:
         print(f"error: cannot load --model {args.model}: {err}", file=sys.stderr)
         return 1
     for n, (path, out) in enumerate(zip(inputs, outputs), 1):

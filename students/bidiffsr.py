@@ -8,7 +8,12 @@ are reflect-padded to a multiple of 2^(levels - 1) and cropped back.
 
 Ablation switches of the paper's Table 1: `identity_shortcut`, `downsample`/`upsample` ("cp" or plain binarized
 "conv"), `fusion` ("csf", "split", "concat", "add"), `timestep_aware_shift` / `timestep_aware_activation` (TaR/TaA)
-and `timestep_groups` (K, the number of pairs). `binarizer` swaps in the Table 2 baselines.
+and `timestep_groups` (K, the number of pairs). `binarizer` swaps in the Table 2 baselines and the layers of BiDM and
+BiMaCoSR; `cross_timestep_blocks` is BiDM's cross-timestep feature connection (the other half of its Timestep-friendly
+Binary Structure): the last N decoder blocks mix in, per sample, the same blocks' outputs from one step noisier,
+out = (1 - c) out + c cache (cache detached), with a learnable c per timestep bin and block (0.3 at start;
+Xingyu-Zheng/BiDM openaimodel_ours.py). The cache is a pass at t + 1 from the same noise while training
+(`teachers.process.denoise_batch`) and the previous sampling step's outputs while sampling.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ ConvBuilder = Callable[..., nn.Module]
 DOWNSAMPLE_CHOICES = ("cp", "conv")
 UPSAMPLE_CHOICES = ("cp", "conv")
 FUSION_CHOICES = ("csf", "split", "concat", "add")
+CROSS_TIMESTEP_INIT = 0.3  # BiDM's starting mixing coefficient (LDM code; its CIFAR variant starts at 0)
+CROSS_TIMESTEP_MAX_BINS = 100
 # Config keys that fix the feature layout: a teacher whose features SPD may compare with a student's agrees on all.
 LAYOUT_KEYS = ("in_channels", "out_channels", "base_channels", "channel_mults", "num_res_blocks", "norm_groups",
                "image_size", "fp_resolutions", "downsample", "upsample", "fusion", "identity_shortcut",
@@ -238,6 +245,7 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         timestep_aware_shift: bool = True,
         timestep_aware_activation: bool = True,
         middle_attention: bool = True,
+        cross_timestep_blocks: int = 0,
     ):
         super().__init__()
         channel_mults = tuple(channel_mults)
@@ -297,6 +305,9 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
 
         self.norm_out = nn.GroupNorm(norm_groups, base_channels)
         self.conv_out = FPConv2d(base_channels, out_channels, 3)
+        if cross_timestep_blocks:
+            self.cross_timestep_coefficients = nn.Parameter(
+                torch.full((self.cross_timestep_bins, cross_timestep_blocks), CROSS_TIMESTEP_INIT))
 
     def _validate(self, widths: list[int]) -> None:
         c = self.config
@@ -326,6 +337,10 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
                 )
         if len(widths) > 1 and widths[0] % 2:
             raise _config_error("base_channels", c.base_channels, "must be even: CP-Down/CP-Up split channels in halves")
+        decoder_blocks = len(widths) * (c.num_res_blocks + 1)
+        if not 0 <= c.cross_timestep_blocks <= decoder_blocks:
+            raise _config_error("cross_timestep_blocks", c.cross_timestep_blocks,
+                                f"must be between 0 (off) and the number of decoder blocks, {decoder_blocks}")
         if not 1 <= c.timestep_groups <= c.num_train_timesteps:
             raise _config_error("timestep_groups", c.timestep_groups,
                                 f"must be between 1 and num_train_timesteps={c.num_train_timesteps}")
@@ -342,7 +357,7 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
         if not get_binarizer(config.get("binarizer", "bidiffsr")).timestep_aware:
             config["timestep_groups"] = 1
-        return {**config, "binarizer": "none"}
+        return {**config, "binarizer": "none", "cross_timestep_blocks": 0}
 
     def layout_mismatch(self, other: nn.Module) -> str:
         """Why `other`'s features do not correspond to this model's channel for channel ('' when they do)."""
@@ -367,18 +382,39 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
                 raise ValueError(f"cannot start the student from this teacher: {name} has shape "
                                  f"{tuple(value.shape)} in the teacher but {tuple(own[name].shape)} in the student")
         result = self.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
-        return list(result.missing_keys)
+        for module in self.modules():
+            if isinstance(module, BinaryConv2d):
+                module.start_from_full_precision()
+        return [k for k in result.missing_keys if ".branches." not in k]  # the branches were just split off
+
+    @property
+    def cross_timestep_bins(self) -> int:
+        """Rows of the cross-timestep coefficient table: BiDM's 100 bins of 10 steps for T = 1000, generally
+        min(100, T) equal bins."""
+        return min(CROSS_TIMESTEP_MAX_BINS, self.config.num_train_timesteps)
+
+    def _mixing_coefficients(self, t: Tensor) -> Tensor:
+        """(B, N) coefficients c for each sample's timestep bin."""
+        bins = self.cross_timestep_bins
+        row = torch.div(t.long() * bins, self.config.num_train_timesteps, rounding_mode="floor").clamp(0, bins - 1)
+        return self.cross_timestep_coefficients.index_select(0, row)
 
     @property
     def size_multiple(self) -> int:
         """Inputs are padded to a multiple of this (one factor 2 per down-sampling)."""
         return 2 ** (len(self.config.channel_mults) - 1)
 
-    def forward(self, x_t: Tensor, cond: Tensor, t: Tensor, return_features: bool = False):
+    def forward(self, x_t: Tensor, cond: Tensor, t: Tensor, return_features: bool = False,
+                cache: dict[str, Tensor] | None = None):
         """Predicted noise for noisy images `x_t` (B, 3, H, W) given `cond` = bicubic(LR) at HR size and integer
         timesteps `t` (B,), (B, 1) or a scalar. With `return_features=True` also returns the res-block outputs by
-        name ("down.{level}.{block}", "mid.{block}", "up.{level}.{block}", level 0 the finest), at padded size."""
+        name ("down.{level}.{block}", "mid.{block}", "up.{level}.{block}", level 0 the finest), at padded size.
+        `cache`: the features of a pass one step noisier, mixed into the last `cross_timestep_blocks` decoder blocks
+        (only for a model with that connection; None: the first sampling step, or no connection)."""
         b, _, h, w = x_t.shape
+        if cache is not None and not self.config.cross_timestep_blocks:
+            raise ValueError("a feature cache was given, but this model has no cross-timestep connection "
+                             "(cross_timestep_blocks = 0)")
         t = per_sample_timesteps(t, b, x_t.device)
         group = timestep_group(t, self.config.timestep_groups, self.config.num_train_timesteps) if self.uses_groups else None
         temb = self.time_embedding(self.time_proj(t).to(x_t.dtype))
@@ -403,16 +439,34 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         x = self.mid_blocks[1](x, temb, group)
         features["mid.1"] = x
 
+        mixed, first_mixed, block_index = None, 0, 0
+        if cache is not None:
+            mixed = self._mixing_coefficients(t).to(x.dtype)[:, :, None, None, None]  # (B, N, 1, 1, 1)
+            first_mixed = len(self.decoder) * len(self.decoder[0].blocks) - mixed.shape[1]
         for k, level in enumerate(self.decoder):
             i = len(self.decoder) - 1 - k
             for j, (fusion, block) in enumerate(zip(level.fusions, level.blocks)):
                 x = block(fusion(x, skips.pop(), group), temb, group)
+                if mixed is not None and block_index >= first_mixed:
+                    c = mixed[:, block_index - first_mixed]
+                    x = (1 - c) * x + c * cache[f"up.{i}.{j}"].detach()
+                block_index += 1
                 features[f"up.{i}.{j}"] = x
             if level.up is not None:
                 x = level.up(x, group)
 
         out = self.conv_out(F.silu(self.norm_out(x)))[:, :, :h, :w]
         return (out, features) if return_features else out
+
+    def use_packed_kernels(self) -> list[str]:
+        """Run every binarized conv whose binarizer allows it on packed sign bits (CPU inference,
+        `students.packed_conv`); returns the names of the binarized convs that keep their float path (their binarizer's
+        activations are not plain signs). Call it after the weights are final (it packs them)."""
+        kept = []
+        for name, module in self.named_modules():
+            if isinstance(module, BinaryConv2d) and module.binarizer.binary and not module.use_packed_kernel():
+                kept.append(name)
+        return kept
 
     def set_training_progress(self, progress: float | Tensor) -> None:
         """Training progress in [0, 1] for binarizers with a schedule (IR-Net's EDE); a no-op for the others."""

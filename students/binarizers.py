@@ -13,11 +13,25 @@ we follow it, the entry says so.
 | bnn       | sign, clip STE                     | sign(W); g * 1[|W| <= 1]                 |                          |
 | dorefa    | round(clip(x, 0, 1)), STE in [0,1] | mean|W| of the layer * sign(W); g        |                          |
 | irnet     | sign, EDE                          | Libra-PB: s * sign(W^), s = 2^round(log2 mean|W^|); s * EDE'(W^) through the standardisation |  |
+| bidm      | ApproxSign                         | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, x conv_k(mean_c|x|), + |lambda| shortcut |
+| bimacosr  | mean_c|x| (detached) * ApproxSign  | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, + sparse + low-rank FP branches, TaA RPReLU |
 | none      | identity (full precision)          | W; g                                     | as bidiffsr: the FP twin |
 
 Weight gradients follow each method's own definition (g = dL/dW_b): BI-DiffSR, BBCU and ReActNet detach the scale
 (their `HardBinaryConv`: `W_b.detach() - clip(W).detach() + clip(W)`); DoReFa passes g straight through; XNOR-Net's
 paper gives g (1/n + alpha 1[|W| <= 1]); IR-Net's code multiplies the EDE output by the detached power-of-two scale.
+
+`bidm` is the binary convolution of BiDM's Timestep-friendly Binary Structure ("BiDM: Pushing the Limit of
+Quantization for Diffusion Models"; Xingyu-Zheng/BiDM util_ours.py `BNNConv2d`): no bias and no RPReLU in binary
+mode, the output multiplied by a learnable k x k filtering of the channel-mean |x|, the shortcut weighted by a
+learnable |lambda| (0.3). Its other half, the cross-timestep feature connection, is the UNet's
+`cross_timestep_blocks`. `bimacosr` is BiMaCoSR's layer ("BiMaCoSR: Binary One-Step Diffusion Model Leveraging
+Flexible Matrix Compression for Real Super-Resolution"; Kai-Liu001/BiMaCoSR ours.py): the binary main branch plus a
+sparse and a low-rank full-precision branch split off the full-precision weights, so it needs them to start
+(`needs_full_precision_init`). Both are plugged into the BI-DiffSR unit and keep its timestep-aware parts where their
+paper has the plain counterpart: the TaR shift for BiDM's threshold tau (BiMaCoSR's code has a shift it does not
+apply) and the TaA RPReLU for BiMaCoSR's RPReLU. So they start from the same full-precision twin as the BI-DiffSR
+student (the same K groups), and a BiMaCoSR unit starts exactly equal to the twin's.
 
 `none` switches binarization off and keeps every parameter (shift, RPReLU, shortcut) and name: a `BIDiffSRUNet`
 built with it is the student's full-precision twin, whose weights a binarized student can start from.
@@ -52,6 +66,15 @@ class Binarizer:
     timestep_aware: bool = False  # TaR/TaA get K groups; otherwise the shift/RPReLU have one
     needs_progress: bool = False  # reads the conv's `progress` buffer (IR-Net's EDE schedule)
     binary: bool = True  # False only for "none" (the full-precision twin): weights stored and counted as floats
+    activation_scale_map: bool = False  # BiDM: output x conv_k(mean_c |x|)
+    scaled_shortcut: bool = False  # BiDM: + |lambda| x shortcut, wherever shapes differ too (pooled / 1x1 conv)
+    matrix_branches: bool = False  # BiMaCoSR: + sparse and low-rank full-precision branches
+    sign_activations: bool = False  # forward of the input is exactly sign(u): it can run on packed bits
+
+    @property
+    def needs_full_precision_init(self) -> bool:
+        """Its initialisation splits full-precision weights (BiMaCoSR): a student must start from its twin."""
+        return self.matrix_branches
 
 
 def _approx_sign(u: Tensor, conv: BinaryConv2d) -> Tensor:
@@ -82,6 +105,10 @@ def _xnor_input(u: Tensor, conv: BinaryConv2d) -> Tensor:
     return u.detach().abs().mean(dim=1, keepdim=True) * ClipSign.apply(u)
 
 
+def _scaled_approx_sign_input(u: Tensor, conv: BinaryConv2d) -> Tensor:
+    return u.detach().abs().mean(dim=1, keepdim=True) * ApproxSign.apply(u)
+
+
 def _dorefa_input(u: Tensor, conv: BinaryConv2d) -> Tensor:
     clipped = u.clamp(0.0, 1.0)
     return clipped + (torch.round(clipped) - clipped).detach()
@@ -108,14 +135,19 @@ BINARIZERS: dict[str, Binarizer] = {
     b.name: b
     for b in (
         Binarizer("bidiffsr", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
-                  timestep_aware=True),
-        Binarizer("bbcu", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True),
+                  timestep_aware=True, sign_activations=True),
+        Binarizer("bbcu", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
+                  sign_activations=True),
         Binarizer("reactnet", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
-                  conv_bias=True, shortcut_before_activation=True),
+                  conv_bias=True, shortcut_before_activation=True, sign_activations=True),
         Binarizer("xnor", _xnor_input, _xnor_weight, conv_bias=True),
-        Binarizer("bnn", _clip_sign, _sign_weight),
+        Binarizer("bnn", _clip_sign, _sign_weight, sign_activations=True),
         Binarizer("dorefa", _dorefa_input, _dorefa_weight),
-        Binarizer("irnet", _irnet_input, _irnet_weight, needs_progress=True),
+        Binarizer("irnet", _irnet_input, _irnet_weight, needs_progress=True, sign_activations=True),
+        Binarizer("bidm", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, timestep_aware=True,
+                  activation_scale_map=True, scaled_shortcut=True, sign_activations=True),
+        Binarizer("bimacosr", _scaled_approx_sign_input, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
+                  timestep_aware=True, matrix_branches=True),
         Binarizer("none", _identity, _identity, learnable_shift=True, rprelu=True, timestep_aware=True, binary=False),
     )
 }

@@ -113,13 +113,75 @@ def scaled_sign_identity_ste(weight: Tensor, scale: Tensor) -> Tensor:
     return (scale.detach() * torch.sign(weight.detach())) + (weight - weight.detach())
 
 
+class MatrixBranches(nn.Module):
+    """BiMaCoSR's full-precision branches beside a binarized conv (Kai-Liu001/BiMaCoSR,
+    models/quant_modules/binary_modules/ours.py): a sparse Cout x Cin matrix S (SMB: 2 max(Cin, Cout) entries at
+    positions fixed at initialisation, trainable values) plus a rank-r product U V (LRMB, r = 8), both applied as one
+    1x1 map at the conv's stride. The official code runs S as a torch.sparse product and LRMB as two 1x1 convs; the
+    sum is the same linear map, computed here as one dense 1x1 conv (the OPs rule still counts the sparse and
+    low-rank work, `students.complexity`). For a stride-2 conv the official code drops both branches (equal widths:
+    an average-pooled input takes SMB's place) or has no rule (widths differ); applied at the stride, as here, the
+    split stays exact. BI-DiffSR's network has stride-2 binary convs only in its `downsample = "conv"` ablation."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, rank: int = 8) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.rank = min(rank, in_channels, out_channels)
+        nonzeros = min(2 * max(in_channels, out_channels), in_channels * out_channels)
+        self.sparse_values = nn.Parameter(torch.zeros(nonzeros))
+        self.register_buffer("sparse_index", torch.zeros(nonzeros, dtype=torch.long))  # flat, into Cout x Cin
+        self.down = nn.Parameter(torch.zeros(self.rank, in_channels))
+        self.up = nn.Parameter(torch.zeros(out_channels, self.rank))
+
+    def matrix(self) -> Tensor:
+        """The Cout x Cin map S + U V."""
+        dense = (self.up @ self.down).flatten().index_add(0, self.sparse_index, self.sparse_values)
+        return dense.reshape(self.out_channels, self.in_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.matrix()[:, :, None, None].to(x.dtype), stride=self.stride)
+
+    @torch.no_grad()
+    def absorb(self, weight: Tensor) -> Tensor:
+        """Initialise from a full-precision conv weight W0 (Cout, Cin, k, k) and return the main-branch weight, so
+        that conv(x, W_main) + S x + U V x = conv(x, W0) (BiMaCoSR's initialisation):
+        S = the 2 max(Cin, Cout) largest-magnitude entries of W0 averaged over the kernel window, taken off W0's
+        centre tap; U V = the best rank-r approximation (SVD, sqrt(sigma) on both sides) of the kernel-averaged
+        remainder, also taken off the centre tap."""
+        w = weight.detach().double().clone()
+        centre = (w.shape[2] // 2, w.shape[3] // 2)
+        averaged = w.mean(dim=(2, 3)).flatten()
+        index = averaged.abs().topk(self.sparse_values.numel()).indices
+        values = averaged[index]
+        w[:, :, centre[0], centre[1]] -= torch.zeros_like(averaged).index_add(0, index, values).reshape(w.shape[:2])
+        u, sigma, vh = torch.linalg.svd(w.mean(dim=(2, 3)), full_matrices=False)
+        root = sigma[: self.rank].sqrt()
+        up, down = u[:, : self.rank] * root, root[:, None] * vh[: self.rank]
+        w[:, :, centre[0], centre[1]] -= up @ down
+        self.sparse_index.copy_(index)
+        self.sparse_values.copy_(values.to(self.sparse_values.dtype))
+        self.up.copy_(up.to(self.up.dtype))
+        self.down.copy_(down.to(self.down.dtype))
+        return w.to(weight.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, nonzeros={self.sparse_values.numel()}, rank={self.rank}, "
+                f"stride={self.stride}")
+
+
+BIDM_SHORTCUT_INIT = 0.3  # BiDM's lambda (LDM code; its CIFAR variant starts at 0)
+
+
 class BinaryConv2d(nn.Module):
     """A 1-bit convolution unit: [shift] -> binarize input -> conv with binarized weight [+ FP bias]
-    -> [RPReLU] -> [+ identity shortcut].
+    [x activation-scale map] [+ matrix branches] -> [RPReLU] -> [+ shortcut].
 
     With the BI-DiffSR binarizer this is the BI-Conv block: TaR shift b_g, ApproxSign, W_b = alpha * sign(W) with a
-    clip STE on W, TaA RPReLU_g, and the unshifted input added back. The shortcut exists only where input and output
-    shapes agree (same width, stride 1); elsewhere it is dropped, as in the public re-implementations.
+    clip STE on W, TaA RPReLU_g, and the unshifted input added back. The identity shortcut exists only where input
+    and output shapes agree (same width, stride 1); elsewhere it is dropped, as in the public re-implementations.
+    BiDM's unit (`activation_scale_map`, `scaled_shortcut`) multiplies the conv by a learnable k x k filtering of the
+    channel-mean |x| and adds |lambda| x the input (average-pooled at stride 2, a full-precision 1x1 conv where the
+    width changes). BiMaCoSR's (`matrix_branches`) adds the sparse and low-rank full-precision branches.
 
     `forward(x, group)` takes the per-sample timestep-group index (B,) used by TaR/TaA.
     """
@@ -146,10 +208,40 @@ class BinaryConv2d(nn.Module):
         self.bias = nn.Parameter(proto.bias.detach().clone()) if binarizer.conv_bias else None
         self.shift = TimestepShift(in_channels, shift_groups) if binarizer.learnable_shift else None
         self.activation = TimestepRPReLU(out_channels, activation_groups) if binarizer.rprelu else None
-        self.has_shortcut = shortcut and in_channels == out_channels and stride == 1
+        self.has_shortcut = shortcut and (binarizer.scaled_shortcut or (in_channels == out_channels and stride == 1))
+        self.scale_map = self.shortcut_scale = self.projection = self.branches = None
+        if binarizer.activation_scale_map:
+            # BiDM's learnable k x k filtering of mean_c |x| (Xingyu-Zheng/BiDM util_ours.py: box filter, with bias)
+            self.scale_map = nn.Conv2d(1, 1, kernel_size, stride=stride, padding=kernel_size // 2)
+            nn.init.constant_(self.scale_map.weight, 1.0 / kernel_size**2)
+        if self.has_shortcut and binarizer.scaled_shortcut:
+            self.shortcut_scale = nn.Parameter(torch.tensor(BIDM_SHORTCUT_INIT))
+            if in_channels != out_channels:
+                self.projection = nn.Conv2d(in_channels, out_channels, 1, stride=stride)
+        if binarizer.matrix_branches:
+            self.branches = MatrixBranches(in_channels, out_channels, stride)
         if binarizer.needs_progress:
             self.register_buffer("progress", torch.zeros(()), persistent=False)
         self.stores_binary_weight = False
+        self.packed_filters = None  # students.packed_conv.PackedFilters once switched to the packed kernel
+
+    def use_packed_kernel(self) -> bool:
+        """Inference on packed sign bits (`students.packed_conv`) from now on; False (and the float path kept) when
+        this binarizer's forward is not sign x sign. Changing the weights afterwards needs another call."""
+        if not self.binarizer.sign_activations:
+            return False
+        from students.packed_conv import PackedFilters
+
+        with torch.no_grad():
+            self.packed_filters = PackedFilters(self.binary_weight(), self.stride, self.kernel_size // 2)
+        return True
+
+    @torch.no_grad()
+    def start_from_full_precision(self) -> None:
+        """After the full-precision weights were loaded into `weight`: split them as the binarizer needs (BiMaCoSR:
+        into the main branch and the sparse and low-rank branches, exact in full precision); a no-op otherwise."""
+        if self.branches is not None:
+            self.weight.copy_(self.branches.absorb(self.weight))
 
     def use_stored_binary_weight(self) -> None:
         """Inference from a packed checkpoint: `weight` already holds W_b, use it as it is."""
@@ -163,15 +255,37 @@ class BinaryConv2d(nn.Module):
 
     def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
         u = self.shift(x, group) if self.shift is not None else x
-        a = self.binarizer.quantize_input(u, self)
-        y = F.conv2d(a, self.binary_weight(), self.bias, stride=self.stride, padding=self.kernel_size // 2)
+        if self.packed_filters is not None:
+            y = self.packed_filters(u)
+            y = y if self.bias is None else y + self.bias[None, :, None, None]
+        else:
+            a = self.binarizer.quantize_input(u, self)
+            y = F.conv2d(a, self.binary_weight(), self.bias, stride=self.stride, padding=self.kernel_size // 2)
+        if self.scale_map is not None:
+            y = y * self.scale_map(x.abs().mean(dim=1, keepdim=True))
+        if self.branches is not None:
+            # BiMaCoSR adds its branches after the RPReLU of the binary branch, binarizing a network without an
+            # activation inside its convs; here the unit being binarized already ends in the full-precision twin's
+            # trained RPReLU, so the branches join the conv before it and the unit stays exact at initialisation.
+            y = y + self.branches(u)
         if self.has_shortcut and self.binarizer.shortcut_before_activation:
-            y = y + x
+            y = y + self.shortcut(x)
         if self.activation is not None:
             y = self.activation(y, group)
         if self.has_shortcut and not self.binarizer.shortcut_before_activation:
-            y = y + x
+            y = y + self.shortcut(x)
         return y
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        """The input as the output's shape needs it: itself; BiDM's |lambda| x (x, average-pooled at stride > 1, or a
+        full-precision 1x1 conv where the width changes)."""
+        if self.shortcut_scale is None:
+            return x
+        if self.projection is not None:
+            x = self.projection(x)
+        elif self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
+        return self.shortcut_scale.abs() * x
 
     def extra_repr(self) -> str:
         return (

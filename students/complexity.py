@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from students.binary import BinaryConv2d
+from students.binary import BinaryConv2d, MatrixBranches
 from students.timestep import TimestepRPReLU, TimestepShift
 
 BINARY_PARAM_DIVISOR = 32
@@ -54,6 +54,14 @@ def conv_macs(module: nn.Module, output: Tensor) -> int:
 @register_op_counter(BinaryConv2d)
 def _binary_conv(module, inputs, output):
     return ("binary_macs" if module.binarizer.binary else "conv_macs"), conv_macs(module, output)
+
+
+@register_op_counter(MatrixBranches)
+def _matrix_branches(module, inputs, output):
+    """BiMaCoSR's rule: the sparse branch costs its non-zeros and the low-rank one r (Cin + Cout) MACs per output
+    position, both in full precision (the dense 1x1 map we run is an implementation detail)."""
+    positions = output.numel() // module.out_channels
+    return "branch_macs", (module.sparse_values.numel() + module.rank * (module.in_channels + module.out_channels)) * positions
 
 
 @register_op_counter(nn.Conv2d)
@@ -215,6 +223,12 @@ PUBLISHED = {
     "bbcu": (4.82, 37.75),
 }
 
+# The layer designs of the other two seed papers, plugged into the same UNet (no published numbers for it).
+OTHER_DESIGNS: list[tuple[str, dict]] = [
+    ("BiDM TBS (bidm, 8 mixed blocks)", {"binarizer": "bidm", "cross_timestep_blocks": 8}),
+    ("BiMaCoSR (bimacosr: + sparse, rank-8)", {"binarizer": "bimacosr"}),
+]
+
 ABLATIONS: list[tuple[str, dict]] = [
     ("no identity shortcut", {"identity_shortcut": False}),
     ("conv down / up (no CP)", {"downsample": "conv", "upsample": "conv"}),
@@ -263,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, published in PUBLISHED.items():
             label = "BI-DiffSR (paper config)" if name == "bidiffsr" else f"binarizer: {name}"
             rows.append((label, measure_student(None, args.size, args.size, binarizer=name), published))
+        for label, overrides in OTHER_DESIGNS:
+            rows.append((label, measure_student(None, args.size, args.size, **overrides), None))
         for label, overrides in ABLATIONS:
             rows.append((f"ablation: {label}", measure_student(None, args.size, args.size, **overrides), None))
 

@@ -71,8 +71,9 @@ def save_packed(model: BIDiffSRUNet, path: str | Path) -> Path:
     return path
 
 
-def unpack_student(path: str | Path, device: str | torch.device = "cpu") -> BIDiffSRUNet:
-    """Rebuild an inference student from a packed file; its binary convs use the stored binarized weights."""
+def unpack_student(path: str | Path, device: str | torch.device = "cpu", packed_kernels: bool = False) -> BIDiffSRUNet:
+    """Rebuild an inference student from a packed file; its binary convs use the stored binarized weights, as float
+    convolutions or, with `packed_kernels=True`, on packed sign bits (CPU; `students.packed_conv`)."""
     path = Path(path)
     with safe_open(str(path), framework="pt", device="cpu") as f:
         metadata = f.metadata() or {}
@@ -92,4 +93,7 @@ def unpack_student(path: str | Path, device: str | torch.device = "cpu") -> BIDi
         tensors[f"{name}.weight"] = scale[:, None, None, None] * signs.reshape(shape)
         conv.use_stored_binary_weight()
     model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if packed_kernels:
+        model.use_packed_kernels()
+    return model

@@ -190,11 +190,25 @@ def noisy_batch(process: DiffusionProcess, hr: Tensor, cond: Tensor, generator: 
     return NoisyBatch(x0, y, t, noise, x_t, process.model_input(x_t, t), process.target(x0, noise, y))
 
 
+def denoise_batch(model: Denoiser, process: DiffusionProcess, b: NoisyBatch, cross_timestep: bool = False,
+                  **kwargs):
+    """The denoiser's output on a training draw (`kwargs` go to the model, e.g. return_features). With
+    `cross_timestep` (BiDM's cross-timestep feature connection, a student's `cross_timestep_blocks`) the model first
+    runs without gradient on the same x0 and noise one timestep noisier (t + 1, at most T - 1), and the main pass mixes
+    that pass's block outputs in, as sampling mixes in the previous step's (Xingyu-Zheng/BiDM ddpm_ours.py)."""
+    if cross_timestep:
+        t_next = (b.t + 1).clamp_max(process.num_train_timesteps - 1)
+        x_next = process.model_input(process.add_noise(b.x0, b.noise, t_next, b.y), t_next)
+        with torch.no_grad():
+            _, kwargs["cache"] = model(x_next, b.y, process.model_time(t_next), return_features=True)
+    return model(b.x_in, b.y, process.model_time(b.t), **kwargs)
+
+
 def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: Tensor,
-                  generator: torch.Generator | None) -> Tensor:
+                  generator: torch.Generator | None, cross_timestep: bool = False) -> Tensor:
     """The process's own loss for a denoiser on one batch (teacher training and the students' direct stage)."""
     b = noisy_batch(process, hr, cond, generator)
-    return process.loss(model(b.x_in, b.y, process.model_time(b.t)), b.target)
+    return process.loss(denoise_batch(model, process, b, cross_timestep), b.target)
 
 
 @torch.no_grad()

@@ -10,23 +10,26 @@ from torch import Tensor
 from pipeline.stages.base import Stage
 from pipeline.stages.spd import spd_loss
 from teachers.base import Teacher
-from teachers.process import DiffusionProcess, noisy_batch
+from teachers.process import DiffusionProcess, denoise_batch, noisy_batch
 
 
 class FeatureDistillStage(Stage):
     def __init__(self, teacher: Teacher, process: DiffusionProcess, features: list[str], spd_weight: float = 0.01,
-                 spd_patches: int = 4, output_weight: float = 0.0):
-        """`features`: the res-block features SPD pairs by name (empty when spd_weight is 0)."""
+                 spd_patches: int = 4, output_weight: float = 0.0, cross_timestep: bool = False):
+        """`features`: the res-block features SPD pairs by name (empty when spd_weight is 0); `cross_timestep`: the
+        student mixes in its own features from one step noisier (BiDM; the teacher runs without)."""
         self.teacher, self.process, self.names = teacher, process, list(features)
         self.spd_weight, self.patches, self.output_weight = spd_weight, spd_patches, output_weight
+        self.cross_timestep = cross_timestep
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
         b = noisy_batch(self.process, batch["hr"], batch["cond"], generator)
         if self.names:
-            out, s_feats = model(b.x_in, b.y, b.t, return_features=True)
+            out, s_feats = denoise_batch(model, self.process, b, self.cross_timestep, return_features=True)
             t_out, t_feats = self.teacher.features(b.x_in, b.y, b.t)
         else:
-            out, t_out = model(b.x_in, b.y, b.t), self.teacher.predict(b.x_in, b.y, b.t)
+            out = denoise_batch(model, self.process, b, self.cross_timestep)
+            t_out = self.teacher.predict(b.x_in, b.y, b.t)
         direct = self.process.loss(out, b.target)
         loss, logs = direct, {"direct": direct.detach()}
         if self.names:

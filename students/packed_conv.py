@@ -1,0 +1,81 @@
+"""Real 1-bit inference on CPU: binarized convolutions computed on packed sign bits (XNOR / popcount).
+
+The float path runs a binary conv as a float conv of +-alpha weights, which costs what a float conv costs. Here the
+signs of the activations and of the weights are packed along channels, 64 per word, and each output is
+alpha_o (K - 2 popcount(a XOR w)) (`students/csrc/binary_conv.cpp`), so a 3x3 tap over 64 channels is one XOR and one
+popcount instead of 64 multiply-adds. The result equals the float emulation up to float summation order: the signs are
+the same bits (torch.sign's exact zeros kept in a second bit plane), and zero padding is skipped, as a float conv of
+zero-padded +-1 values computes. Everything around the conv (shift, alpha, bias, scale map, branches, RPReLU,
+shortcut) runs as before.
+
+It serves binarizers whose forward is sign(u) x (scale_o sign(W)): BI-DiffSR, BBCU, ReActNet, BNN, IR-Net and BiDM.
+XNOR-Net's and BiMaCoSR's activations carry a per-pixel scale inside the kernel window and DoReFa's are {0, 1}: those
+convs keep their float path (`BIDiffSRUNet.use_packed_kernels` reports which).
+
+The kernel is a C++ extension built from this package's own source on first use (torch.utils.cpp_extension, with the
+compiler of the machine and `-O3 -march=native`) and cached by torch; no prebuilt registry package fits (see the
+README's "Real 1-bit speed").
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "binary_conv.cpp"
+
+
+class PackedKernelsUnavailable(RuntimeError):
+    pass
+
+
+@functools.cache
+def kernels():
+    """The compiled extension (built once per machine and source version, then loaded from torch's cache)."""
+    from torch.utils.cpp_extension import load
+
+    try:  # torch calls `ninja` from PATH; the pip package's binary sits beside this interpreter, maybe off PATH
+        import ninja
+
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+    except ImportError:
+        pass
+    try:
+        return load(name="bidistill_binary_conv", sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native"],
+                    verbose=False)
+    except Exception as err:  # noqa: BLE001 - a compiler's failure comes in many types; say what to install
+        raise PackedKernelsUnavailable(
+            f"the packed 1-bit kernels could not be built from {SOURCE} (they need a C++ compiler and ninja, "
+            f"e.g. `apt install g++` and `pip install ninja`): {err}") from None
+
+
+def pack_signs(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(N, C, H, W) float -> sign bits (N, H, W, ceil(C / 64)) int64 and the non-zero plane (None without zeros)."""
+    bits, nonzero = kernels().pack_signs(x.detach())
+    return bits, (nonzero if nonzero is not None and nonzero.numel() else None)
+
+
+class PackedFilters:
+    """A binarized conv's weight W_b = scale_o * sign pattern, packed for `binary_conv2d`; called on the conv's
+    (shifted) input u, returns conv(sign(u), W_b) (N, O, Ho, Wo) in float32."""
+
+    def __init__(self, binary_weight: Tensor, stride: int, padding: int):
+        w = binary_weight.detach().float().cpu()
+        self.scale = w.abs().flatten(1).amax(dim=1)
+        if not torch.equal(w.abs(), self.scale[:, None, None, None].expand_as(w) * (w != 0)):
+            raise ValueError("the binarized weight has more than one magnitude per filter; it cannot run packed")
+        self.bits, self.nonzero = pack_signs(w)  # (O, KH, KW, words): the filter's taps as pixels
+        self.channels, self.stride, self.padding = w.shape[1], stride, padding
+        self.scale = self.scale[None, :, None, None]
+
+    def __call__(self, u: Tensor) -> Tensor:
+        if u.device.type != "cpu":
+            raise ValueError(f"packed 1-bit kernels run on the CPU; this input is on {u.device}")
+        bits, nonzero = pack_signs(u)
+        dots = kernels().binary_conv2d(bits, nonzero, self.bits, self.nonzero, self.channels, self.stride,
+                                       self.padding)
+        return (dots * self.scale).to(u.dtype)

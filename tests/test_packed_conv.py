@@ -1,0 +1,91 @@
+"""Packed 1-bit kernels: the XNOR/popcount path agrees with the float emulation on every conv shape the student uses
+(strides, 1x1 / 3x3, odd sizes, borders, more than one 64-bit word, exact zeros), on whole students, and through the
+packed file and the pipeline."""
+
+import pytest
+import torch
+
+from students.bidiffsr import BIDiffSRUNet
+from students.binarizers import BINARIZERS
+from students.binary import BinaryConv2d
+from students.packed_conv import PackedFilters, pack_signs
+from students.packing import save_packed, unpack_student
+
+SIGN_BINARIZERS = sorted(n for n, b in BINARIZERS.items() if b.sign_activations)
+
+
+def randomized(unit: BinaryConv2d) -> BinaryConv2d:
+    with torch.no_grad():
+        for p in unit.parameters():
+            p.normal_(0.0, 0.3)
+    return unit.eval()
+
+
+def test_pack_signs_layout_and_zero_plane():
+    x = torch.tensor([1.0, -2.0, 0.5] + [-1.0] * 64 + [3.0]).reshape(1, 68, 1, 1)
+    bits, nonzero = pack_signs(x)
+    assert bits.shape == (1, 1, 1, 2) and nonzero is None
+    assert bits[0, 0, 0, 0].item() == 0b101 and bits[0, 0, 0, 1].item() == 0b1000  # channel c -> bit c % 64
+    x[0, 1] = 0.0
+    _, nonzero = pack_signs(x)
+    assert nonzero is not None and nonzero[0, 0, 0, 0].item() & 0b111 == 0b101
+
+
+@pytest.mark.parametrize("cin, cout, k, stride, h, w", [
+    (16, 16, 3, 1, 9, 7), (8, 24, 3, 2, 10, 9), (70, 33, 1, 1, 5, 6), (64, 64, 3, 1, 8, 8), (130, 8, 3, 2, 7, 7),
+    (3, 5, 3, 1, 1, 1)])
+@pytest.mark.parametrize("binarizer", SIGN_BINARIZERS)
+def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride, h, w):
+    unit = randomized(BinaryConv2d(cin, cout, k, BINARIZERS[binarizer], stride=stride))
+    x = torch.randn(2, cin, h, w)
+    with torch.no_grad():
+        reference = unit(x)
+        assert unit.use_packed_kernel()
+        packed = unit(x)
+    assert packed.shape == reference.shape
+    torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_zeros_in_activations_and_weights_are_kept():
+    unit = randomized(BinaryConv2d(40, 12, 3, BINARIZERS["bnn"]))  # BNN: no shift, so zeros in x reach the sign
+    with torch.no_grad():
+        unit.weight[0, :5] = 0.0
+        unit.weight[3, 7, 1, 1] = 0.0
+    x = torch.randn(1, 40, 6, 6)
+    x[0, :, 2, 3] = 0.0
+    x[0, 11] = 0.0
+    with torch.no_grad():
+        reference = unit(x)
+        unit.use_packed_kernel()
+        assert unit.packed_filters.nonzero is not None
+        torch.testing.assert_close(unit(x), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("binarizer", ["xnor", "dorefa", "bimacosr"])
+def test_binarizers_without_sign_activations_keep_their_float_path(tiny_config, binarizer):
+    unit = BinaryConv2d(8, 8, 3, BINARIZERS[binarizer])
+    assert not unit.use_packed_kernel() and unit.packed_filters is None
+    model = BIDiffSRUNet(**tiny_config, binarizer=binarizer)
+    kept = model.use_packed_kernels()
+    assert kept and all(isinstance(model.get_submodule(n), BinaryConv2d) for n in kept)
+
+
+def test_filters_with_two_magnitudes_are_refused():
+    w = torch.ones(2, 3, 3, 3)
+    w[0, 0, 0, 0] = 2.0
+    with pytest.raises(ValueError, match="more than one magnitude"):
+        PackedFilters(w, 1, 1)
+
+
+@pytest.mark.parametrize("binarizer, blocks", [("bidiffsr", 0), ("reactnet", 0), ("bidm", 2)])
+def test_whole_students_agree_and_the_packed_file_loads_onto_the_kernels(tiny_config, tmp_path, binarizer, blocks):
+    model = BIDiffSRUNet(**tiny_config, binarizer=binarizer, cross_timestep_blocks=blocks).eval()
+    x, cond, t = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.tensor([7, 1800])
+    with torch.no_grad():
+        reference, features = model(x, cond, t, return_features=True)
+        loaded = unpack_student(save_packed(model, tmp_path / "s.safetensors"), packed_kernels=True)
+        assert all(m.packed_filters is not None for m in loaded.modules() if isinstance(m, BinaryConv2d))
+        torch.testing.assert_close(loaded(x, cond, t), reference, rtol=1e-4, atol=1e-4)
+        if blocks:
+            torch.testing.assert_close(loaded(x, cond, t, cache=features), model(x, cond, t, cache=features),
+                                       rtol=1e-4, atol=1e-4)
