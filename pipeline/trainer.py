@@ -405,7 +405,11 @@ class Trainer:
         acc.gradient_accumulation_steps = cfg.grad_accum
         model.to(acc.device).train().requires_grad_(True)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        # fused Adam: one kernel for all parameters; 6-10% faster paper-size steps on CPU
+        # (benchmarks/training_speed.py), where torch has it for the device
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                     fused=fused or None)
         schedule = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)
         ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None

@@ -233,7 +233,7 @@ class BinaryConv2d(nn.Module):
         from students.packed_conv import PackedFilters
 
         with torch.no_grad():
-            self.packed_filters = PackedFilters(self.binary_weight(), self.stride, self.kernel_size // 2)
+            self.packed_filters = PackedFilters(self.binary_weight(), self.bias, self.stride, self.kernel_size // 2)
         return True
 
     @torch.no_grad()
@@ -257,7 +257,6 @@ class BinaryConv2d(nn.Module):
         u = self.shift(x, group) if self.shift is not None else x
         if self.packed_filters is not None:
             y = self.packed_filters(u)
-            y = y if self.bias is None else y + self.bias[None, :, None, None]
         else:
             a = self.binarizer.quantize_input(u, self)
             y = F.conv2d(a, self.binary_weight(), self.bias, stride=self.stride, padding=self.kernel_size // 2)

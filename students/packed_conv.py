@@ -20,7 +20,9 @@ README's "Real 1-bit speed").
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -31,6 +33,17 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "binary_conv.cpp"
 
 class PackedKernelsUnavailable(RuntimeError):
     pass
+
+
+def _cpu_tag() -> str:
+    """A short digest of this CPU's model and features: built with -march=native, the library must not be reused
+    from a shared cache by another kind of CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))][:2]
+    except OSError:
+        lines = []
+    return hashlib.sha256("\n".join([platform.machine(), platform.processor(), *lines]).encode()).hexdigest()[:10]
 
 
 @functools.cache
@@ -45,8 +58,10 @@ def kernels():
     except ImportError:
         pass
     try:
-        return load(name="bidistill_binary_conv", sources=[str(SOURCE)], extra_cflags=["-O3", "-march=native"],
-                    verbose=False)
+        # -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run on one thread. The
+        # OpenMP runtime resolves to the one torch already loaded (same soname), so torch.set_num_threads holds.
+        return load(name=f"bidistill_binary_conv_{_cpu_tag()}", sources=[str(SOURCE)],
+                    extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # noqa: BLE001 - a compiler's failure comes in many types; say what to install
         raise PackedKernelsUnavailable(
             f"the packed 1-bit kernels could not be built from {SOURCE} (they need a C++ compiler and ninja, "
@@ -60,22 +75,26 @@ def pack_signs(x: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 class PackedFilters:
-    """A binarized conv's weight W_b = scale_o * sign pattern, packed for `binary_conv2d`; called on the conv's
-    (shifted) input u, returns conv(sign(u), W_b) (N, O, Ho, Wo) in float32."""
+    """A binarized conv's weight W_b = scale_o * sign pattern (and its bias), packed for `binary_conv2d`; called on
+    the conv's (shifted) float32 input u, returns conv(sign(u), W_b) + bias (N, O, Ho, Wo), in channels-last memory."""
 
-    def __init__(self, binary_weight: Tensor, stride: int, padding: int):
+    def __init__(self, binary_weight: Tensor, bias: Tensor | None, stride: int, padding: int):
         w = binary_weight.detach().float().cpu()
-        self.scale = w.abs().flatten(1).amax(dim=1)
-        if not torch.equal(w.abs(), self.scale[:, None, None, None].expand_as(w) * (w != 0)):
+        scale = w.abs().flatten(1).amax(dim=1)
+        if not torch.equal(w.abs(), scale[:, None, None, None].expand_as(w) * (w != 0)):
             raise ValueError("the binarized weight has more than one magnitude per filter; it cannot run packed")
         self.bits, self.nonzero = pack_signs(w)  # (O, KH, KW, words): the filter's taps as pixels
+        self.scale = scale.contiguous()
+        self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
         self.channels, self.stride, self.padding = w.shape[1], stride, padding
-        self.scale = self.scale[None, :, None, None]
 
     def __call__(self, u: Tensor) -> Tensor:
-        if u.device.type != "cpu":
-            raise ValueError(f"packed 1-bit kernels run on the CPU; this input is on {u.device}")
+        if u.device.type != "cpu" or u.dtype != torch.float32:
+            raise ValueError(f"packed 1-bit kernels run on the CPU in float32; this input is {u.dtype} on {u.device}")
         bits, nonzero = pack_signs(u)
-        dots = kernels().binary_conv2d(bits, nonzero, self.bits, self.nonzero, self.channels, self.stride,
-                                       self.padding)
-        return (dots * self.scale).to(u.dtype)
+        return kernels().binary_conv2d(bits, nonzero, self.bits, self.nonzero, self.scale, self.bias, self.channels,
+                                       self.stride, self.padding)
+
+
+if __name__ == "__main__":  # `python -m students.packed_conv`: build the kernels ahead of their first use
+    print(f"packed 1-bit kernels ready: {kernels().__file__}")

@@ -1,15 +1,20 @@
 """Packed 1-bit kernels: the XNOR/popcount path agrees with the float emulation on every conv shape the student uses
 (strides, 1x1 / 3x3, odd sizes, borders, more than one 64-bit word, exact zeros), on whole students, and through the
-packed file and the pipeline."""
+packed file, the pipeline and the upscale command."""
 
 import pytest
 import torch
+from PIL import Image
 
+from pipeline import upscale
+from pipeline.publish import write_model_folder
+from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 from students.binarizers import BINARIZERS
 from students.binary import BinaryConv2d
 from students.packed_conv import PackedFilters, pack_signs
 from students.packing import save_packed, unpack_student
+from teachers import DDPMProcess
 
 SIGN_BINARIZERS = sorted(n for n, b in BINARIZERS.items() if b.sign_activations)
 
@@ -46,19 +51,31 @@ def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride
     torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_exact_zeros_in_activations_and_weights_are_kept():
-    unit = randomized(BinaryConv2d(40, 12, 3, BINARIZERS["bnn"]))  # BNN: no shift, so zeros in x reach the sign
-    with torch.no_grad():
-        unit.weight[0, :5] = 0.0
-        unit.weight[3, 7, 1, 1] = 0.0
-    x = torch.randn(1, 40, 6, 6)
-    x[0, :, 2, 3] = 0.0
-    x[0, 11] = 0.0
+@pytest.mark.parametrize("zeros_in", ["activations", "weights", "both"])
+def test_exact_zeros_are_kept(zeros_in):
+    unit = randomized(BinaryConv2d(70, 20, 3, BINARIZERS["bnn"]))  # BNN: no shift, so zeros in x reach the sign
+    x = torch.randn(1, 70, 6, 6)
+    if zeros_in != "activations":
+        with torch.no_grad():
+            unit.weight[0, :5] = 0.0
+            unit.weight[17, 67, 1, 1] = 0.0
+    if zeros_in != "weights":
+        x[0, :, 2, 3] = 0.0
+        x[0, 11] = 0.0
+        x[0, 66, 0, 5] = 0.0
     with torch.no_grad():
         reference = unit(x)
         unit.use_packed_kernel()
-        assert unit.packed_filters.nonzero is not None
+        assert (unit.packed_filters.nonzero is not None) == (zeros_in != "activations")
+        assert (pack_signs(x)[1] is not None) == (zeros_in != "weights")
         torch.testing.assert_close(unit(x), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_inputs_pack_like_contiguous_ones():
+    x = torch.randn(2, 70, 5, 4)
+    x[1, 3, 2, 2] = 0.0
+    for got, expected in zip(pack_signs(x.to(memory_format=torch.channels_last)), pack_signs(x)):
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("binarizer", ["xnor", "dorefa", "bimacosr"])
@@ -74,7 +91,7 @@ def test_filters_with_two_magnitudes_are_refused():
     w = torch.ones(2, 3, 3, 3)
     w[0, 0, 0, 0] = 2.0
     with pytest.raises(ValueError, match="more than one magnitude"):
-        PackedFilters(w, 1, 1)
+        PackedFilters(w, None, 1, 1)
 
 
 @pytest.mark.parametrize("binarizer, blocks", [("bidiffsr", 0), ("reactnet", 0), ("bidm", 2)])
@@ -89,3 +106,21 @@ def test_whole_students_agree_and_the_packed_file_loads_onto_the_kernels(tiny_co
         if blocks:
             torch.testing.assert_close(loaded(x, cond, t, cache=features), model(x, cond, t, cache=features),
                                        rtol=1e-4, atol=1e-4)
+
+
+def test_the_pipeline_and_the_upscale_command_run_packed(tiny_config, tmp_path, capsys):
+    folder = write_model_folder(BIDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
+    lr = torch.rand(1, 3, 6, 5)
+    reference = BiDiffSRPipeline.from_pretrained(folder)(lr, num_inference_steps=2, seed=3, output_type="pt")
+    pipe = BiDiffSRPipeline.from_pretrained(folder, packed_kernels=True)
+    assert all(m.packed_filters is not None for m in pipe.unet.modules() if isinstance(m, BinaryConv2d))
+    packed = pipe(lr, num_inference_steps=2, seed=3, output_type="pt")
+    torch.testing.assert_close(packed.images, reference.images, rtol=1e-4, atol=1e-4)
+
+    Image.fromarray((torch.rand(7, 9, 3) * 255).byte().numpy()).save(tmp_path / "lr.png")
+    args = [str(tmp_path / "lr.png"), str(tmp_path / "sr.png"), "--model", str(folder), "--steps", "2", "--quiet"]
+    assert upscale.main(args + ["--device", "cpu", "--packed"]) == 0
+    assert Image.open(tmp_path / "sr.png").size == (36, 28)
+    with pytest.raises(SystemExit):
+        upscale.main(args + ["--device", "cpu", "--dtype", "bfloat16", "--packed", "--overwrite"])
+    assert "--packed runs on the CPU in float32" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from PIL import Image
 from fake_hub import FakeHub
 from pipeline import upscale
 from pipeline.publish import PACKED_NAME, PublishError, push_folder, write_model_folder
-from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
+from pipeline.sr_pipeline import BiDiffSRPipeline, tile_batch_for, tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from students.packing import unpack_student
 from teachers import DDPMProcess, ResShiftProcess
@@ -297,8 +297,9 @@ def test_progress_counts_every_network_evaluation_and_bf16_runs(published):
             return False
 
     pipe.progress_bar = Bar
-    pipe(lr_image(12, 12), num_inference_steps=3, seed=0, tile_size=16, tile_overlap=4)  # 16 tiles: 2 batches of 8
-    assert bars[-1].total == bars[-1].n == 2 * 3
+    pipe(lr_image(12, 12), num_inference_steps=3, seed=0, tile_size=16, tile_overlap=4)  # 16 tiles, one by one on CPU
+    assert tile_batch_for(torch.device("cpu")) == 1 and tile_batch_for(torch.device("cuda")) == 8
+    assert bars[-1].total == bars[-1].n == 16 * 3
     half = BiDiffSRPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
     assert next(half.unet.parameters()).dtype == torch.bfloat16
     out = half(lr_image(), num_inference_steps=2, seed=1, output_type="pt").images[0]

@@ -2,13 +2,19 @@
 //
 // Signs are packed along channels, 64 per machine word, one bit per channel (1: positive). A tap of the dot
 // product between an activation patch and a filter is then K - 2 popcount(a XOR w) over the words, K the number of
-// channels. Exact zeros (torch.sign(0) = 0) are kept with a second bit plane per side, "non-zero": the masked tap is
-// popcount(m) - 2 popcount(m AND (a XOR w)) with m = nz_a AND nz_w. Zero padding contributes nothing: taps that fall
-// outside the input are skipped, which is exactly what a float convolution of zero-padded +-1 values computes.
+// channels. Exact zeros (torch.sign(0) = 0) are kept with a second bit plane per side, "non-zero": a tap then counts
+// popcount(m) - 2 popcount(m AND (a XOR w)) with m = nz_a AND nz_w. Zero padding contributes nothing: taps that
+// fall outside the input are skipped, which is exactly what a float convolution of zero-padded +-1 values computes.
+//
+// The valid taps of an output pixel form a rectangle of the kernel, and for each kernel row the words of its valid
+// taps are contiguous both in the packed activation (N, H, W, words) and in the packed filter (O, KH, KW, words), so
+// the inner loop streams two contiguous runs of words with no gather. Output channels go 16 at a time (four AVX2
+// vectors of 64-bit words against one broadcast activation word); the output is written channels-last.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -18,65 +24,152 @@
 
 namespace {
 
-constexpr int64_t kBlock = 16;  // output channels per inner block (four 256-bit vectors of 64-bit words)
-
-#ifdef __AVX2__
-// Per-byte popcount of a 256-bit vector by nibble lookup (vpshufb): no AVX-512 VPOPCNT needed.
-inline __m256i popcount_bytes(__m256i v) {
-  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low = _mm256_set1_epi8(0x0f);
-  return _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_and_si256(v, low)),
-                         _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
-}
-#endif
-
-// differ[oc] = sum over the patch's words j of popcount(patch[j] XOR filter word (word_index[j], oc)), for the
-// kBlock output channels at `ft` (filters transposed: word-major, kBlock channels contiguous per word).
-inline void count_differences(const uint64_t* patch, const int64_t* word_index, int64_t words, const uint64_t* ft,
-                              int64_t stride_words, uint64_t* differ) {
-#ifdef __AVX2__
-  __m256i bytes[4], total[4];
-  for (int v = 0; v < 4; ++v) bytes[v] = total[v] = _mm256_setzero_si256();
-  int pending = 0;
-  for (int64_t j = 0; j < words; ++j) {
-    const __m256i a = _mm256_set1_epi64x(static_cast<long long>(patch[j]));
-    const uint64_t* fw = ft + word_index[j] * stride_words;
-    for (int v = 0; v < 4; ++v) {
-      const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(fw + 4 * v));
-      bytes[v] = _mm256_add_epi8(bytes[v], popcount_bytes(_mm256_xor_si256(a, f)));
-    }
-    if (++pending == 31) {  // a byte counter holds at most 31 x 8 = 248
-      for (int v = 0; v < 4; ++v) {
-        total[v] = _mm256_add_epi64(total[v], _mm256_sad_epu8(bytes[v], _mm256_setzero_si256()));
-        bytes[v] = _mm256_setzero_si256();
-      }
-      pending = 0;
-    }
-  }
-  for (int v = 0; v < 4; ++v) {
-    total[v] = _mm256_add_epi64(total[v], _mm256_sad_epu8(bytes[v], _mm256_setzero_si256()));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(differ + 4 * v), total[v]);
-  }
-#else
-  for (int64_t c = 0; c < kBlock; ++c) differ[c] = 0;
-  for (int64_t j = 0; j < words; ++j) {
-    const uint64_t* fw = ft + word_index[j] * stride_words;
-    for (int64_t c = 0; c < kBlock; ++c) differ[c] += __builtin_popcountll(patch[j] ^ fw[c]);
-  }
-#endif
-}
+constexpr int64_t kBlock = 16;  // output channels per inner block
 
 inline int64_t words_for(int64_t channels) { return (channels + 63) / 64; }
 
-// NCHW float -> (bits, nonzero bits or an empty tensor when there is no exact zero), both (N, H, W, words) int64.
-// Reads each channel plane row by row (contiguous) and sets one bit per pixel, so no NHWC copy is made.
+inline uint64_t low_bits(int64_t count) { return count >= 64 ? ~uint64_t(0) : ((uint64_t(1) << count) - 1); }
+
+// The differences of one output pixel against one block of kBlock filters: over `runs` runs of `words` consecutive
+// activation words (run r at a + r * a_step, its filter words at ft + r * f_step, kBlock channels contiguous per
+// word; the non-zero planes az / fz alike when masked), differ[c] = sum of popcount(m AND (a XOR w)) and, with a
+// filter mask, valid[c] = sum of popcount(m), m the mask (all ones without masks). One function with local
+// accumulators, so that they stay in registers across the runs.
+template <bool kActMask, bool kFiltMask>
+inline void count_block(const uint64_t* a, const uint64_t* az, int64_t a_step, const uint64_t* ft, const uint64_t* fz,
+                        int64_t f_step, int64_t runs, int64_t words, uint64_t* differ, uint64_t* valid) {
+#ifdef __AVX2__
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+  // per-byte popcount by nibble lookup (vpshufb): AVX2 has no vector popcount
+  const auto popcount_bytes = [&](__m256i v) {
+    return _mm256_add_epi8(_mm256_shuffle_epi8(table, _mm256_and_si256(v, low)),
+                           _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+  };
+  __m256i bytes[4], total[4], vbytes[4], vtotal[4];
+  for (int v = 0; v < 4; ++v) bytes[v] = total[v] = vbytes[v] = vtotal[v] = zero;
+  int pending = 0;
+  for (int64_t r = 0; r < runs; ++r) {
+    const uint64_t* ar = a + r * a_step;
+    const uint64_t* fr = ft + r * f_step;
+    for (int64_t j = 0; j < words; ++j) {
+      const __m256i av = _mm256_set1_epi64x(static_cast<long long>(ar[j]));
+      for (int v = 0; v < 4; ++v) {
+        __m256i x = _mm256_xor_si256(av, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(fr + j * kBlock + 4 * v)));
+        if (kFiltMask) {
+          __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(fz + r * f_step + j * kBlock + 4 * v));
+          if (kActMask) m = _mm256_and_si256(m, _mm256_set1_epi64x(static_cast<long long>(az[r * a_step + j])));
+          x = _mm256_and_si256(x, m);
+          vbytes[v] = _mm256_add_epi8(vbytes[v], popcount_bytes(m));
+        } else if (kActMask) {
+          x = _mm256_and_si256(x, _mm256_set1_epi64x(static_cast<long long>(az[r * a_step + j])));
+        }
+        bytes[v] = _mm256_add_epi8(bytes[v], popcount_bytes(x));
+      }
+      if (++pending == 31) {  // byte counters hold at most 31 words x 8 bits = 248
+        for (int v = 0; v < 4; ++v) {
+          total[v] = _mm256_add_epi64(total[v], _mm256_sad_epu8(bytes[v], zero));
+          bytes[v] = zero;
+          if (kFiltMask) {
+            vtotal[v] = _mm256_add_epi64(vtotal[v], _mm256_sad_epu8(vbytes[v], zero));
+            vbytes[v] = zero;
+          }
+        }
+        pending = 0;
+      }
+    }
+  }
+  for (int v = 0; v < 4; ++v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(differ + 4 * v),
+                        _mm256_add_epi64(total[v], _mm256_sad_epu8(bytes[v], zero)));
+    if (kFiltMask)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(valid + 4 * v),
+                          _mm256_add_epi64(vtotal[v], _mm256_sad_epu8(vbytes[v], zero)));
+  }
+#else
+  for (int64_t c = 0; c < kBlock; ++c) differ[c] = valid[c] = 0;
+  for (int64_t r = 0; r < runs; ++r) {
+    for (int64_t j = 0; j < words; ++j) {
+      const uint64_t aw = a[r * a_step + j];
+      const uint64_t am = kActMask ? az[r * a_step + j] : ~uint64_t(0);
+      for (int64_t c = 0; c < kBlock; ++c) {
+        const uint64_t m = kFiltMask ? am & fz[r * f_step + j * kBlock + c] : am;
+        if (kFiltMask) valid[c] += __builtin_popcountll(m);
+        differ[c] += __builtin_popcountll(m & (aw ^ ft[r * f_step + j * kBlock + c]));
+      }
+    }
+  }
+#endif
+}
+
+// (O, KH, KW, words) filter words -> blocks of kBlock channels, word-major inside a block, zero-padded channels.
+std::vector<uint64_t> transpose_filters(const uint64_t* f, int64_t o, int64_t row) {
+  const int64_t blocks = (o + kBlock - 1) / kBlock;
+  std::vector<uint64_t> ft(blocks * row * kBlock, 0);
+  for (int64_t oc = 0; oc < o; ++oc)
+    for (int64_t j = 0; j < row; ++j) ft[(oc / kBlock) * row * kBlock + j * kBlock + oc % kBlock] = f[oc * row + j];
+  return ft;
+}
+
+template <bool kActMask, bool kFiltMask>
+void convolve(const uint64_t* a, const uint64_t* az, const std::vector<uint64_t>& ft, const std::vector<uint64_t>& fz,
+              const float* scale, const float* bias, float* out, int64_t n, int64_t h, int64_t w, int64_t wd,
+              int64_t o, int64_t kh, int64_t kw, int64_t channels, int64_t stride, int64_t padding, int64_t ho,
+              int64_t wo) {
+  const int64_t row = kh * kw * wd, blocks = (o + kBlock - 1) / kBlock;
+  at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
+    alignas(32) uint64_t differ[kBlock], valid[kBlock];
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / ho, oy = job % ho;
+      const int64_t y0 = oy * stride - padding;
+      const int64_t ky0 = std::max<int64_t>(0, -y0), ky1 = std::min<int64_t>(kh, h - y0);
+      for (int64_t ox = 0; ox < wo; ++ox) {
+        const int64_t x0 = ox * stride - padding;
+        const int64_t kx0 = std::max<int64_t>(0, -x0), kx1 = std::min<int64_t>(kw, w - x0);
+        const int64_t runs = std::max<int64_t>(0, ky1 - ky0), run_words = std::max<int64_t>(0, kx1 - kx0) * wd;
+        // K per valid tap, times the valid taps: what the dot product counts when nothing is masked
+        int64_t unmasked = runs * (run_words / wd) * channels;
+        int64_t act_valid = 0;
+        if (kActMask && !kFiltMask) {
+          for (int64_t ky = ky0; ky < ky0 + runs; ++ky) {
+            const uint64_t* z = az + ((b * h + y0 + ky) * w + x0 + kx0) * wd;
+            for (int64_t j = 0; j < run_words; ++j) act_valid += __builtin_popcountll(z[j]);
+          }
+          unmasked = act_valid;
+        }
+        float* px = out + ((b * ho + oy) * wo + ox) * o;
+        const int64_t src = ((b * h + y0 + ky0) * w + x0 + kx0) * wd;
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const int64_t fsrc = (blk * row + (ky0 * kw + kx0) * wd) * kBlock;
+          count_block<kActMask, kFiltMask>(a + src, kActMask ? az + src : nullptr, w * wd, ft.data() + fsrc,
+                                           kFiltMask ? fz.data() + fsrc : nullptr, kw * wd * kBlock, runs,
+                                           run_words, differ, valid);
+          const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
+          float* dst = px + blk * kBlock;
+          const float* s = scale + blk * kBlock;
+          for (int64_t c = 0; c < stop; ++c) {
+            const int64_t count = kFiltMask ? static_cast<int64_t>(valid[c]) : unmasked;
+            const float dot = static_cast<float>(count - 2 * static_cast<int64_t>(differ[c]));
+            dst[c] = bias ? dot * s[c] + bias[blk * kBlock + c] : dot * s[c];
+          }
+        }
+      }
+    }
+  });
+}
+
+// NCHW float (any memory format) -> (bits, nonzero bits or an empty tensor when there is no exact zero), both
+// (N, H, W, words) int64. A channels-last input is read pixel by pixel; a contiguous one channel plane by plane,
+// row by row, setting one bit per pixel, so neither needs a copy.
 std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
   TORCH_CHECK(input.dim() == 4, "pack_signs: expects an (N, C, H, W) tensor");
-  const auto x = input.to(torch::kFloat).contiguous();
+  TORCH_CHECK(input.scalar_type() == torch::kFloat, "pack_signs: expects float32");
+  const bool channels_last = !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto x = channels_last ? input : input.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), wd = words_for(c);
-  auto bits = torch::zeros({n, h, w, wd}, torch::kLong);
-  auto nonzero = torch::zeros({n, h, w, wd}, torch::kLong);
+  auto bits = torch::empty({n, h, w, wd}, torch::kLong);
+  auto nonzero = torch::empty({n, h, w, wd}, torch::kLong);
   const float* src = x.data_ptr<float>();
   auto* b = reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>());
   auto* z = reinterpret_cast<uint64_t*>(nonzero.data_ptr<int64_t>());
@@ -89,9 +182,27 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
       const int64_t img = job / h, y = job % h;
       uint64_t* brow = b + (img * h + y) * w * wd;
       uint64_t* zrow = z + (img * h + y) * w * wd;
+      if (channels_last) {
+        const float* line = src + (img * h + y) * w * c;
+        for (int64_t px = 0; px < w; ++px) {
+          for (int64_t k = 0; k < wd; ++k) {
+            const int64_t stop = std::min<int64_t>(64, c - 64 * k);
+            uint64_t p = 0, m = 0;
+            for (int64_t j = 0; j < stop; ++j) {
+              const float v = line[px * c + 64 * k + j];
+              p |= static_cast<uint64_t>(v > 0.0f) << j;
+              m |= static_cast<uint64_t>(v != 0.0f) << j;
+            }
+            brow[px * wd + k] = p;
+            zrow[px * wd + k] = m;
+            found |= m != low_bits(stop);
+          }
+        }
+        continue;
+      }
       for (int64_t k = 0; k < wd; ++k) {
         const int64_t stop = std::min<int64_t>(64, c - 64 * k);
-        const uint64_t full = stop == 64 ? ~uint64_t(0) : ((uint64_t(1) << stop) - 1);
+        const uint64_t full = low_bits(stop);
         for (int64_t px0 = 0; px0 < w; px0 += kChunk) {
           const int64_t count = std::min<int64_t>(kChunk, w - px0);
           for (int64_t px = 0; px < count; ++px) pos[px] = nz[px] = 0;
@@ -118,101 +229,50 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
   return {bits, torch::Tensor()};
 }
 
-// Packed activations (N, H, W, words), packed filters (O, KH, KW, words) -> the integer dot products as float32
-// (N, O, Ho, Wo). Optional non-zero planes of the same shapes (undefined tensors when there are no zeros).
+// Packed activations (N, H, W, words), packed filters (O, KH, KW, words) with optional non-zero planes of the same
+// shapes (undefined tensors when there are no zeros), per-channel scale (O) and optional bias (O) -> scale * dot +
+// bias as float32 (N, O, Ho, Wo) in channels-last memory.
 torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch::Tensor>& act_nonzero,
                             const torch::Tensor& filt, const c10::optional<torch::Tensor>& filt_nonzero,
-                            int64_t channels, int64_t stride, int64_t padding) {
+                            const torch::Tensor& scale, const c10::optional<torch::Tensor>& bias, int64_t channels,
+                            int64_t stride, int64_t padding) {
   TORCH_CHECK(act.dim() == 4 && filt.dim() == 4 && act.size(3) == filt.size(3),
               "binary_conv2d: activation and filter words differ");
-  TORCH_CHECK(act.is_contiguous() && filt.is_contiguous(), "binary_conv2d: expects contiguous inputs");
+  TORCH_CHECK(act.is_contiguous() && filt.is_contiguous(), "binary_conv2d: expects contiguous packed inputs");
   const int64_t n = act.size(0), h = act.size(1), w = act.size(2), wd = act.size(3);
   const int64_t o = filt.size(0), kh = filt.size(1), kw = filt.size(2);
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous() && scale.numel() == o,
+              "binary_conv2d: expects one float32 scale per output channel");
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_CHECK(!has_bias || (bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == o),
+              "binary_conv2d: expects one float32 bias per output channel");
   const int64_t ho = (h + 2 * padding - kh) / stride + 1, wo = (w + 2 * padding - kw) / stride + 1;
-  auto out = torch::empty({n, o, ho, wo}, torch::kFloat);
-  const bool masked = (act_nonzero.has_value() && act_nonzero->defined()) ||
-                      (filt_nonzero.has_value() && filt_nonzero->defined());
+  auto out = torch::empty({n, ho, wo, o}, torch::kFloat);
+  const bool act_mask = act_nonzero.has_value() && act_nonzero->defined();
+  const bool filt_mask = filt_nonzero.has_value() && filt_nonzero->defined();
   const auto* a = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
-  const auto* f = reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>());
-  // Missing planes mean "every real channel is non-zero": the full mask of `channels` bits per tap.
-  std::vector<uint64_t> full(wd);
-  for (int64_t k = 0; k < wd; ++k) {
-    const int64_t bits = std::min<int64_t>(64, channels - 64 * k);
-    full[k] = bits == 64 ? ~uint64_t(0) : ((uint64_t(1) << bits) - 1);
-  }
-  const uint64_t* az = masked && act_nonzero.has_value() && act_nonzero->defined()
-                           ? reinterpret_cast<const uint64_t*>(act_nonzero->data_ptr<int64_t>()) : nullptr;
-  const uint64_t* fz = masked && filt_nonzero.has_value() && filt_nonzero->defined()
-                           ? reinterpret_cast<const uint64_t*>(filt_nonzero->data_ptr<int64_t>()) : nullptr;
+  const auto* az = act_mask ? reinterpret_cast<const uint64_t*>(act_nonzero->data_ptr<int64_t>()) : nullptr;
+  const int64_t row = kh * kw * wd;
+  const auto ft = transpose_filters(reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>()), o, row);
+  const auto fz = filt_mask
+                      ? transpose_filters(reinterpret_cast<const uint64_t*>(filt_nonzero->data_ptr<int64_t>()), o, row)
+                      : std::vector<uint64_t>();
+  const float* s = scale.data_ptr<float>();
+  const float* bi = has_bias ? bias->data_ptr<float>() : nullptr;
   float* dst = out.data_ptr<float>();
-  const int64_t taps = kh * kw, row = taps * wd, plane = ho * wo;
-  // Without zeros: filters transposed to (row words, O padded to kBlock) for the vectorized count.
-  const int64_t blocks = (o + kBlock - 1) / kBlock, opad = blocks * kBlock;
-  std::vector<uint64_t> ft;
-  if (!masked) {
-    ft.assign(row * opad, 0);
-    for (int64_t oc = 0; oc < o; ++oc)
-      for (int64_t j = 0; j < row; ++j) ft[(oc / kBlock) * row * kBlock + j * kBlock + oc % kBlock] = f[oc * row + j];
-  }
-
-  at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint64_t> patch(row), patch_nz(row);
-    std::vector<int64_t> tap_index(taps), word_index(row);
-    uint64_t differ[kBlock];
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / ho, oy = job % ho;
-      for (int64_t ox = 0; ox < wo; ++ox) {
-        // Gather the valid taps' words into one contiguous patch; remember which filter words they meet.
-        int64_t valid = 0;
-        for (int64_t ky = 0; ky < kh; ++ky) {
-          const int64_t iy = oy * stride - padding + ky;
-          if (iy < 0 || iy >= h) continue;
-          for (int64_t kx = 0; kx < kw; ++kx) {
-            const int64_t ix = ox * stride - padding + kx;
-            if (ix < 0 || ix >= w) continue;
-            const int64_t src = ((b * h + iy) * w + ix) * wd;
-            for (int64_t k = 0; k < wd; ++k) {
-              patch[valid * wd + k] = a[src + k];
-              patch_nz[valid * wd + k] = az ? az[src + k] : full[k];
-              word_index[valid * wd + k] = (ky * kw + kx) * wd + k;
-            }
-            tap_index[valid++] = ky * kw + kx;
-          }
-        }
-        float* out_px = dst + b * o * plane + oy * wo + ox;
-        if (!masked) {
-          for (int64_t blk = 0; blk < blocks; ++blk) {
-            count_differences(patch.data(), word_index.data(), valid * wd, ft.data() + blk * row * kBlock, kBlock,
-                              differ);
-            const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
-            for (int64_t c = 0; c < stop; ++c)
-              out_px[(blk * kBlock + c) * plane] =
-                  static_cast<float>(valid * channels - 2 * static_cast<int64_t>(differ[c]));
-          }
-          continue;
-        }
-        for (int64_t oc = 0; oc < o; ++oc) {
-          const uint64_t* frow = f + oc * row;
-          const uint64_t* zrow = fz ? fz + oc * row : nullptr;
-          int64_t dot = 0;
-          for (int64_t t = 0; t < valid; ++t) {
-            const int64_t off = tap_index[t] * wd;
-            for (int64_t k = 0; k < wd; ++k) {
-              const uint64_t m = patch_nz[t * wd + k] & (zrow ? zrow[off + k] : full[k]);
-              dot += __builtin_popcountll(m) - 2 * __builtin_popcountll(m & (patch[t * wd + k] ^ frow[off + k]));
-            }
-          }
-          out_px[oc * plane] = static_cast<float>(dot);
-        }
-      }
-    }
-  });
-  return out;
+#define BIDISTILL_CONVOLVE(A, F) \
+  convolve<A, F>(a, az, ft, fz, s, bi, dst, n, h, w, wd, o, kh, kw, channels, stride, padding, ho, wo)
+  if (act_mask && filt_mask) BIDISTILL_CONVOLVE(true, true);
+  else if (act_mask) BIDISTILL_CONVOLVE(true, false);
+  else if (filt_mask) BIDISTILL_CONVOLVE(false, true);
+  else BIDISTILL_CONVOLVE(false, false);
+#undef BIDISTILL_CONVOLVE
+  return out.permute({0, 3, 1, 2});
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_signs", &pack_signs, "pack the signs of an NCHW tensor along channels, 64 per word");
-  m.def("binary_conv2d", &binary_conv2d, "binary convolution of packed signs (integer dot products as float)");
+  m.def("binary_conv2d", &binary_conv2d, "binary convolution of packed signs: scale * dot + bias, channels-last");
 }
