@@ -25,6 +25,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
+from teachers.base import per_sample_timesteps
+
 
 class GroupNorm32(nn.GroupNorm):
     """Group norm over 32 groups computed in float32 (as the released code, whatever the input dtype)."""
@@ -340,7 +342,7 @@ class SwinUNet(ModelMixin, ConfigMixin):
                              "must have the same size")
         if x.shape[-2] % self.size_multiple or x.shape[-1] % self.size_multiple:
             raise ValueError(f"SwinUNet: latent size {tuple(x.shape[-2:])} must be a multiple of {self.size_multiple}")
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+        t = per_sample_timesteps(t, x.shape[0], x.device)
         emb = self.time_embed(get_timestep_embedding(t, self.config.model_channels, flip_sin_to_cos=True,
                                                      downscale_freq_shift=0).to(x.dtype))
         h = torch.cat([x, self.feature_extractor(y.to(x.dtype))], dim=1)

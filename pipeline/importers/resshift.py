@@ -1,0 +1,105 @@
+"""Released ResShift / SinSR files (zsyOAOA/ResShift, wyf0912/SinSR) -> our modules, strictly.
+
+- The denoiser (`resshift_realsrx4_s15_v1.pth`, SinSR's one-step checkpoints): `teachers.swin_unet.SwinUNet` carries
+  the released parameter names, so the conversion is the identity on names, with every key, shape and buffer checked.
+- The autoencoder (`autoencoder_vq_f4.pth`, latent-diffusion's "VQModelTorch"): diffusers' `VQModel`, renamed from the
+  latent-diffusion layout (encoder.down.{level}.block.{i} -> encoder.down_blocks.{level}.resnets.{i}; the decoder's
+  `up` list is indexed from the finest level, diffusers' `up_blocks` from the coarsest; the mid attention's 1x1 convs
+  become linears). Its `loss.*` entries (the training discriminator and perceptual loss of latent-diffusion's
+  checkpoints) are not part of the model and are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import VQModel
+
+from pipeline.importers import CheckpointError, convert, copied, read_checkpoint
+from teachers.swin_unet import SwinUNet
+
+# autoencoder_vq_f4.pth (configs/realsr_swinunet_realesrgan256.yaml, `autoencoder`)
+VQ_F4 = dict(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, embed_dim=3, n_embed=8192, resolution=256)
+
+
+def vq_model(ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int, embed_dim: int, n_embed: int,
+             resolution: int) -> VQModel:
+    """diffusers' VQModel with latent-diffusion's VQ autoencoder settings (no attention but the mid blocks')."""
+    levels = len(ch_mult)
+    return VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+                   up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=tuple(ch * m for m in ch_mult),
+                   layers_per_block=num_res_blocks, act_fn="silu", latent_channels=z_channels,
+                   sample_size=resolution, num_vq_embeddings=n_embed, norm_num_groups=32, vq_embed_dim=embed_dim,
+                   scaling_factor=1.0)
+
+
+def _resnet(official: str, ours: str, state: dict) -> list[tuple[str, str, str]]:
+    pairs = []
+    for part in ("norm1", "conv1", "norm2", "conv2"):
+        pairs += copied(f"{official}.{part}", f"{ours}.{part}")
+    if f"{official}.nin_shortcut.weight" in state:
+        pairs += copied(f"{official}.nin_shortcut", f"{ours}.conv_shortcut")
+    return pairs
+
+
+def _mid(official: str, ours: str, state: dict) -> list[tuple[str, str, str]]:
+    pairs = _resnet(f"{official}.block_1", f"{ours}.resnets.0", state)
+    pairs += _resnet(f"{official}.block_2", f"{ours}.resnets.1", state)
+    pairs += copied(f"{official}.attn_1.norm", f"{ours}.attentions.0.group_norm")
+    for src, dst in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")):
+        pairs += [(f"{official}.attn_1.{src}.weight", f"{ours}.attentions.0.{dst}.weight", "linear"),
+                  (f"{official}.attn_1.{src}.bias", f"{ours}.attentions.0.{dst}.bias", "copy")]
+    return pairs
+
+
+def vq_name_map(levels: int, num_res_blocks: int, state: dict) -> list[tuple[str, str, str]]:
+    """(latent-diffusion name, diffusers VQModel name, how) for every parameter of the autoencoder."""
+    pairs = copied("encoder.conv_in", "encoder.conv_in")
+    for level in range(levels):
+        for i in range(num_res_blocks):
+            pairs += _resnet(f"encoder.down.{level}.block.{i}", f"encoder.down_blocks.{level}.resnets.{i}", state)
+        if level < levels - 1:
+            pairs += copied(f"encoder.down.{level}.downsample.conv", f"encoder.down_blocks.{level}.downsamplers.0.conv")
+    pairs += _mid("encoder.mid", "encoder.mid_block", state)
+    pairs += copied("encoder.norm_out", "encoder.conv_norm_out") + copied("encoder.conv_out", "encoder.conv_out")
+    pairs += copied("quant_conv", "quant_conv") + copied("post_quant_conv", "post_quant_conv")
+    pairs += copied("quantize.embedding", "quantize.embedding", ("weight",))
+    pairs += copied("decoder.conv_in", "decoder.conv_in") + _mid("decoder.mid", "decoder.mid_block", state)
+    for level in range(levels):
+        up = levels - 1 - level
+        for i in range(num_res_blocks + 1):
+            pairs += _resnet(f"decoder.up.{level}.block.{i}", f"decoder.up_blocks.{up}.resnets.{i}", state)
+        if level > 0:
+            pairs += copied(f"decoder.up.{level}.upsample.conv", f"decoder.up_blocks.{up}.upsamplers.0.conv")
+    pairs += copied("decoder.norm_out", "decoder.conv_norm_out") + copied("decoder.conv_out", "decoder.conv_out")
+    return pairs
+
+
+def convert_autoencoder(path: str | Path, settings: dict | None = None) -> VQModel:
+    """A released latent-diffusion VQ autoencoder file -> diffusers' VQModel (f4 settings unless given)."""
+    settings = dict(VQ_F4, **(settings or {}))
+    state = read_checkpoint(path)
+    if not any(k.startswith("encoder.") for k in state) or "quantize.embedding.weight" not in state:
+        raise CheckpointError(f"{path} is not a VQ autoencoder checkpoint (no encoder.* or quantize.embedding.weight; "
+                              "give the autoencoder file, e.g. autoencoder_vq_f4.pth)")
+    attention = sorted(k for k in state if ".attn." in k and not k.startswith("loss."))
+    if attention:
+        raise CheckpointError(f"{path}: {attention[0]!r}: per-level attention (attn_resolutions) is not supported; "
+                              "the ResShift f4 autoencoder has none")
+    model = vq_model(**settings)
+    pairs = vq_name_map(len(settings["ch_mult"]), settings["num_res_blocks"], state)
+    return convert(state, model, pairs, str(path), ignore={k for k in state if k.startswith("loss.")})
+
+
+def convert_swin_unet(path: str | Path, config: dict | None = None) -> SwinUNet:
+    """A released ResShift or SinSR denoiser file -> SwinUNet (the released real-SR config unless given)."""
+    state = read_checkpoint(path)
+    if "input_blocks.0.0.weight" not in state or not any(".patch_embed." in k for k in state):
+        raise CheckpointError(f"{path} is not a ResShift UNetModelSwin checkpoint (no input_blocks.0.0.weight or Swin "
+                              "layers; the autoencoder goes to --autoencoder)")
+    with torch.device("meta"):
+        model = SwinUNet(**(config or {}))
+    model = model.to_empty(device="cpu")
+    pairs = [(name, name, "copy") for name in model.state_dict()]
+    return convert(state, model, pairs, str(path))
