@@ -21,7 +21,8 @@ seconds per image on this machine. Nothing is tuned to the table: the settings a
     python benchmarks/distillation.py [--teacher-steps 800] [--student-steps 400] [--one-step-steps 150]
         [--lpips-backbone ../shared/weights/alexnet_features_imagenet1k_v1.pth] [--out runs/bench_distillation]
 
-About 25 minutes on 2 CPU cores with the defaults.
+About 25 minutes on 2 CPU cores with the defaults. Runs already finished in `--out` are reused (an interrupted
+benchmark continues where it stopped): after changing the code, delete that folder or give a new `--out`.
 """
 
 from __future__ import annotations
