@@ -21,7 +21,6 @@ them). Outputs of the two paths agree up to float summation order.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,21 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.timing import median_seconds  # noqa: E402
+
 from pipeline.sr_pipeline import super_resolve, tiled_super_resolve  # noqa: E402
 from students.bidiffsr import BIDiffSRUNet  # noqa: E402
 from students.binary import BinaryConv2d  # noqa: E402
 from students.packed_conv import PackedFilters, kernels  # noqa: E402
 from teachers import DDPMProcess  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def layer_shapes(model: BIDiffSRUNet, size: int) -> dict[tuple, int]:

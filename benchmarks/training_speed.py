@@ -17,9 +17,8 @@ On a GPU (`--device cuda`) add `--precision bf16` for the autocast rows; peak me
 from __future__ import annotations
 
 import argparse
-import statistics
+import contextlib
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -30,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from benchmarks.timing import median_seconds  # noqa: E402
 
 import students.bidiffsr as bidiffsr_module  # noqa: E402
 from students.bidiffsr import BIDiffSRUNet  # noqa: E402
@@ -51,18 +52,7 @@ def time_steps(model, optimizer, batch, steps: int, device: torch.device, autoca
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(step, steps, warmup=2, device=device)
 
 
 def main(argv=None) -> None:
@@ -111,9 +101,9 @@ def main(argv=None) -> None:
         net = torch.compile(model) if v.get("compile") else model
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        patch = mock.patch.object(bidiffsr_module, "timestep_group", one_group_per_batch) if v.get(
-            "per_batch_group") else mock.patch.object(bidiffsr_module, "timestep_group", timestep_group)
-        with patch:
+        groups = (mock.patch.object(bidiffsr_module, "timestep_group", one_group_per_batch)
+                  if v.get("per_batch_group") else contextlib.nullcontext())
+        with groups:
             seconds = time_steps(net, optimizer, data, args.steps, device, autocast_dtype)
         baseline = baseline or seconds
         row = [label, f"{seconds:.3f}", f"{baseline / seconds:.2f}x"]

@@ -49,10 +49,11 @@ def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Ten
     float32. A student with BiDM's cross-timestep connection (`cross_timestep_blocks`) mixes in the previous
     step's block outputs (none at the first step)."""
     dtype = next(student.parameters()).dtype
+    mixes_previous_step = bool(getattr(student.config, "cross_timestep_blocks", 0))  # a teacher's unet has none
     previous: dict[str, dict[str, Tensor] | None] = {"features": None}
 
     def denoise(x: Tensor, y: Tensor, t: Tensor) -> Tensor:
-        if not getattr(student.config, "cross_timestep_blocks", 0):
+        if not mixes_previous_step:
             return student(x.to(dtype), y.to(dtype), t).float()
         out, previous["features"] = student(x.to(dtype), y.to(dtype), t, return_features=True,
                                             cache=previous["features"])

@@ -83,7 +83,10 @@ class PackedFilters:
         scale = w.abs().flatten(1).amax(dim=1)
         if not torch.equal(w.abs(), scale[:, None, None, None].expand_as(w) * (w != 0)):
             raise ValueError("the binarized weight has more than one magnitude per filter; it cannot run packed")
-        self.bits, self.nonzero = pack_signs(w)  # (O, KH, KW, words): the filter's taps as pixels
+        bits, nonzero = pack_signs(w)  # (O, KH, KW, words): the filter's taps as pixels
+        # in the kernel's layout once, here, rather than on every call
+        self.bits = kernels().block_filters(bits)
+        self.nonzero = None if nonzero is None else kernels().block_filters(nonzero)
         self.scale = scale.contiguous()
         self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
         self.channels, self.stride, self.padding = w.shape[1], stride, padding

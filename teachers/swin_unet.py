@@ -189,19 +189,12 @@ class SwinTransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, in_channels: int, embed_dim: int):
+class PatchProjection(nn.Module):
+    """The released PatchEmbed / PatchUnEmbed with patch size 1 and no norm: a 1x1 conv named `proj`."""
+
+    def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, embed_dim, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
-
-
-class PatchUnEmbed(nn.Module):
-    def __init__(self, out_channels: int, embed_dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(embed_dim, out_channels, 1)
+        self.proj = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
@@ -213,11 +206,11 @@ class BasicLayer(nn.Module):
     def __init__(self, channels: int, embed_dim: int, heads: int, window: int, depth: int, resolution: int,
                  mlp_ratio: float):
         super().__init__()
-        self.patch_embed = PatchEmbed(channels, embed_dim)
+        self.patch_embed = PatchProjection(channels, embed_dim)
         self.blocks = nn.ModuleList([
             SwinTransformerBlock(embed_dim, resolution, heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio)
             for i in range(depth)])
-        self.patch_unembed = PatchUnEmbed(channels, embed_dim)
+        self.patch_unembed = PatchProjection(embed_dim, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)

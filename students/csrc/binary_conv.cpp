@@ -103,17 +103,23 @@ inline void count_block(const uint64_t* a, const uint64_t* az, int64_t a_step, c
 #endif
 }
 
-// (O, KH, KW, words) filter words -> blocks of kBlock channels, word-major inside a block, zero-padded channels.
-std::vector<uint64_t> transpose_filters(const uint64_t* f, int64_t o, int64_t row) {
+// Packed filters (O, KH, KW, words) -> (blocks, KH, KW, words, kBlock): kBlock output channels contiguous per word,
+// the layout the inner loop streams; channels past O are zero. Done once per conv, when its weights are packed.
+torch::Tensor block_filters(const torch::Tensor& filt) {
+  TORCH_CHECK(filt.dim() == 4 && filt.is_contiguous() && filt.scalar_type() == torch::kLong,
+              "block_filters: expects contiguous packed filters (O, KH, KW, words)");
+  const int64_t o = filt.size(0), row = filt.size(1) * filt.size(2) * filt.size(3);
   const int64_t blocks = (o + kBlock - 1) / kBlock;
-  std::vector<uint64_t> ft(blocks * row * kBlock, 0);
+  auto out = torch::zeros({blocks, filt.size(1), filt.size(2), filt.size(3), kBlock}, torch::kLong);
+  const auto* f = reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>());
+  auto* ft = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
   for (int64_t oc = 0; oc < o; ++oc)
     for (int64_t j = 0; j < row; ++j) ft[(oc / kBlock) * row * kBlock + j * kBlock + oc % kBlock] = f[oc * row + j];
-  return ft;
+  return out;
 }
 
 template <bool kActMask, bool kFiltMask>
-void convolve(const uint64_t* a, const uint64_t* az, const std::vector<uint64_t>& ft, const std::vector<uint64_t>& fz,
+void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const uint64_t* fz,
               const float* scale, const float* bias, float* out, int64_t n, int64_t h, int64_t w, int64_t wd,
               int64_t o, int64_t kh, int64_t kw, int64_t channels, int64_t stride, int64_t padding, int64_t ho,
               int64_t wo) {
@@ -142,8 +148,8 @@ void convolve(const uint64_t* a, const uint64_t* az, const std::vector<uint64_t>
         const int64_t src = ((b * h + y0 + ky0) * w + x0 + kx0) * wd;
         for (int64_t blk = 0; blk < blocks; ++blk) {
           const int64_t fsrc = (blk * row + (ky0 * kw + kx0) * wd) * kBlock;
-          count_block<kActMask, kFiltMask>(a + src, kActMask ? az + src : nullptr, w * wd, ft.data() + fsrc,
-                                           kFiltMask ? fz.data() + fsrc : nullptr, kw * wd * kBlock, runs,
+          count_block<kActMask, kFiltMask>(a + src, kActMask ? az + src : nullptr, w * wd, ft + fsrc,
+                                           kFiltMask ? fz + fsrc : nullptr, kw * wd * kBlock, runs,
                                            run_words, differ, valid);
           const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
           float* dst = px + blk * kBlock;
@@ -229,19 +235,22 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
   return {bits, torch::Tensor()};
 }
 
-// Packed activations (N, H, W, words), packed filters (O, KH, KW, words) with optional non-zero planes of the same
-// shapes (undefined tensors when there are no zeros), per-channel scale (O) and optional bias (O) -> scale * dot +
-// bias as float32 (N, O, Ho, Wo) in channels-last memory.
+// Packed activations (N, H, W, words) and filters in `block_filters` layout (blocks, KH, KW, words, kBlock), with
+// optional non-zero planes of the same shapes (undefined tensors when there are no zeros), per-channel scale (O) and
+// optional bias (O) -> scale * dot + bias as float32 (N, O, Ho, Wo) in channels-last memory.
 torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch::Tensor>& act_nonzero,
                             const torch::Tensor& filt, const c10::optional<torch::Tensor>& filt_nonzero,
                             const torch::Tensor& scale, const c10::optional<torch::Tensor>& bias, int64_t channels,
                             int64_t stride, int64_t padding) {
-  TORCH_CHECK(act.dim() == 4 && filt.dim() == 4 && act.size(3) == filt.size(3),
+  const int64_t o = scale.numel();
+  TORCH_CHECK(act.dim() == 4 && filt.dim() == 5 && act.size(3) == filt.size(3),
               "binary_conv2d: activation and filter words differ");
+  TORCH_CHECK(filt.size(0) == (o + kBlock - 1) / kBlock && filt.size(4) == kBlock,
+              "binary_conv2d: filters are not in block_filters layout for this many output channels");
   TORCH_CHECK(act.is_contiguous() && filt.is_contiguous(), "binary_conv2d: expects contiguous packed inputs");
   const int64_t n = act.size(0), h = act.size(1), w = act.size(2), wd = act.size(3);
-  const int64_t o = filt.size(0), kh = filt.size(1), kw = filt.size(2);
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous() && scale.numel() == o,
+  const int64_t kh = filt.size(1), kw = filt.size(2);
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous(),
               "binary_conv2d: expects one float32 scale per output channel");
   const bool has_bias = bias.has_value() && bias->defined();
   TORCH_CHECK(!has_bias || (bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == o),
@@ -250,13 +259,11 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
   auto out = torch::empty({n, ho, wo, o}, torch::kFloat);
   const bool act_mask = act_nonzero.has_value() && act_nonzero->defined();
   const bool filt_mask = filt_nonzero.has_value() && filt_nonzero->defined();
+  TORCH_CHECK(!filt_mask || filt_nonzero->sizes() == filt.sizes(), "binary_conv2d: filter planes differ in shape");
   const auto* a = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
   const auto* az = act_mask ? reinterpret_cast<const uint64_t*>(act_nonzero->data_ptr<int64_t>()) : nullptr;
-  const int64_t row = kh * kw * wd;
-  const auto ft = transpose_filters(reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>()), o, row);
-  const auto fz = filt_mask
-                      ? transpose_filters(reinterpret_cast<const uint64_t*>(filt_nonzero->data_ptr<int64_t>()), o, row)
-                      : std::vector<uint64_t>();
+  const auto* ft = reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>());
+  const auto* fz = filt_mask ? reinterpret_cast<const uint64_t*>(filt_nonzero->data_ptr<int64_t>()) : nullptr;
   const float* s = scale.data_ptr<float>();
   const float* bi = has_bias ? bias->data_ptr<float>() : nullptr;
   float* dst = out.data_ptr<float>();
@@ -274,5 +281,6 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_signs", &pack_signs, "pack the signs of an NCHW tensor along channels, 64 per word");
+  m.def("block_filters", &block_filters, "packed filters in the kernel's layout: 16 output channels per word");
   m.def("binary_conv2d", &binary_conv2d, "binary convolution of packed signs: scale * dot + bias, channels-last");
 }
