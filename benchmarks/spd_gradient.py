@@ -54,8 +54,8 @@ def main(argv=None) -> None:
         batch = [data[b * 8 + i] for i in range(8)]
         hr, cond = torch.stack([x["hr"] for x in batch]), torch.stack([x["cond"] for x in batch])
         nb = noisy_batch(teacher.process, hr, cond, torch.Generator().manual_seed(b))
-        out, s_feats = student(nb.x_in, nb.y, nb.t, return_features=True)
-        _, t_feats = teacher.features(nb.x_in, nb.y, nb.t)
+        out, s_feats = student(nb.x_in, nb.y_in, nb.t, return_features=True)
+        _, t_feats = teacher.features(nb.x_in, nb.y_in, nb.t)
         task = grad_norm(teacher.process.loss(out, nb.target), params)
         spd = grad_norm(spd_loss(s_feats, t_feats, list(s_feats)), params)
         for w in weights:

@@ -24,6 +24,17 @@ the per-block time projection) and the original process (`DDPMProcess` with imag
 sqrt(alpha_bar_t) as the network's time input, ancestral sampling through every step of the config's linear
 schedule). Its JSON config (`--config`, with its // comments) is required: shapes give neither the attention
 resolutions nor the schedule.
+
+    python -m pipeline.import_official resshift resshift_realsrx4_s15_v1.pth --autoencoder autoencoder_vq_f4.pth \
+        [--config realsr_swinunet_realesrgan256.yaml] [--one-step] --out DIR
+
+`resshift`: a released ResShift denoiser (zsyOAOA/ResShift, `UNetModelSwin`) and the VQ-f4 autoencoder it was
+trained on become a teacher folder: `teachers.swin_unet.SwinUNet` (the released names, loaded strictly) on
+`teachers.latent_resshift.LatentResShiftProcess` (the chain on the autoencoder's latents, no x0 clip), the autoencoder
+converted onto diffusers' `VQModel`. The option file (`--config`, the release's YAML) gives the network, schedule and
+autoencoder settings; without it the released real-SR x4 ones (15 steps) are assumed and the command says so.
+`--one-step` takes a SinSR checkpoint (wyf0912/SinSR, `SinSR_v1.pth`: the same network distilled to one step): the
+folder's process is then the one-step variant, one evaluation at the top step from x_T read as x0, as SinSR samples.
 """
 
 from __future__ import annotations
@@ -34,9 +45,10 @@ from pathlib import Path
 
 from pipeline.importers import CheckpointError, read_checkpoint  # noqa: F401  (public API)
 from pipeline.importers.bidiffsr import bidiffsr_config, convert_bidiffsr, import_bidiffsr  # noqa: F401
+from pipeline.importers.resshift import import_resshift
 from pipeline.importers.sr3 import import_sr3
 
-KINDS = ("bidiffsr", "sr3")
+KINDS = ("bidiffsr", "sr3", "resshift")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,22 +57,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=KINDS, help="what the checkpoint is")
     parser.add_argument("checkpoint", help="the released weights (.pth, .pt or .safetensors)")
     parser.add_argument("--config", default=None,
-                        help="the release's config: BasicSR option YAML (bidiffsr, optional), JSON (sr3, required)")
-    parser.add_argument("--scale", type=int, default=0, help="SR factor when the config does not give it (sr3)")
+                        help="the release's config: BasicSR option YAML (bidiffsr, optional), JSON (sr3, required), "
+                             "option YAML (resshift, optional)")
+    parser.add_argument("--autoencoder", default=None,
+                        help="resshift: the VQ autoencoder file the model was trained on (autoencoder_vq_f4.pth)")
+    parser.add_argument("--one-step", action="store_true",
+                        help="resshift: the checkpoint is SinSR's one-step model (sample with one evaluation)")
+    parser.add_argument("--scale", type=int, default=0,
+                        help="SR factor when the config does not give it (sr3; resshift: overrides the config's sf)")
     parser.add_argument("--out", required=True, help="the folder to write (must not exist)")
     args = parser.parse_args(argv)
     if Path(args.out).exists():
         parser.error(f"--out {args.out} exists; choose a new folder (nothing is overwritten)")
+    if args.kind != "resshift" and (args.autoencoder or args.one_step):
+        parser.error("--autoencoder and --one-step belong to the resshift kind")
+    notes = []
     try:
         if args.kind == "bidiffsr":
             folder = import_bidiffsr(args.checkpoint, args.out, args.config)
             loads = f"BiDiffSRPipeline.from_pretrained({str(folder)!r})"
-        else:
+        elif args.kind == "sr3":
             folder = import_sr3(args.checkpoint, args.out, args.config, args.scale)
+            loads = f"teachers.load_teacher({str(folder)!r}), or teacher.path in a recipe"
+        else:
+            folder, notes = import_resshift(args.checkpoint, args.out, args.autoencoder, args.config, args.one_step,
+                                            args.scale)
             loads = f"teachers.load_teacher({str(folder)!r}), or teacher.path in a recipe"
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"note: {note}")
     print(f"imported {args.kind} {args.checkpoint} -> {folder} ({loads})")
     return 0
 

@@ -113,15 +113,18 @@ def _provenance(recipe: dict | None) -> list[str]:
 
 def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
                repo_id: str = "") -> ModelCard:
-    c = measure_student(dict(student.config))
+    side = 256 // process.spatial_factor  # the student's input for a 256x256 output
+    c = measure_student(dict(student.config), side, side)
     where = repo_id or "path/to/this/folder"
     lines = [
         "---", _card_data(metrics, recipe, repo_id).to_yaml(), "---", "",
         f"# {repo_id or 'BiDistill student'}: 1-bit diffusion super-resolution, x{scale}", "",
         f"A binarized BI-DiffSR student (binarizer `{student.config.binarizer}`) trained with BiDistill, on the "
-        f"`{type(process).__name__}` process ({process.num_train_timesteps} training steps): {_sampling(process)}.", "",
+        f"`{type(process).__name__}` process ({process.num_train_timesteps} training steps): {_sampling(process)}."
+        + (f" {process.space_note()}" if process.space_note() else ""), "",
     ] + _provenance(recipe) + [
-        "| Params (paper rule) | OPs per step at 3x256x256 | raw parameters | binary weights |",
+        f"| Params (paper rule) | OPs per step at 3x{side}x{side}"
+        + (" (a 256x256 output)" if side != 256 else "") + " | raw parameters | binary weights |",
         "| --- | --- | --- | --- |",
         f"| {format_params(c.params)} | {format_ops(c.ops)} | {c.raw_params:,} | {c.binary_params:,} |", "",
     ]

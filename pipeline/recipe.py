@@ -339,6 +339,11 @@ def build_recipe_process(recipe: Recipe):
                 continue
             _check(process.config[key] == value, recipe, f"process.{key}",
                    f"is {process.config[key]!r} but the teacher in {t.path} was trained with {value!r}")
+        process.share_space(teacher_process)  # a latent process takes the teacher's autoencoder
+    try:
+        process.check_ready()
+    except ValueError as err:
+        raise RecipeError(recipe.source, "process.type", f"{err}; set teacher.path to such a teacher") from None
     _check(process.for_student() is process or all(s.type == "teacher" for s in recipe.stages), recipe,
            "process.time_input", "a BI-DiffSR student is given timesteps (its TaR/TaA groups index them); leave "
            "time_input at 'index' (a loaded teacher that takes noise levels converts for itself)")
@@ -505,6 +510,7 @@ def validate(recipe: Recipe) -> None:
     student_config = student_unet_config(recipe, process)
     _check_kwargs(recipe, "student.unet", recipe.student.unet, BIDiffSRUNet)
     student = _check_buildable(recipe, "student.unet", BIDiffSRUNet, student_config)
+    pixels_per_position = student.size_multiple * process.spatial_factor
     if recipe.trains_teacher():
         if t.kind == "sr3":
             _check_kwargs(recipe, "teacher.unet", t.unet, SR3UNet)
@@ -557,6 +563,9 @@ def validate(recipe: Recipe) -> None:
         _check(0 <= s.ema_decay < 1, recipe, f"{key}.ema_decay", f"must be in [0, 1), got {s.ema_decay}")
         patch = s.patch_size or d.patch_size
         _check(patch % r.scale == 0, recipe, f"{key}.patch_size", f"must be a multiple of run.scale={r.scale}, got {patch}")
+        _check(patch % pixels_per_position == 0, recipe, f"{key}.patch_size",
+               f"must be a multiple of {pixels_per_position} (the student's size multiple x the process's "
+               f"{process.spatial_factor}-pixel latent cell), got {patch}")
         _check(s.spd_weight >= 0 and s.output_weight >= 0, recipe, f"{key}.spd_weight", "loss weights must be >= 0")
         _check(s.spd_patches >= 1, recipe, f"{key}.spd_patches", f"must be >= 1, got {s.spd_patches}")
         _check(s.teacher_steps >= 0, recipe, f"{key}.teacher_steps", f"must be >= 0 (0: the process default), got {s.teacher_steps}")
@@ -571,7 +580,7 @@ def validate(recipe: Recipe) -> None:
             _check(recipe.student.init_from_teacher or bool(recipe.student.init), recipe, "student.init_from_teacher",
                    f"stages[{i}] uses SPD, whose channel-wise Gram matrices only carry signal when the student starts "
                    "from the teacher's weights (BiDM); set student.init_from_teacher = true")
-            grid = s.spd_patches * student.size_multiple
+            grid = s.spd_patches * pixels_per_position
             _check(patch % grid == 0, recipe, f"{key}.patch_size",
                    f"SPD splits every feature map into a {s.spd_patches}x{s.spd_patches} grid, so the patch size must "
                    f"be a multiple of {grid} (spd_patches x 2^(levels - 1)); got {patch}")
@@ -581,9 +590,10 @@ def validate(recipe: Recipe) -> None:
             except ValueError as err:
                 raise RecipeError(recipe.source, f"{key}.teacher_steps", str(err)) from None
     _check(recipe.eval.num_inference_steps >= 0, recipe, "eval.num_inference_steps", "must be >= 0 (0: the process's default)")
-    multiple = student.size_multiple
+    multiple = pixels_per_position
     _check(recipe.eval.tile_size >= 64 and recipe.eval.tile_size % multiple == 0, recipe, "eval.tile_size",
-           f"must be >= 64 and a multiple of {multiple} (the student's size multiple), got {recipe.eval.tile_size}")
+           f"must be >= 64 and a multiple of {multiple} (the student's size multiple in pixels), got "
+           f"{recipe.eval.tile_size}")
     _check(d.num_proc >= 0, recipe, "data.num_proc", f"must be >= 0 (0: min(8, CPU count)), got {d.num_proc}")
     if d.train:
         _check_training_folder(recipe)

@@ -103,11 +103,14 @@ def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, con
     _, c, h, w = cond.shape
     if h <= tile and w <= tile:
         return super_resolve(student, process, cond, num_inference_steps, generator=generator, progress=progress)
-    if tile % student.size_multiple or not 0 <= overlap < tile // 2:
-        raise ValueError(f"tile_size={tile} must be a multiple of {student.size_multiple} and overlap={overlap} "
-                         f"in [0, tile_size / 2)")
+    multiple, f = student.size_multiple * process.spatial_factor, process.spatial_factor
+    if tile % multiple or not 0 <= overlap < tile // 2 or overlap % f or h % f or w % f:
+        raise ValueError(f"tile_size={tile} must be a multiple of {multiple}, overlap={overlap} in [0, tile_size / 2)"
+                         + (f", and overlap and the image size {h}x{w} multiples of the process's latent cell {f}"
+                            if f > 1 else ""))
     tile_batch = tile_batch or tile_batch_for(cond.device)
-    noise = randn_tensor(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    # one noise for the whole image (in the process's space), so overlapping tiles start from the same noise
+    noise = randn_tensor(process.noise_shape(cond.shape), generator=generator, device=cond.device, dtype=cond.dtype)
     boxes = [(y, x) for y in _starts(h, tile, overlap) for x in _starts(w, tile, overlap)]
     th, tw = min(tile, h), min(tile, w)
     out = torch.zeros(1, c, h, w, device=cond.device)
@@ -117,7 +120,7 @@ def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, con
     for i in range(0, len(boxes), tile_batch):
         chunk = boxes[i : i + tile_batch]
         conds = torch.cat([cond[:, :, y : y + th, x : x + tw] for y, x in chunk])
-        noises = torch.cat([noise[:, :, y : y + th, x : x + tw] for y, x in chunk])
+        noises = torch.cat([noise[:, :, y // f : (y + th) // f, x // f : (x + tw) // f] for y, x in chunk])
         srs = super_resolve(student, process, conds, num_inference_steps, generator=generator,  # stochastic steps
                             noise=pad_to_multiple(noises, student.size_multiple), progress=progress)
         for (y, x), sr in zip(chunk, srs):
@@ -189,7 +192,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
         if not isinstance(self.scheduler, DiffusionProcess):
             raise TypeError(f"the scheduler must be a BiDistill diffusion process (teachers.process.DiffusionProcess: "
                             f"DDPMProcess, ResShiftProcess), got {type(self.scheduler).__name__}")
-        multiple = self.unet.size_multiple
+        multiple = self.unet.size_multiple * self.scheduler.spatial_factor
         if tile_size < multiple or tile_size % multiple or not 0 <= tile_overlap < tile_size // 2:
             raise ValueError(f"tile_size={tile_size} must be a positive multiple of {multiple} and "
                              f"tile_overlap={tile_overlap} in [0, tile_size / 2)")

@@ -248,7 +248,7 @@ class Trainer:
                                    stage.output_weight, cross_timestep)
 
     def _feature_shapes(self, student: BIDiffSRUNet, stage: StageConfig) -> dict[str, tuple]:
-        patch = stage.patch_size or self.recipe.data.patch_size
+        patch = (stage.patch_size or self.recipe.data.patch_size) // self.process.spatial_factor
         probe = torch.zeros(1, 3, patch, patch, device=self.accelerator.device)
         t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
         with torch.no_grad():
@@ -376,7 +376,7 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         if process is not None:
-            process.save_config(tmp)
+            process.save_pretrained(tmp)  # its config, and a latent process's autoencoder
         if fingerprint is not None:
             write_fingerprint(tmp, fingerprint)
             write_checksums(tmp)

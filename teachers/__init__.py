@@ -1,5 +1,7 @@
 """Full-precision SR diffusion teachers: one `Teacher` (a denoiser on a diffusion process), the processes (BI-DiffSR's
-DDPM, ResShift) and the denoiser kinds a `teacher` stage can build.
+DDPM, ResShift in pixel space and on VQ latents) and the denoiser kinds a `teacher` stage can build. Imported
+teachers (`pipeline.import_official`) bring their own denoiser: the original SR3 layout of `SR3UNet`, ResShift's
+`teachers.swin_unet.SwinUNet` on `LatentResShiftProcess`.
 
 | kind   | denoiser                                                | teaches by                        |
 | ------ | ------------------------------------------------------- | --------------------------------- |
@@ -15,6 +17,7 @@ from teachers.base import Teacher, load_teacher
 from teachers.ddpm import DDPMProcess
 from teachers.process import (PROCESSES, DiffusionProcess, build_process, load_process, noisy_batch, sample,
                               training_loss)
+from teachers.latent_resshift import LatentResShiftProcess
 from teachers.resshift import ResShiftProcess
 from teachers.sr3 import SR3UNet
 
@@ -36,6 +39,6 @@ def build_teacher_denoiser(kind: str, unet_config: dict, student_config: dict):
     raise ValueError(f"teacher.kind={kind!r} is not one of {TEACHER_KINDS}")
 
 
-__all__ = ["Teacher", "load_teacher", "DiffusionProcess", "DDPMProcess", "ResShiftProcess", "PROCESSES",
-           "build_process", "load_process", "noisy_batch", "sample", "training_loss", "SR3UNet", "TEACHER_KINDS",
+__all__ = ["Teacher", "load_teacher", "DiffusionProcess", "DDPMProcess", "ResShiftProcess", "LatentResShiftProcess",
+           "PROCESSES", "build_process", "load_process", "noisy_batch", "sample", "training_loss", "SR3UNet", "TEACHER_KINDS",
            "build_teacher_denoiser"]

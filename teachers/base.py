@@ -1,14 +1,15 @@
 """The seam between teachers, students and the pipeline: the denoiser call, padding, and the `Teacher`.
 
-A denoiser is `forward(x_in, y, t, return_features=False)`: `x_in` the process's model input, `y` the condition in
-the process's space (the bicubic-upsampled LR at HR size), `t` one integer timestep per sample; with
+A denoiser is `forward(x_in, y_in, t, return_features=False)`: `x_in` the process's model input, `y_in` its model
+condition (`process.model_condition(y)`: the bicubic-upsampled LR at HR size in pixel space, the LR at the latent size
+for latent ResShift), `t` one integer timestep per sample; with
 `return_features=True` it also returns its res-block outputs by name ("down.{level}.{block}", "mid.{block}",
 "up.{level}.{block}", level 0 the finest). Teachers and students share it, so stages never care which model they hold.
 
 A `Teacher` is a diffusers `DiffusionPipeline` of a denoiser (`unet`) and its diffusion process (`scheduler`, a
 `teachers.process.DiffusionProcess`), saved and loaded as a diffusers-format folder. Every teacher kind (SR3, a
-pixel-space ResShift UNet, the student's full-precision twin) is this one class: what differs is the denoiser and the
-process, never the code. It is frozen after loading; `predict`, `features` and `sample` run under `no_grad` and, if
+pixel-space ResShift UNet, the student's full-precision twin, ResShift's released Swin UNet on VQ latents, whose
+autoencoder belongs to its process) is this one class: what differs is the denoiser and the process, never the code. It is frozen after loading; `predict`, `features` and `sample` run under `no_grad` and, if
 `autocast_dtype` is set (e.g. torch.bfloat16 on a GPU), under autocast.
 """
 
@@ -78,20 +79,20 @@ class Teacher(DiffusionPipeline):
         return torch.autocast(self.unet.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
-    def predict(self, x_in: Tensor, y: Tensor, t: Tensor) -> Tensor:
-        """The denoiser's raw output on model-ready inputs at timesteps `t`, frozen."""
-        return self._denoise(x_in, y, self.scheduler.model_time(torch.as_tensor(t, device=x_in.device)))
+    def predict(self, x_in: Tensor, y_in: Tensor, t: Tensor) -> Tensor:
+        """The denoiser's raw output on model-ready inputs (a `NoisyBatch`'s x_in, y_in) at timesteps `t`, frozen."""
+        return self._denoise(x_in, y_in, self.scheduler.model_time(torch.as_tensor(t, device=x_in.device)))
 
-    def _denoise(self, x_in: Tensor, y: Tensor, time: Tensor) -> Tensor:
+    def _denoise(self, x_in: Tensor, y_in: Tensor, time: Tensor) -> Tensor:
         with self.autocast():
-            return self.unet(x_in, y, time).float()
+            return self.unet(x_in, y_in, time).float()
 
     @torch.no_grad()
-    def features(self, x_in: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def features(self, x_in: Tensor, y_in: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(output, res-block features by name) at timesteps `t`, frozen."""
         time = self.scheduler.model_time(torch.as_tensor(t, device=x_in.device))
         with self.autocast():
-            out, feats = self.unet(x_in, y, time, return_features=True)
+            out, feats = self.unet(x_in, y_in, time, return_features=True)
         return out.float(), {k: v.float() for k, v in feats.items()}
 
     def training_loss(self, hr: Tensor, cond: Tensor, generator: torch.Generator | None = None,
@@ -101,11 +102,13 @@ class Teacher(DiffusionPipeline):
 
     @torch.no_grad()
     def sample(self, cond: Tensor, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
-               noise: Tensor | None = None, deterministic: bool | None = None, decode: bool = True) -> Tensor:
+               noise: Tensor | None = None, deterministic: bool | None = None, decode: bool = True,
+               y: Tensor | None = None) -> Tensor:
         """Super-resolve `cond` = bicubic(LR) in [0, 1] -> [0, 1] with the process's sampler (see
-        `teachers.process.sample`); `deterministic=True` with a fixed `noise` always gives the same output."""
+        `teachers.process.sample`, also for `y`); `deterministic=True` with a fixed `noise` always gives the same
+        output."""
         return sample(self._denoise, self.scheduler, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
-                      generator=generator, noise=noise, deterministic=deterministic, decode=decode)
+                      generator=generator, noise=noise, deterministic=deterministic, decode=decode, y=y)
 
 
 def load_teacher(path: str | Path) -> Teacher:

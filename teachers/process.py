@@ -1,9 +1,10 @@
 """The diffusion-process interface shared by teachers and students, the one sampling loop and the one noisy batch.
 
 A process owns everything about a diffusion: the space the model works in (`encode` / `decode` from and to [0, 1]
-images, `data_range` and the x0 clip), `add_noise`, what the denoiser predicts and the training target and loss,
-the deterministic and the stochastic sampler (`step`), and the start state x_T (`prior`), which is also where a
-one-step student starts. A model on a process is a denoiser `f(model_input, y, t)` plus that process; `sample` and
+images, `data_range` and the x0 clip; for a latent process its autoencoder and the condition it builds from the
+upsampled LR, `encode_condition` / `model_condition`), `add_noise`, what the denoiser predicts and the training
+target and loss, the deterministic and the stochastic sampler (`step`), and the start state x_T (`prior`), which is
+also where a one-step student starts. A model on a process is a denoiser `f(model_input, y, t)` plus that process; `sample` and
 `noisy_batch` below are written once, against this interface, for every teacher and student.
 
 A process is a diffusers `SchedulerMixin` + `ConfigMixin`: it saves as `scheduler_config.json` (in a pipeline's
@@ -63,6 +64,41 @@ class DiffusionProcess(SchedulerMixin, ConfigMixin):
     def decode(self, x: Tensor) -> Tensor:
         """The process's space -> [0, 1] images, clamped."""
         raise NotImplementedError
+
+    def encode_condition(self, cond: Tensor) -> Tensor:
+        """The condition y in the process's space from cond = bicubic(LR) in [0, 1] (the chain's end point and
+        whatever the denoiser is given; see `model_condition`)."""
+        return self.encode(cond)
+
+    def model_condition(self, y: Tensor) -> Tensor:
+        """What the denoiser is given of the condition y (all of it unless the process keeps more in y)."""
+        return y
+
+    @property
+    def spatial_factor(self) -> int:
+        """How many image pixels one position of the process's space spans per side (1 in pixel space)."""
+        return 1
+
+    def noise_shape(self, image_shape: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the start noise (and of x_t) for a batch of images of `image_shape`."""
+        return tuple(image_shape)
+
+    def space_note(self) -> str:
+        """One sentence for model cards about what else the process's space needs (a latent process's full-precision
+        autoencoder); empty in pixel space."""
+        return ""
+
+    def check_ready(self) -> None:
+        """A ValueError saying what is missing when the process cannot encode yet (a latent process without its
+        autoencoder)."""
+
+    def share_space(self, other: "DiffusionProcess") -> "DiffusionProcess":
+        """Take the parts of `other`'s space that are not settings (a latent process's autoencoder); returns self."""
+        return self
+
+    def derived(self, **changes) -> "DiffusionProcess":
+        """This process with some settings changed, in the same space."""
+        return type(self).from_config(self.config, **changes).share_space(self)
 
     # ---- training -----------------------------------------------------------------------------------------------
     def sample_timesteps(self, batch: int, generator: torch.Generator | None, device) -> Tensor:
@@ -163,12 +199,12 @@ def load_process(folder: str | Path) -> DiffusionProcess:
         class_name = json.loads(file.read_text())["_class_name"]
     except (json.JSONDecodeError, KeyError) as err:
         raise ValueError(f"{file} is not a valid process config: {err}") from None
-    return process_class(class_name).from_config(DiffusionProcess.load_config(str(folder)))
+    return process_class(class_name).from_pretrained(str(folder))
 
 
 @dataclass
 class NoisyBatch:
-    """One training draw in the process's space: the denoiser call is `model(x_in, y, process.model_time(t))`."""
+    """One training draw in the process's space: the denoiser call is `model(x_in, y_in, process.model_time(t))`."""
 
     x0: Tensor
     y: Tensor
@@ -176,18 +212,20 @@ class NoisyBatch:
     noise: Tensor
     x_t: Tensor
     x_in: Tensor
+    y_in: Tensor
     target: Tensor
 
 
 def noisy_batch(process: DiffusionProcess, hr: Tensor, cond: Tensor, generator: torch.Generator | None,
                 t: Tensor | None = None) -> NoisyBatch:
     """Encode an (HR, condition) batch, draw one timestep per sample (unless given) and noise, and noise it."""
-    x0, y = process.encode(hr), process.encode(cond)
+    x0, y = process.encode(hr), process.encode_condition(cond)
     if t is None:
         t = process.sample_timesteps(hr.shape[0], generator, hr.device)
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = process.add_noise(x0, noise, t, y)
-    return NoisyBatch(x0, y, t, noise, x_t, process.model_input(x_t, t), process.target(x0, noise, y))
+    return NoisyBatch(x0, y, t, noise, x_t, process.model_input(x_t, t), process.model_condition(y),
+                      process.target(x0, noise, y))
 
 
 def denoise_batch(model: Denoiser, process: DiffusionProcess, b: NoisyBatch, cross_timestep: bool = False,
@@ -200,8 +238,8 @@ def denoise_batch(model: Denoiser, process: DiffusionProcess, b: NoisyBatch, cro
         t_next = (b.t + 1).clamp_max(process.num_train_timesteps - 1)
         x_next = process.model_input(process.add_noise(b.x0, b.noise, t_next, b.y), t_next)
         with torch.no_grad():
-            _, kwargs["cache"] = model(x_next, b.y, process.model_time(t_next), return_features=True)
-    return model(b.x_in, b.y, process.model_time(b.t), **kwargs)
+            _, kwargs["cache"] = model(x_next, b.y_in, process.model_time(t_next), return_features=True)
+    return model(b.x_in, b.y_in, process.model_time(b.t), **kwargs)
 
 
 def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: Tensor,
@@ -215,34 +253,40 @@ def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: 
 def sample(model: Denoiser, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None, *,
            size_multiple: int = 1, generator: torch.Generator | None = None, noise: Tensor | None = None,
            deterministic: bool | None = None, decode: bool = True,
-           progress: Callable[[], object] | None = None) -> Tensor:
+           progress: Callable[[], object] | None = None, y: Tensor | None = None) -> Tensor:
     """Super-resolve a batch with any denoiser on any process: `cond` = bicubic(LR) in [0, 1] at HR size ->
     [0, 1] images (or, with `decode=False`, the final x0 in the process's space at the padded size).
 
-    The condition is reflect-padded to `size_multiple`, x_T = prior(y, noise) with `noise` (at the padded size) or
-    noise drawn with `generator`; a one-step process (`config.one_step`) evaluates the model once at the top
-    timestep, others run `inference_timesteps` with the process's deterministic or stochastic step. `progress` is called
-    after every network evaluation (a progress bar's update)."""
+    The condition is reflect-padded to `size_multiple` positions of the process's space (x `spatial_factor` pixels),
+    x_T = prior(y, noise) with `noise` (`noise_shape` of the padded condition) or noise drawn with `generator`; a
+    one-step process (`config.one_step`) evaluates the model once at the top timestep, others run
+    `inference_timesteps` with the process's deterministic or stochastic step. `progress` is called after every
+    network evaluation (a progress bar's update). `y`: `encode_condition` of the (already padded) condition, when
+    the caller has it (a latent process's encoder is not run twice)."""
     from teachers.base import pad_to_multiple  # base imports this module
 
     h, w = cond.shape[-2:]
-    y = process.encode(pad_to_multiple(cond, size_multiple))
+    padded = pad_to_multiple(cond, size_multiple * process.spatial_factor)
+    shape = process.noise_shape(padded.shape)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape} (the padded condition's, in the "
+                         "process's space)")
+    y = process.encode_condition(padded) if y is None else y
+    y_in = process.model_condition(y)
     if noise is None:
-        noise = randn_tensor(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-    if noise.shape != y.shape:
-        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected the padded condition's {tuple(y.shape)}")
+        noise = randn_tensor(shape, generator=generator, device=y.device, dtype=y.dtype)
     deterministic = process.default_deterministic if deterministic is None else deterministic
     x = process.prior(y, noise.to(y.dtype))
     if getattr(process.config, "one_step", False):
         top = process.num_train_timesteps - 1
         time = process.model_time(torch.tensor(top, device=y.device))
-        x = process.predict_x0(model(process.model_input(x, top), y, time), x, top, y)
+        x = process.predict_x0(model(process.model_input(x, top), y_in, time), x, top, y)
         if progress is not None:
             progress()
     else:
         steps = process.inference_timesteps(num_inference_steps)
         for t, t_prev in zip(steps, steps[1:] + [-1]):
-            out = model(process.model_input(x, t), y, process.model_time(torch.tensor(t, device=y.device)))
+            out = model(process.model_input(x, t), y_in, process.model_time(torch.tensor(t, device=y.device)))
             x = process.step(out.to(x.dtype), t, t_prev, x, y, deterministic=deterministic, generator=generator)
             if progress is not None:
                 progress()

@@ -10,8 +10,9 @@ sizes it removed a colour shift of the plain x0 prediction. Samplers: the offici
 default) and SinSR's deterministic one, whose output from a fixed x_T is the one-step distillation target.
 
 This process runs in pixel space on [-1, 1] images (`encode` maps [0, 1] there) and clips x0 to [-1, 1] while
-sampling; the official one runs on VQGAN-f4 latents, which needs the autoencoder in `encode`/`decode` and
-`clip_sample="none"`.
+sampling; the released models run on VQGAN-f4 latents: `teachers.latent_resshift.LatentResShiftProcess`, the same
+chain with the autoencoder in `encode`/`decode`, no clip, and a condition y that also carries the LR image for the
+denoiser (the chain itself only sees `chain_end(y)`).
 """
 
 from __future__ import annotations
@@ -89,8 +90,13 @@ class ResShiftProcess(DiffusionProcess):
     def decode(self, x: Tensor) -> Tensor:
         return ((x + 1) / 2).clamp(0.0, 1.0)
 
+    def chain_end(self, y: Tensor) -> Tensor:
+        """The state the chain shifts x0 towards (the encoded upsampled LR): y itself in pixel space."""
+        return y
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """x_t = x0 + eta_t (y - x0) + kappa sqrt(eta_t) noise, per sample."""
+        y = self.chain_end(y)
         eta = per_sample(self.etas, t, x0)
         sqrt_eta = per_sample(self.sqrt_etas, t, x0)
         return x0 + eta * (y - x0) + self.config.kappa * sqrt_eta * noise
@@ -101,10 +107,10 @@ class ResShiftProcess(DiffusionProcess):
         return x_t / torch.sqrt(self.config.kappa**2 * eta + 1.0)
 
     def target(self, x0: Tensor, noise: Tensor, y: Tensor) -> Tensor:
-        return x0 - y if self.config.prediction_type == "residual" else x0
+        return x0 - self.chain_end(y) if self.config.prediction_type == "residual" else x0
 
     def predict_x0(self, output: Tensor, x_t: Tensor, t, y: Tensor, clip: bool = True) -> Tensor:
-        x0 = y + output if self.config.prediction_type == "residual" else output
+        x0 = self.chain_end(y) + output if self.config.prediction_type == "residual" else output
         return x0.clamp(*self.clip_range) if clip and self.clip_range else x0
 
     @property
@@ -121,7 +127,7 @@ class ResShiftProcess(DiffusionProcess):
 
     def prior(self, y: Tensor, noise: Tensor) -> Tensor:
         """x_T = y + kappa sqrt(eta_T) noise."""
-        return y + self.config.kappa * float(self.sqrt_etas[-1]) * noise
+        return self.chain_end(y) + self.config.kappa * float(self.sqrt_etas[-1]) * noise
 
     def step(self, output: Tensor, t: int, t_prev: int, x_t: Tensor, y: Tensor, deterministic: bool = True,
              generator: torch.Generator | None = None) -> Tensor:
@@ -130,13 +136,13 @@ class ResShiftProcess(DiffusionProcess):
         x0 = self.predict_x0(output, x_t, t, y)
         if deterministic:
             return (per_sample(self.ddim_k, t, x_t) * x0 + per_sample(self.ddim_m, t, x_t) * x_t
-                    + per_sample(self.ddim_j, t, x_t) * y)
+                    + per_sample(self.ddim_j, t, x_t) * self.chain_end(y))
         mean = per_sample(self.posterior_mean_coef_xt, t, x_t) * x_t + per_sample(self.posterior_mean_coef_x0, t,
                                                                                      x_t) * x0
         std = per_sample(self.posterior_variance, t, x_t).sqrt()  # 0 at index 0
         return mean + std * randn_tensor(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
 
     def one_step_variant(self) -> "ResShiftProcess":
-        return ResShiftProcess.from_config(self.config, one_step=True)
+        return self.derived(one_step=True)
 
 

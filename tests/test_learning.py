@@ -118,7 +118,7 @@ def x0_psnr(model, process, hr, cond, timesteps) -> float:
         for i, t in enumerate(timesteps):
             b = noisy_batch(process, hr, cond, torch.Generator().manual_seed(100 + i),
                             t=torch.full((hr.shape[0],), t, dtype=torch.long))
-            x0 = process.decode(process.predict_x0(model(b.x_in, b.y, b.t), b.x_t, b.t, b.y))
+            x0 = process.decode(process.predict_x0(model(b.x_in, b.y_in, b.t), b.x_t, b.t, b.y))
             mse = ((x0 - hr) ** 2).mean(dim=(1, 2, 3))
             scores.append((10 * torch.log10(1 / mse)).mean().item())
     model.train()

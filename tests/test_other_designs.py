@@ -198,7 +198,7 @@ def test_training_mixes_in_a_pass_one_step_noisier_from_the_same_noise(tiny_conf
     assert torch.equal(first["t"], t_next) and not first["grad"] and first["cache"] is None
     assert torch.equal(first["x"], process.model_input(process.add_noise(b.x0, b.noise, t_next, b.y), t_next))
     assert torch.equal(main["t"], b.t) and main["grad"] and main["cache"] is first["features"]
-    assert torch.equal(out, model.model(b.x_in, b.y, b.t, cache=first["features"]))
+    assert torch.equal(out, model.model(b.x_in, b.y_in, b.t, cache=first["features"]))
     model.calls.clear()
     denoise_batch(model, process, b)  # without the connection: one plain pass
     assert len(model.calls) == 1 and model.calls[0]["cache"] is None

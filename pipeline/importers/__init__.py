@@ -93,3 +93,32 @@ def convert(state: dict[str, Tensor], model, pairs: list[tuple[str, str, str]], 
         raise CheckpointError(f"{source}: nothing in the checkpoint fills {missing[0]!r} ({len(missing)} in all)")
     model.load_state_dict(out, strict=True)
     return model.eval()
+
+
+def save_teacher(teacher, out: str | Path) -> Path:
+    """Write an imported teacher's folder atomically (a `.partial` sibling renamed at the end): an interrupted
+    import leaves no half-written folder under the name."""
+    import os
+    import shutil
+
+    folder = Path(out)
+    tmp = folder.parent / f".{folder.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    teacher.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return folder
+
+
+def read_yaml(path: str | Path, section: str) -> dict:
+    """A released YAML option file, which must have `section` at its top level; errors name the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        options = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"cannot read the option file {path}: {err}") from None
+    if not isinstance(options, dict) or section not in options:
+        raise CheckpointError(f"{path} is not the release's option file (no {section} section)")
+    return options
+

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, sr3_stem
+from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, read_yaml, sr3_stem
 
 
 def _binary_conv(official: str, ours: str, groups: int) -> list[tuple[str, str, str]]:
@@ -143,7 +143,7 @@ def import_bidiffsr(checkpoint: str | Path, out: str | Path, config_file: str | 
     from pipeline.publish import write_model_folder
     from teachers import DDPMProcess
 
-    options = _read_options(config_file) if config_file else None
+    options = read_yaml(config_file, "network_g") if config_file else None
     state = read_checkpoint(checkpoint)
     config, notes = bidiffsr_config(state, options)
     for note in notes:
@@ -157,16 +157,3 @@ def import_bidiffsr(checkpoint: str | Path, out: str | Path, config_file: str | 
     scale = int((options or {}).get("scale", 4))
     recipe = {"imported": {"kind": "bidiffsr", "checkpoint": str(checkpoint), "config": str(config_file or "")}}
     return write_model_folder(model, process, scale, Path(out), recipe=recipe)
-
-
-def _read_options(path: str | Path) -> dict:
-    import yaml
-
-    path = Path(path)
-    try:
-        options = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise CheckpointError(f"cannot read the option file {path}: {err}") from None
-    if not isinstance(options, dict) or "network_g" not in options:
-        raise CheckpointError(f"{path} is not a BasicSR option file (no network_g section)")
-    return options

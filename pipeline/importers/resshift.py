@@ -1,4 +1,6 @@
-"""Released ResShift / SinSR files (zsyOAOA/ResShift, wyf0912/SinSR) -> our modules, strictly.
+"""Released ResShift / SinSR files (zsyOAOA/ResShift, wyf0912/SinSR) -> our modules, strictly, and the teacher
+folder `python -m pipeline.import_official resshift` writes: `SwinUNet` on `LatentResShiftProcess`, whose
+autoencoder is the converted VQModel (saved in the folder's `scheduler/autoencoder/`).
 
 - The denoiser (`resshift_realsrx4_s15_v1.pth`, SinSR's one-step checkpoints): `teachers.swin_unet.SwinUNet` carries
   the released parameter names, so the conversion is the identity on names, with every key, shape and buffer checked.
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import VQModel
 
-from pipeline.importers import CheckpointError, convert, copied, read_checkpoint
+from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, read_yaml, save_teacher
 from teachers.swin_unet import SwinUNet
 
 # autoencoder_vq_f4.pth (configs/realsr_swinunet_realesrgan256.yaml, `autoencoder`)
@@ -103,3 +105,96 @@ def convert_swin_unet(path: str | Path, config: dict | None = None) -> SwinUNet:
     model = model.to_empty(device="cpu")
     pairs = [(name, name, "copy") for name in model.state_dict()]
     return convert(state, model, pairs, str(path))
+
+
+# The released real-SR x4 diffusion (configs/realsr_swinunet_realesrgan256.yaml, `diffusion`; SinSR's is the same).
+RESSHIFT_REALSR = dict(num_train_timesteps=15, kappa=2.0, power=0.3, min_noise_level=0.04, etas_end=0.99,
+                       scale_factor=1.0)
+_SWIN_KEYS = {"image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
+              "dropout", "channel_mult", "conv_resample", "num_heads", "num_head_channels", "use_scale_shift_norm",
+              "swin_depth", "swin_embed_dim", "window_size", "mlp_ratio", "cond_lq", "lq_size"}
+_IGNORED_SWIN_KEYS = {"use_fp16"}  # precision at run time, not a layout
+
+
+def _resolve(value, options: dict):
+    """OmegaConf's `${a.b.c}` references (the release's out_channels: ${autoencoder.params.embed_dim})."""
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+        node = options
+        for part in value[2:-1].split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise CheckpointError(f"the option file's reference {value} points nowhere")
+            node = node[part]
+        return node
+    return value
+
+
+def resshift_settings(options: dict, source: str) -> tuple[dict, dict, dict, int]:
+    """(SwinUNet config, LatentResShiftProcess settings, VQ autoencoder settings, scale) from a released ResShift /
+    SinSR option file; what our modules do not implement is an error naming the key."""
+
+    def need(ok: bool, key: str, why: str):
+        if not ok:
+            raise CheckpointError(f"{source}: {key}: {why}")
+
+    try:
+        model = {k: _resolve(v, options) for k, v in options["model"]["params"].items()}
+        diffusion = options["diffusion"]["params"]
+        auto = options["autoencoder"]["params"]
+        dd = auto["ddconfig"]
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{source} lacks {err} (model.params, diffusion.params, autoencoder.params.ddconfig)") \
+            from None
+    need(model.get("dims", 2) == 2, "model.params.dims", "only 2-D models exist here")
+    need(not model.get("resblock_updown", False), "model.params.resblock_updown", "ResBlock up/down is not supported")
+    unknown = sorted(set(model) - _SWIN_KEYS - _IGNORED_SWIN_KEYS - {"dims", "resblock_updown"})
+    need(not unknown, f"model.params.{unknown[0] if unknown else ''}", "not a UNetModelSwin setting we know")
+    unet = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items() if k in _SWIN_KEYS}
+    need(diffusion.get("schedule_name", "exponential") == "exponential", "diffusion.params.schedule_name",
+         "only the released 'exponential' eta schedule is supported")
+    need(diffusion.get("predict_type", "xstart") == "xstart", "diffusion.params.predict_type",
+         "only x0 ('xstart') prediction is supported")
+    need(diffusion.get("latent_flag", True) and diffusion.get("normalize_input", True), "diffusion.params.latent_flag",
+         "only the latent process with normalised input is supported")
+    need(diffusion.get("timestep_respacing") in (None, diffusion.get("steps")), "diffusion.params.timestep_respacing",
+         "respaced chains are not supported")
+    process = dict(num_train_timesteps=int(diffusion["steps"]), kappa=float(diffusion["kappa"]),
+                   power=float(diffusion.get("schedule_kwargs", {}).get("power", 0.3)),
+                   min_noise_level=float(diffusion["min_noise_level"]), etas_end=float(diffusion["etas_end"]),
+                   scale_factor=float(diffusion.get("scale_factor", 1.0)))
+    need(not dd.get("attn_resolutions"), "autoencoder.params.ddconfig.attn_resolutions",
+         "per-level attention in the autoencoder is not supported")
+    vq = dict(ch=dd["ch"], ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
+              z_channels=dd["z_channels"], embed_dim=auto["embed_dim"], n_embed=auto["n_embed"],
+              resolution=dd.get("resolution", 256))
+    return unet, process, vq, int(diffusion.get("sf", 4))
+
+
+def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | Path | None,
+                    config_file: str | Path | None = None, one_step: bool = False, scale: int = 0) -> tuple[Path, list[str]]:
+    """Convert a released ResShift (or, with `one_step`, SinSR) denoiser and its VQ autoencoder into a teacher folder
+    (`load_teacher(out)`); returns (folder, notes about assumed settings)."""
+    from teachers import LatentResShiftProcess, Teacher
+
+    if not autoencoder:
+        raise CheckpointError("a ResShift import needs the autoencoder the model was trained on (--autoencoder, e.g. "
+                              "autoencoder_vq_f4.pth): the denoiser works on its latents")
+    notes = []
+    if config_file:
+        unet_config, settings, vq, found_scale = resshift_settings(read_yaml(config_file, "diffusion"), str(config_file))
+    else:
+        unet_config, settings, vq, found_scale = {}, dict(RESSHIFT_REALSR), dict(VQ_F4), 4
+        notes.append("no --config: the released real-SR x4 settings are assumed (15 steps, kappa 2, power 0.3, "
+                     "min_noise_level 0.04, etas_end 0.99; the 4-step v3 model needs its option file)")
+    try:
+        unet = convert_swin_unet(checkpoint, unet_config)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{config_file}: the network settings do not build: {err}") from None
+    vae = convert_autoencoder(autoencoder, vq)
+    process = LatentResShiftProcess(**settings).use_autoencoder(vae)
+    if one_step:  # SinSR: one evaluation at the top step from x_T, read as x0
+        process = process.one_step_variant()
+    folder = save_teacher(Teacher(unet, process, scale=scale or found_scale), out)
+    return folder, notes
+

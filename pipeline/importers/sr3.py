@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, sr3_stem
+from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, save_teacher, sr3_stem
 
 
 # Buffers the released GaussianDiffusion saves beside its denoiser: the noise schedule, rebuilt from the config.
@@ -121,9 +121,7 @@ def import_sr3(checkpoint: str | Path, out: str | Path, config_file: str | Path 
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{config_file}: the network settings do not build: {err}") from None
     convert(state, unet, sr3_name_map(config, state), str(checkpoint), ignore=SR3_SCHEDULE_BUFFERS)
-    folder = Path(out)
-    Teacher(unet, process, scale=scale).save_pretrained(folder)
-    return folder
+    return save_teacher(Teacher(unet, process, scale=scale), out)
 
 
 def _read_json_with_comments(path: str | Path) -> dict:

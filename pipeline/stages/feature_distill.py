@@ -26,10 +26,10 @@ class FeatureDistillStage(Stage):
         b = noisy_batch(self.process, batch["hr"], batch["cond"], generator)
         if self.names:
             out, s_feats = denoise_batch(model, self.process, b, self.cross_timestep, return_features=True)
-            t_out, t_feats = self.teacher.features(b.x_in, b.y, b.t)
+            t_out, t_feats = self.teacher.features(b.x_in, b.y_in, b.t)
         else:
             out = denoise_batch(model, self.process, b, self.cross_timestep)
-            t_out = self.teacher.predict(b.x_in, b.y, b.t)
+            t_out = self.teacher.predict(b.x_in, b.y_in, b.t)
         direct = self.process.loss(out, b.target)
         loss, logs = direct, {"direct": direct.detach()}
         if self.names:

@@ -22,15 +22,18 @@ class OneStepStage(Stage):
         self.top = student_process.num_train_timesteps - 1
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
-        cond, size = batch["cond"], self.teacher.unet.size_multiple
+        cond = batch["cond"]
+        size = self.teacher.unet.size_multiple * self.teacher.process.spatial_factor
         if cond.shape[-1] % size or cond.shape[-2] % size:
             raise ValueError(f"one_step needs patches that are multiples of the teacher's {size}; got "
                              f"{tuple(cond.shape[-2:])}")
-        noise = randn_tensor(cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        target = self.teacher.sample(cond, self.teacher_steps, noise=noise, deterministic=True, decode=False)
-        y = self.process.encode(cond)
+        noise = randn_tensor(self.process.noise_shape(cond.shape), generator=generator, device=cond.device,
+                             dtype=cond.dtype)
+        y = self.process.encode_condition(cond)  # teacher and student share the process's space
+        target = self.teacher.sample(cond, self.teacher_steps, noise=noise, deterministic=True, decode=False, y=y)
         x_T = self.process.prior(y, noise)
         t = torch.full((cond.shape[0],), self.top, device=cond.device, dtype=torch.long)
-        x0 = self.process.predict_x0(model(self.process.model_input(x_T, t), y, t), x_T, t, y, clip=False)
+        out = model(self.process.model_input(x_T, t), self.process.model_condition(y), t)
+        x0 = self.process.predict_x0(out, x_T, t, y, clip=False)
         loss = F.mse_loss(x0.float(), target)
         return loss, {"loss": loss.detach()}
