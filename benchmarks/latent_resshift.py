@@ -69,7 +69,8 @@ def main() -> None:
         rows.append(("same student on 256x256 pixels: one evaluation",
                      time_(lambda: pixel_student(torch.randn(1, 3, 256, 256), cond, t))))
         rows.append(("teacher: 15-step SR of a 64x64 LR", time_(lambda: teacher.sample(cond))))
-        rows.append(("one-step teacher (SinSR layout): SR", time_(lambda: Teacher(teacher.unet, one_step).sample(cond))))
+        sinsr = Teacher(teacher.unet, one_step)
+        rows.append(("one-step teacher (SinSR layout): SR", time_(lambda: sinsr.sample(cond))))
         rows.append(("one-step student: SR", time_(lambda: super_resolve(student, one_step, cond))))
     stage = OneStepStage(teacher, one_step)
     trainable = BIDiffSRUNet(**LATENT_STUDENT).train()

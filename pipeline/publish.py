@@ -115,13 +115,14 @@ def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None,
                repo_id: str = "") -> ModelCard:
     side = 256 // process.spatial_factor  # the student's input for a 256x256 output
     c = measure_student(dict(student.config), side, side)
+    space = f" {process.space_note()}" if process.space_note() else ""
     where = repo_id or "path/to/this/folder"
     lines = [
         "---", _card_data(metrics, recipe, repo_id).to_yaml(), "---", "",
         f"# {repo_id or 'BiDistill student'}: 1-bit diffusion super-resolution, x{scale}", "",
         f"A binarized BI-DiffSR student (binarizer `{student.config.binarizer}`) trained with BiDistill, on the "
-        f"`{type(process).__name__}` process ({process.num_train_timesteps} training steps): {_sampling(process)}."
-        + (f" {process.space_note()}" if process.space_note() else ""), "",
+        f"`{type(process).__name__}` process ({process.num_train_timesteps} training steps): "
+        f"{_sampling(process)}.{space}", "",
     ] + _provenance(recipe) + [
         f"| Params (paper rule) | OPs per step at 3x{side}x{side}"
         + (" (a 256x256 output)" if side != 256 else "") + " | raw parameters | binary weights |",

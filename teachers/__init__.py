@@ -40,5 +40,5 @@ def build_teacher_denoiser(kind: str, unet_config: dict, student_config: dict):
 
 
 __all__ = ["Teacher", "load_teacher", "DiffusionProcess", "DDPMProcess", "ResShiftProcess", "LatentResShiftProcess",
-           "PROCESSES", "build_process", "load_process", "noisy_batch", "sample", "training_loss", "SR3UNet", "TEACHER_KINDS",
-           "build_teacher_denoiser"]
+           "PROCESSES", "build_process", "load_process", "noisy_batch", "sample", "training_loss", "SR3UNet",
+           "TEACHER_KINDS", "build_teacher_denoiser"]

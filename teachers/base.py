@@ -9,8 +9,9 @@ for latent ResShift), `t` one integer timestep per sample; with
 A `Teacher` is a diffusers `DiffusionPipeline` of a denoiser (`unet`) and its diffusion process (`scheduler`, a
 `teachers.process.DiffusionProcess`), saved and loaded as a diffusers-format folder. Every teacher kind (SR3, a
 pixel-space ResShift UNet, the student's full-precision twin, ResShift's released Swin UNet on VQ latents, whose
-autoencoder belongs to its process) is this one class: what differs is the denoiser and the process, never the code. It is frozen after loading; `predict`, `features` and `sample` run under `no_grad` and, if
-`autocast_dtype` is set (e.g. torch.bfloat16 on a GPU), under autocast.
+autoencoder belongs to its process) is this one class: what differs is the denoiser and the process, never the code.
+It is frozen after loading; `predict`, `features` and `sample` run under `no_grad` and, if `autocast_dtype` is set
+(e.g. torch.bfloat16 on a GPU), under autocast.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A process owns everything about a diffusion: the space the model works in (`enco
 images, `data_range` and the x0 clip; for a latent process its autoencoder and the condition it builds from the
 upsampled LR, `encode_condition` / `model_condition`), `add_noise`, what the denoiser predicts and the training
 target and loss, the deterministic and the stochastic sampler (`step`), and the start state x_T (`prior`), which is
-also where a one-step student starts. A model on a process is a denoiser `f(model_input, y, t)` plus that process; `sample` and
-`noisy_batch` below are written once, against this interface, for every teacher and student.
+also where a one-step student starts. A model on a process is a denoiser `f(model_input, model_condition(y), t)`
+plus that process; `sample` and `noisy_batch` below are written once, against this interface, for every teacher and
+student.
 
 A process is a diffusers `SchedulerMixin` + `ConfigMixin`: it saves as `scheduler_config.json` (in a pipeline's
 `scheduler/` folder, or beside a student's `config.json`) and is found again by its class name. A new process is one

@@ -121,4 +121,3 @@ def read_yaml(path: str | Path, section: str) -> dict:
     if not isinstance(options, dict) or section not in options:
         raise CheckpointError(f"{path} is not the release's option file (no {section} section)")
     return options
-

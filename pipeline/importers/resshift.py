@@ -147,7 +147,8 @@ def resshift_settings(options: dict, source: str) -> tuple[dict, dict, dict, int
     need(model.get("dims", 2) == 2, "model.params.dims", "only 2-D models exist here")
     need(not model.get("resblock_updown", False), "model.params.resblock_updown", "ResBlock up/down is not supported")
     unknown = sorted(set(model) - _SWIN_KEYS - _IGNORED_SWIN_KEYS - {"dims", "resblock_updown"})
-    need(not unknown, f"model.params.{unknown[0] if unknown else ''}", "not a UNetModelSwin setting we know")
+    if unknown:
+        need(False, f"model.params.{unknown[0]}", "not a UNetModelSwin setting we know")
     unet = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items() if k in _SWIN_KEYS}
     need(diffusion.get("schedule_name", "exponential") == "exponential", "diffusion.params.schedule_name",
          "only the released 'exponential' eta schedule is supported")
@@ -170,7 +171,8 @@ def resshift_settings(options: dict, source: str) -> tuple[dict, dict, dict, int
 
 
 def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | Path | None,
-                    config_file: str | Path | None = None, one_step: bool = False, scale: int = 0) -> tuple[Path, list[str]]:
+                    config_file: str | Path | None = None, one_step: bool = False,
+                    scale: int = 0) -> tuple[Path, list[str]]:
     """Convert a released ResShift (or, with `one_step`, SinSR) denoiser and its VQ autoencoder into a teacher folder
     (`load_teacher(out)`); returns (folder, notes about assumed settings)."""
     from teachers import LatentResShiftProcess, Teacher
@@ -180,7 +182,8 @@ def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | 
                               "autoencoder_vq_f4.pth): the denoiser works on its latents")
     notes = []
     if config_file:
-        unet_config, settings, vq, found_scale = resshift_settings(read_yaml(config_file, "diffusion"), str(config_file))
+        options = read_yaml(config_file, "diffusion")
+        unet_config, settings, vq, found_scale = resshift_settings(options, str(config_file))
     else:
         unet_config, settings, vq, found_scale = {}, dict(RESSHIFT_REALSR), dict(VQ_F4), 4
         notes.append("no --config: the released real-SR x4 settings are assumed (15 steps, kappa 2, power 0.3, "
@@ -197,4 +200,3 @@ def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | 
         process = process.one_step_variant()
     folder = save_teacher(Teacher(unet, process, scale=scale or found_scale), out)
     return folder, notes
-
