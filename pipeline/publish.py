@@ -16,11 +16,11 @@ network it fails with a `PublishError` that says why and leaves the folder as it
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
+from pipeline.atomic import folder_written_whole
 from pipeline.checksums import write_checksums
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
@@ -170,19 +170,15 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
                        metrics: dict | None = None, recipe: dict | None = None, repo_id: str = "") -> Path:
     """Write the publishable folder atomically and return its path."""
     folder = Path(folder)
-    tmp = folder.parent / f".{folder.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
     student = student.eval()
-    BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)
-    write_loaders(tmp, scheduler)
-    save_packed(student, tmp / PACKED_NAME)
-    model_card(student, scheduler, scale, metrics, recipe, repo_id).save(tmp / "README.md")
-    if recipe is not None:
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
-    write_checksums(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.replace(folder)
+    with folder_written_whole(folder) as tmp:
+        BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)
+        write_loaders(tmp, scheduler)
+        save_packed(student, tmp / PACKED_NAME)
+        model_card(student, scheduler, scale, metrics, recipe, repo_id).save(tmp / "README.md")
+        if recipe is not None:
+            (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+        write_checksums(tmp)
     return folder
 
 

@@ -590,9 +590,8 @@ def validate(recipe: Recipe) -> None:
             except ValueError as err:
                 raise RecipeError(recipe.source, f"{key}.teacher_steps", str(err)) from None
     _check(recipe.eval.num_inference_steps >= 0, recipe, "eval.num_inference_steps", "must be >= 0 (0: the process's default)")
-    multiple = pixels_per_position
-    _check(recipe.eval.tile_size >= 64 and recipe.eval.tile_size % multiple == 0, recipe, "eval.tile_size",
-           f"must be >= 64 and a multiple of {multiple} (the student's size multiple in pixels), got "
+    _check(recipe.eval.tile_size >= 64 and recipe.eval.tile_size % pixels_per_position == 0, recipe, "eval.tile_size",
+           f"must be >= 64 and a multiple of {pixels_per_position} (the student's size multiple in pixels), got "
            f"{recipe.eval.tile_size}")
     _check(d.num_proc >= 0, recipe, "data.num_proc", f"must be >= 0 (0: min(8, CPU count)), got {d.num_proc}")
     if d.train:

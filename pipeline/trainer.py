@@ -45,6 +45,7 @@ from rich.table import Table
 from rich.text import Text
 from torch.utils.data import DataLoader
 
+from pipeline.atomic import folder_written_whole, partial_sibling, replace_folder
 from pipeline.builtin_data import export_skimage
 from pipeline.data import PatchDataset, StepBatchSampler, seed_of, load_hr_dataset, load_validation, make_pairs
 from pipeline.evaluate import evaluate
@@ -62,13 +63,6 @@ from teachers.process import DiffusionProcess
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the stage, the step and the last checkpoint."""
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Publish a fully written folder under its final name (rename is atomic on one filesystem)."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def _tracker_config(recipe: Recipe) -> dict:
@@ -372,15 +366,13 @@ class Trainer:
         fingerprint of the recipe that made it), atomically."""
         if not self.accelerator.is_main_process:
             return
-        tmp = final.parent / f".{final.name}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        if process is not None:
-            process.save_pretrained(tmp)  # its config, and a latent process's autoencoder
-        if fingerprint is not None:
-            write_fingerprint(tmp, fingerprint)
-            write_checksums(tmp)
-        _replace_dir(tmp, final)
+        with folder_written_whole(final) as tmp:
+            model.save_pretrained(tmp)
+            if process is not None:
+                process.save_pretrained(tmp)  # its config, and a latent process's autoencoder
+            if fingerprint is not None:
+                write_fingerprint(tmp, fingerprint)
+                write_checksums(tmp)
 
     def evaluate(self, student, teacher) -> dict:
         d, e = self.recipe.data, self.recipe.eval
@@ -526,7 +518,8 @@ class Trainer:
 
     def save_checkpoint(self, i: int, cfg: StageConfig, step: int, model, schedule, ema) -> None:
         acc, root = self.accelerator, self.checkpoint_root(i, cfg)
-        final, tmp = root / f"step-{step:08d}", root / f".step-{step:08d}.partial"
+        final = root / f"step-{step:08d}"
+        tmp = partial_sibling(final)
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -544,7 +537,7 @@ class Trainer:
                      "fingerprint": self.fingerprints[i]}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             write_checksums(tmp)
-            _replace_dir(tmp, final)
+            replace_folder(tmp, final)
             for old in sorted(root.glob("step-*"))[: -self.recipe.run.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()

@@ -94,7 +94,7 @@ class DDPMProcess(DiffusionProcess):
         return (x if self.config.data_range == "unit" else (x + 1) / 2).clamp(0.0, 1.0)
 
     def for_student(self) -> "DDPMProcess":
-        return self if self.config.time_input == "index" else DDPMProcess.from_config(self.config, time_input="index")
+        return self if self.config.time_input == "index" else self.derived(time_input="index")
 
     def model_time(self, t: Tensor) -> Tensor:
         """The timestep index, or SR3's noise level sqrt(alpha_bar_t) (`time_input="noise_level"`)."""
@@ -160,4 +160,4 @@ class DDPMProcess(DiffusionProcess):
         return prev
 
     def one_step_variant(self) -> "DDPMProcess":
-        return DDPMProcess.from_config(self.config, prediction_type="sample", loss="mse", one_step=True)
+        return self.derived(prediction_type="sample", loss="mse", one_step=True)

@@ -96,17 +96,13 @@ def convert(state: dict[str, Tensor], model, pairs: list[tuple[str, str, str]], 
 
 
 def save_teacher(teacher, out: str | Path) -> Path:
-    """Write an imported teacher's folder atomically (a `.partial` sibling renamed at the end): an interrupted
-    import leaves no half-written folder under the name."""
-    import os
-    import shutil
+    """Write an imported teacher's folder whole (`pipeline.atomic`): an interrupted import leaves no half-written
+    folder under the name."""
+    from pipeline.atomic import folder_written_whole
 
-    folder = Path(out)
-    tmp = folder.parent / f".{folder.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    teacher.save_pretrained(tmp)
-    os.replace(tmp, folder)
-    return folder
+    with folder_written_whole(out) as tmp:
+        teacher.save_pretrained(tmp)
+    return Path(out)
 
 
 def read_yaml(path: str | Path, section: str) -> dict:

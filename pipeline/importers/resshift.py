@@ -107,9 +107,6 @@ def convert_swin_unet(path: str | Path, config: dict | None = None) -> SwinUNet:
     return convert(state, model, pairs, str(path))
 
 
-# The released real-SR x4 diffusion (configs/realsr_swinunet_realesrgan256.yaml, `diffusion`; SinSR's is the same).
-RESSHIFT_REALSR = dict(num_train_timesteps=15, kappa=2.0, power=0.3, min_noise_level=0.04, etas_end=0.99,
-                       scale_factor=1.0)
 _SWIN_KEYS = {"image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
               "dropout", "channel_mult", "conv_resample", "num_heads", "num_head_channels", "use_scale_shift_norm",
               "swin_depth", "swin_embed_dim", "window_size", "mlp_ratio", "cond_lq", "lq_size"}
@@ -185,9 +182,12 @@ def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | 
         options = read_yaml(config_file, "diffusion")
         unet_config, settings, vq, found_scale = resshift_settings(options, str(config_file))
     else:
-        unet_config, settings, vq, found_scale = {}, dict(RESSHIFT_REALSR), dict(VQ_F4), 4
-        notes.append("no --config: the released real-SR x4 settings are assumed (15 steps, kappa 2, power 0.3, "
-                     "min_noise_level 0.04, etas_end 0.99; the 4-step v3 model needs its option file)")
+        # the defaults of SwinUNet, LatentResShiftProcess and VQ_F4 are the released real-SR x4 (v1/v2) ones
+        unet_config, settings, vq, found_scale = {}, {}, {}, 4
+        c = LatentResShiftProcess().config
+        notes.append(f"no --config: the released real-SR x4 settings are assumed ({c.num_train_timesteps} steps, "
+                     f"kappa {c.kappa:g}, power {c.power:g}, min_noise_level {c.min_noise_level:g}, etas_end "
+                     f"{c.etas_end:g}; the 4-step v3 model needs its option file)")
     try:
         unet = convert_swin_unet(checkpoint, unet_config)
     except CheckpointError:
