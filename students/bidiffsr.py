@@ -29,11 +29,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from students.binarizers import get_binarizer
-from students.binary import BinaryConv2d, FPConv2d
+from students.binary import BinaryConv2d, BinaryLinear, FPConv2d
 from students.timestep import timestep_group
 from teachers.base import pad_to_multiple, per_sample_timesteps
 
 ConvBuilder = Callable[..., nn.Module]
+LinearBuilder = Callable[[int, int, bool], nn.Module]
 
 DOWNSAMPLE_CHOICES = ("cp", "conv")
 UPSAMPLE_CHOICES = ("cp", "conv")
@@ -49,11 +50,12 @@ LAYOUT_KEYS = ("in_channels", "out_channels", "base_channels", "channel_mults", 
 class ResBlock(nn.Module):
     """GN -> Swish -> conv3x3, + Linear(Swish(t_emb)), GN -> Swish -> Dropout -> conv3x3, + x (identity shortcut)."""
 
-    def __init__(self, channels: int, temb_dim: int, conv: ConvBuilder, binary: bool, dropout: float, groups: int):
+    def __init__(self, channels: int, temb_dim: int, conv: ConvBuilder, binary: bool, dropout: float, groups: int,
+                 linear: LinearBuilder = lambda cin, cout, binary: nn.Linear(cin, cout)):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, channels)
         self.conv1 = conv(channels, channels, 3, binary)
-        self.time_proj = nn.Linear(temb_dim, channels)
+        self.time_proj = linear(temb_dim, channels, binary)
         self.norm2 = nn.GroupNorm(groups, channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv(channels, channels, 3, binary)
@@ -264,13 +266,19 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
             return BinaryConv2d(cin, cout, k, quantizer, stride=stride, shift_groups=shift_groups,
                                 activation_groups=activation_groups, shortcut=identity_shortcut)
 
+        def linear(cin: int, cout: int, binary: bool) -> nn.Module:
+            return BinaryLinear(cin, cout, quantizer) if binary and quantizer.binary_linears else nn.Linear(cin, cout)
+
         temb_dim = base_channels
         self.time_proj = Timesteps(base_channels, flip_sin_to_cos=False, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(base_channels, 4 * base_channels, out_dim=temb_dim)
+        if quantizer.binary_linears:  # BiMaCoSR binarizes every linear, the time embedding's too
+            self.time_embedding.linear_1 = linear(base_channels, 4 * base_channels, True)
+            self.time_embedding.linear_2 = linear(4 * base_channels, temb_dim, True)
         self.conv_in = FPConv2d(in_channels, base_channels, 3)
 
         def res_block(ch: int, binary: bool) -> ResBlock:
-            return ResBlock(ch, temb_dim, conv, binary, dropout, norm_groups)
+            return ResBlock(ch, temb_dim, conv, binary, dropout, norm_groups, linear)
 
         last = len(widths) - 1
         self.encoder = nn.ModuleList()
@@ -383,7 +391,7 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
                                  f"{tuple(value.shape)} in the teacher but {tuple(own[name].shape)} in the student")
         result = self.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
         for module in self.modules():
-            if isinstance(module, BinaryConv2d):
+            if isinstance(module, (BinaryConv2d, BinaryLinear)):
                 module.start_from_full_precision()
         return [k for k in result.missing_keys if ".branches." not in k]  # the branches were just split off
 

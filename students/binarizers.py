@@ -14,7 +14,8 @@ we follow it, the entry says so.
 | dorefa    | round(clip(x, 0, 1)), STE in [0,1] | mean|W| of the layer * sign(W); g        |                          |
 | irnet     | sign, EDE                          | Libra-PB: s * sign(W^), s = 2^round(log2 mean|W^|); s * EDE'(W^) through the standardisation |  |
 | bidm      | ApproxSign                         | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, x conv_k(mean_c|x|), + |lambda| shortcut |
-| bimacosr  | mean_c|x| (detached) * ApproxSign  | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, + sparse + low-rank FP branches, TaA RPReLU |
+| bimacosr  | mean_c|x| (detached) * ApproxSign  | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, TaA RPReLU, then + sparse + low-rank FP branches of the raw input; linears binarized |
+| bimacosr_inside | the same                     | the same                                 | TaR shift, + sparse + low-rank FP branches, TaA RPReLU; linears FP |
 | none      | identity (full precision)          | W; g                                     | as bidiffsr: the FP twin |
 
 Weight gradients follow each method's own definition (g = dL/dW_b): BI-DiffSR, BBCU and ReActNet detach the scale
@@ -28,10 +29,12 @@ learnable |lambda| (0.3). Its other half, the cross-timestep feature connection,
 `cross_timestep_blocks`. `bimacosr` is BiMaCoSR's layer ("BiMaCoSR: Binary One-Step Diffusion Model Leveraging
 Flexible Matrix Compression for Real Super-Resolution"; Kai-Liu001/BiMaCoSR ours.py): the binary main branch plus a
 sparse and a low-rank full-precision branch split off the full-precision weights, so it needs them to start
-(`needs_full_precision_init`). Both are plugged into the BI-DiffSR unit and keep its timestep-aware parts where their
+(`needs_full_precision_init`); as its code does, the branches join after the activation and every linear layer of a
+binarized level is binarized too (`BinaryLinear`). `bimacosr_inside` puts the branches inside the activation and
+keeps the linears full precision, so it starts exactly equal to the twin. Both are plugged into the BI-DiffSR unit and keep its timestep-aware parts where their
 paper has the plain counterpart: the TaR shift for BiDM's threshold tau (BiMaCoSR's code has a shift it does not
 apply) and the TaA RPReLU for BiMaCoSR's RPReLU. So they start from the same full-precision twin as the BI-DiffSR
-student (the same K groups), and a BiMaCoSR unit starts exactly equal to the twin's.
+student (the same K groups).
 
 `none` switches binarization off and keeps every parameter (shift, RPReLU, shortcut) and name: a `BIDiffSRUNet`
 built with it is the student's full-precision twin, whose weights a binarized student can start from.
@@ -69,6 +72,8 @@ class Binarizer:
     activation_scale_map: bool = False  # BiDM: output x conv_k(mean_c |x|)
     scaled_shortcut: bool = False  # BiDM: + |lambda| x shortcut, wherever shapes differ too (pooled / 1x1 conv)
     matrix_branches: bool = False  # BiMaCoSR: + sparse and low-rank full-precision branches
+    branches_after_activation: bool = False  # BiMaCoSR's placement: added after the RPReLU, on the raw input
+    binary_linears: bool = False  # BiMaCoSR: the linear layers binarized too (with their own branches)
     sign_activations: bool = False  # forward of the input is exactly sign(u): it can run on packed bits
 
     @property
@@ -147,7 +152,9 @@ BINARIZERS: dict[str, Binarizer] = {
         Binarizer("bidm", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, timestep_aware=True,
                   activation_scale_map=True, scaled_shortcut=True, sign_activations=True),
         Binarizer("bimacosr", _scaled_approx_sign_input, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
-                  timestep_aware=True, matrix_branches=True),
+                  timestep_aware=True, matrix_branches=True, branches_after_activation=True, binary_linears=True),
+        Binarizer("bimacosr_inside", _scaled_approx_sign_input, _scaled_clip_sign_weight, learnable_shift=True,
+                  rprelu=True, timestep_aware=True, matrix_branches=True),
         Binarizer("none", _identity, _identity, learnable_shift=True, rprelu=True, timestep_aware=True, binary=False),
     )
 }

@@ -92,8 +92,9 @@ def ede_coefficients(progress: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def channel_scale(weight: Tensor) -> Tensor:
-    """Per-output-channel mean |W| over (Cin, kh, kw), detached: alpha in W_b = alpha * sign(W)."""
-    return weight.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+    """Per-output-channel mean |W| over (Cin, kh, kw) (a linear weight: over Cin), detached: alpha in
+    W_b = alpha * sign(W)."""
+    return weight.detach().abs().mean(dim=tuple(range(1, weight.dim())), keepdim=True)
 
 
 def scaled_sign_clip_ste(weight: Tensor, scale: Tensor) -> Tensor:
@@ -133,12 +134,19 @@ class MatrixBranches(nn.Module):
         self.down = nn.Parameter(torch.zeros(self.rank, in_channels))
         self.up = nn.Parameter(torch.zeros(out_channels, self.rank))
 
-    def matrix(self) -> Tensor:
-        """The Cout x Cin map S + U V."""
-        dense = (self.up @ self.down).flatten().index_add(0, self.sparse_index, self.sparse_values)
-        return dense.reshape(self.out_channels, self.in_channels)
+    def matrix(self, low_rank: bool = True) -> Tensor:
+        """The Cout x Cin map S + U V (S alone with `low_rank=False`)."""
+        dense = self.up @ self.down if low_rank else self.up.new_zeros(self.out_channels, self.in_channels)
+        return dense.flatten().index_add(0, self.sparse_index, self.sparse_values).reshape(dense.shape)
+
+    def sparse(self, x: Tensor) -> Tensor:
+        """S alone, as a 1x1 map at the stride."""
+        return F.conv2d(x, self.matrix(low_rank=False)[:, :, None, None].to(x.dtype), stride=self.stride)
 
     def forward(self, x: Tensor) -> Tensor:
+        """A 1x1 map at the stride on (B, Cin, H, W); on (B, Cin) vectors (a linear layer's branches) a matrix product."""
+        if x.dim() == 2:
+            return F.linear(x, self.matrix().to(x.dtype))
         return F.conv2d(x, self.matrix()[:, :, None, None].to(x.dtype), stride=self.stride)
 
     @torch.no_grad()
@@ -262,18 +270,30 @@ class BinaryConv2d(nn.Module):
             y = F.conv2d(a, self.binary_weight(), self.bias, stride=self.stride, padding=self.kernel_size // 2)
         if self.scale_map is not None:
             y = y * self.scale_map(x.abs().mean(dim=1, keepdim=True))
-        if self.branches is not None:
-            # BiMaCoSR adds its branches after the RPReLU of the binary branch, binarizing a network without an
-            # activation inside its convs; here the unit being binarized already ends in the full-precision twin's
-            # trained RPReLU, so the branches join the conv before it and the unit stays exact at initialisation.
+        inside = self.branches is not None and not self.binarizer.branches_after_activation
+        if inside:
+            # `bimacosr_inside`: the unit being binarized already ends in the twin's trained RPReLU, so the branches
+            # join the conv before it and the unit starts exactly equal to the twin.
             y = y + self.branches(u)
         if self.has_shortcut and self.binarizer.shortcut_before_activation:
             y = y + self.shortcut(x)
         if self.activation is not None:
             y = self.activation(y, group)
+        if self.branches is not None and not inside:
+            y = y + self.official_branches(x)
         if self.has_shortcut and not self.binarizer.shortcut_before_activation:
             y = y + self.shortcut(x)
         return y
+
+    def official_branches(self, x: Tensor) -> Tensor:
+        """BiMaCoSR's branches as its code adds them, after the activation and on the raw input: both at stride 1;
+        at a stride with equal widths the average-pooled input in their place (their parts stay removed from the main
+        weight, as there); at a stride with a width change the sparse branch alone (the official code has no rule)."""
+        if self.stride == 1:
+            return self.branches(x)
+        if self.in_channels == self.out_channels:
+            return F.avg_pool2d(x, self.stride, ceil_mode=True)
+        return self.branches.sparse(x)
 
     def shortcut(self, x: Tensor) -> Tensor:
         """The input as the output's shape needs it: itself; BiDM's |lambda| x (x, average-pooled at stride > 1, or a
@@ -302,3 +322,37 @@ class FPConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
         return super().forward(x)
+
+
+class BinaryLinear(nn.Module):
+    """BiMaCoSR's binarized linear layer (`binary_linears`): linear(a, W_b) + bias + S x + U V x, with
+    a = (detached per-row mean |x|) * ApproxSign(x) and W_b = alpha * sign(W) (clip STE); no shift, no activation.
+    Parameter names are nn.Linear's, so a twin's linear loads into it; `start_from_full_precision` splits it."""
+
+    def __init__(self, in_features: int, out_features: int, binarizer: Binarizer) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.binarizer = in_features, out_features, binarizer
+        proto = nn.Linear(in_features, out_features)
+        self.weight = nn.Parameter(proto.weight.detach().clone())
+        self.bias = nn.Parameter(proto.bias.detach().clone())
+        self.branches = MatrixBranches(in_features, out_features)
+        self.stores_binary_weight = False
+
+    @torch.no_grad()
+    def start_from_full_precision(self) -> None:
+        self.weight.copy_(self.branches.absorb(self.weight[:, :, None, None])[:, :, 0, 0])
+
+    def use_stored_binary_weight(self) -> None:
+        self.stores_binary_weight = True
+
+    def binary_weight(self) -> Tensor:
+        if self.stores_binary_weight:
+            return self.weight
+        return self.binarizer.quantize_weight(self.weight, self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.binarizer.quantize_input(x, self)
+        return F.linear(a, self.binary_weight(), self.bias) + self.branches(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, binarizer={self.binarizer.name}"

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from students.binary import BinaryConv2d, MatrixBranches
+from students.binary import BinaryConv2d, BinaryLinear, MatrixBranches
 from students.timestep import TimestepRPReLU, TimestepShift
 
 BINARY_PARAM_DIVISOR = 32
@@ -54,6 +54,11 @@ def conv_macs(module: nn.Module, output: Tensor) -> int:
 @register_op_counter(BinaryConv2d)
 def _binary_conv(module, inputs, output):
     return ("binary_macs" if module.binarizer.binary else "conv_macs"), conv_macs(module, output)
+
+
+@register_op_counter(BinaryLinear)
+def _binary_linear(module, inputs, output):
+    return "binary_macs", module.in_features * output.numel()
 
 
 @register_op_counter(MatrixBranches)
@@ -151,7 +156,7 @@ class Complexity:
 
 def binary_weights(model: nn.Module) -> list[nn.Parameter]:
     """The real-valued latent weights that are stored and used as 1 bit."""
-    return [m.weight for m in model.modules() if isinstance(m, BinaryConv2d) and m.binarizer.binary]
+    return [m.weight for m in model.modules() if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.binarizer.binary]
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Packed 1-bit checkpoints: each binarized conv stored as its sign bits (8 per byte) and one scale per output
+"""Packed 1-bit checkpoints: each binarized conv (and BiMaCoSR's binarized linear layers) stored as its sign bits (8 per byte) and one scale per output
 channel; everything else as it is; one safetensors file with the model config in its metadata.
 
 Every binarizer here produces W_b = scale_o * sign pattern (one magnitude per filter: BI-DiffSR/BBCU/ReActNet/XNOR
@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from students.bidiffsr import BIDiffSRUNet
-from students.binary import BinaryConv2d
+from students.binary import BinaryConv2d, BinaryLinear
 
 FORMAT = "bidistill-packed-1bit"
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -37,19 +37,27 @@ def unpack_bits(packed: Tensor, count: int) -> Tensor:
     return bits.flatten()[:count]
 
 
+def binarized_layers(model: BIDiffSRUNet) -> list[tuple[str, BinaryConv2d | BinaryLinear]]:
+    """(name, layer) of every conv and linear layer with a binarized weight."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
+
+
+def _per_filter(scale: Tensor, weight: Tensor) -> Tensor:
+    """One scale per output channel, shaped to broadcast over a conv's or a linear layer's weight."""
+    return scale.reshape(-1, *[1] * (weight.dim() - 1))
+
+
 def packed_state_dict(model: BIDiffSRUNet) -> dict[str, Tensor]:
     """The state dict with every binarized weight replaced by `<name>.weight_bits`, `.weight_scale` and (only where
     sign(W) has exact zeros) `.weight_zeros`."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if not any(isinstance(m, BinaryConv2d) and m.binarizer.binary for m in model.modules()):
+    if not any(m.binarizer.binary for _, m in binarized_layers(model)):
         raise ValueError(f"this model (binarizer={model.config.binarizer!r}) has no binarized convolution to pack")
-    for name, conv in model.named_modules():
-        if not isinstance(conv, BinaryConv2d):
-            continue
+    for name, conv in binarized_layers(model):
         with torch.no_grad():
             wb = conv.binary_weight().detach().float().cpu()
         scale = wb.abs().flatten(1).amax(dim=1)
-        if not torch.equal(wb.abs(), scale[:, None, None, None].expand_as(wb) * (wb != 0)):
+        if not torch.equal(wb.abs(), _per_filter(scale, wb).expand_as(wb) * (wb != 0)):
             raise ValueError(f"{name}: binarized weight has more than one magnitude per filter; cannot pack to 1 bit")
         del state[f"{name}.weight"]
         state[f"{name}.weight_bits"] = pack_bits(wb > 0)
@@ -81,16 +89,14 @@ def unpack_student(path: str | Path, device: str | torch.device = "cpu", packed_
             raise ValueError(f"{path} is not a packed BiDistill student (metadata format {metadata.get('format')!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = BIDiffSRUNet.from_config(json.loads(metadata["config"]))
-    for name, conv in model.named_modules():
-        if not isinstance(conv, BinaryConv2d):
-            continue
+    for name, conv in binarized_layers(model):
         shape, count = conv.weight.shape, conv.weight.numel()
         signs = unpack_bits(tensors.pop(f"{name}.weight_bits"), count).float() * 2 - 1
         zeros = tensors.pop(f"{name}.weight_zeros", None)
         if zeros is not None:
             signs[zeros] = 0.0
         scale = tensors.pop(f"{name}.weight_scale")
-        tensors[f"{name}.weight"] = scale[:, None, None, None] * signs.reshape(shape)
+        tensors[f"{name}.weight"] = _per_filter(scale, conv.weight) * signs.reshape(shape)
         conv.use_stored_binary_weight()
     model.load_state_dict(tensors, strict=True)
     model = model.to(device).eval()

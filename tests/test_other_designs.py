@@ -12,7 +12,7 @@ from pipeline.recipe import RecipeError, load_recipe
 from pipeline.sr_pipeline import super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from students.binarizers import BINARIZERS, _identity
-from students.binary import BinaryConv2d, MatrixBranches
+from students.binary import BinaryConv2d, BinaryLinear, MatrixBranches
 from students.complexity import measure_student
 from students.packing import save_packed, unpack_student
 from teachers import DDPMProcess, ResShiftProcess
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def full_precision(model: torch.nn.Module) -> torch.nn.Module:
-    """Switch every binarized conv of `model` to full precision (quantizers -> identity), nothing else changed."""
+    """Switch every binarized layer of `model` to full precision (quantizers -> identity), nothing else changed."""
     for m in model.modules():
-        if isinstance(m, BinaryConv2d):
+        if isinstance(m, (BinaryConv2d, BinaryLinear)):
             m.binarizer = dataclasses.replace(m.binarizer, quantize_input=_identity, quantize_weight=_identity)
     return model
 
@@ -68,9 +68,9 @@ def test_the_paper_size_branches_keep_2_max_nonzeros_and_rank_8():
     assert branches.sparse_values.numel() == 1280 and branches.rank == 8  # spec: a 320 -> 640 conv keeps 1280
 
 
-def test_a_bimacosr_unit_starts_equal_to_its_full_precision_twin_unit():
+def test_a_bimacosr_inside_unit_starts_equal_to_its_full_precision_twin_unit():
     twin = randomize(BinaryConv2d(12, 12, 3, BINARIZERS["none"])).double()
-    unit = BinaryConv2d(12, 12, 3, BINARIZERS["bimacosr"]).double()
+    unit = BinaryConv2d(12, 12, 3, BINARIZERS["bimacosr_inside"]).double()
     unit.load_state_dict(twin.state_dict(), strict=False)
     unit.start_from_full_precision()
     x = torch.randn(2, 12, 8, 8, dtype=torch.float64)
@@ -79,13 +79,60 @@ def test_a_bimacosr_unit_starts_equal_to_its_full_precision_twin_unit():
     assert torch.allclose(full_precision(unit)(x), twin(x), atol=1e-12)
 
 
-def test_a_bimacosr_student_starts_equal_to_its_twin(tiny_config):
-    student = BIDiffSRUNet(**tiny_config, binarizer="bimacosr").double()
+def test_a_bimacosr_inside_student_starts_equal_to_its_twin(tiny_config):
+    student = BIDiffSRUNet(**tiny_config, binarizer="bimacosr_inside").double()
     twin = randomize(BIDiffSRUNet(**BIDiffSRUNet.twin_config(student.config))).double().eval()
     assert student.init_from_teacher(twin) == []  # every student tensor comes from the twin
     student.eval()
     x, cond, t = torch.randn(2, 3, 32, 32).double(), torch.rand(2, 3, 32, 32).double(), torch.tensor([3, 1900])
     assert torch.allclose(full_precision(student)(x, cond, t), twin(x, cond, t), atol=1e-9)
+
+
+def test_the_official_bimacosr_unit_adds_its_branches_after_the_activation_on_the_raw_input():
+    twin = randomize(BinaryConv2d(12, 12, 3, BINARIZERS["none"])).double()
+    unit = BinaryConv2d(12, 12, 3, BINARIZERS["bimacosr"]).double()
+    unit.load_state_dict(twin.state_dict(), strict=False)
+    unit.start_from_full_precision()
+    x = torch.randn(2, 12, 8, 8, dtype=torch.float64)
+    group = torch.tensor([0, 3])
+    u = unit.shift(x, group)
+    a = u.abs().mean(dim=1, keepdim=True) * torch.sign(u)
+    main = unit.activation(F.conv2d(a, unit.binary_weight(), padding=1), group)
+    assert torch.allclose(unit(x, group), main + unit.branches(x) + x, atol=1e-12)  # + the unit's shortcut
+    # in full precision the split no longer adds up to the twin: the activation sits between the parts
+    assert not torch.allclose(full_precision(unit)(x, group), twin(x, group), atol=1e-3)
+
+
+@pytest.mark.parametrize("cin, cout", [(6, 6), (6, 10)])
+def test_the_official_bimacosr_unit_at_a_stride_keeps_the_official_rules(cin, cout):
+    unit = randomize(BinaryConv2d(cin, cout, 3, BINARIZERS["bimacosr"], stride=2)).double()
+    x = torch.randn(1, cin, 8, 8, dtype=torch.float64)
+    u = unit.shift(x, None)
+    main = unit.activation(F.conv2d(u.abs().mean(dim=1, keepdim=True) * torch.sign(u), unit.binary_weight(),
+                                    stride=2, padding=1), None)
+    sparse = unit.branches.matrix(low_rank=False)
+    # equal widths: the average-pooled input instead of both branches; a width change: the sparse branch alone
+    extra = F.avg_pool2d(x, 2) if cin == cout else F.conv2d(x, sparse[:, :, None, None], stride=2)
+    assert torch.allclose(unit(x), main + extra, atol=1e-12)
+
+
+def test_the_official_bimacosr_binarizes_every_linear_and_splits_it_exactly(tiny_config):
+    student = BIDiffSRUNet(**tiny_config, binarizer="bimacosr").double()
+    linears = {n for n, m in student.named_modules() if isinstance(m, BinaryLinear)}
+    assert {"time_embedding.linear_1", "time_embedding.linear_2", "mid_blocks.0.time_proj"} <= linears
+    # the full-precision decoder levels keep full-precision linears, as their convs
+    fp = [n for n, m in student.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert fp and all(n.startswith("decoder.") for n in fp)
+    twin = randomize(BIDiffSRUNet(**BIDiffSRUNet.twin_config(student.config))).double()
+    assert student.init_from_teacher(twin) == []
+    layer, original = student.time_embedding.linear_1, twin.time_embedding.linear_1
+    v = torch.randn(3, layer.in_features, dtype=torch.float64)
+    assert torch.allclose(full_precision(layer)(v), original(v), atol=1e-12)
+    binary = BinaryLinear(layer.in_features, layer.out_features, BINARIZERS["bimacosr"]).double()
+    binary.load_state_dict(layer.state_dict())
+    a = v.abs().mean(dim=1, keepdim=True) * torch.sign(v)
+    wb = binary.weight.abs().mean(dim=1, keepdim=True) * torch.sign(binary.weight)
+    assert torch.allclose(binary(v), a @ wb.T + binary.bias + binary.branches(v), atol=1e-12)
 
 
 def test_the_bimacosr_binary_branch_follows_the_code():
@@ -231,7 +278,7 @@ def test_a_one_step_recipe_refuses_the_connection(tmp_path):
 
 # ---- both: packing, counting, the whole pipeline ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("binarizer, blocks", [("bidm", 2), ("bimacosr", 0)])
+@pytest.mark.parametrize("binarizer, blocks", [("bidm", 2), ("bimacosr", 0), ("bimacosr_inside", 0)])
 def test_packed_students_are_bit_identical_with_their_branches_and_cache(tiny_config, tmp_path, binarizer, blocks):
     model = randomize(BIDiffSRUNet(**tiny_config, binarizer=binarizer, cross_timestep_blocks=blocks)).eval()
     loaded = unpack_student(save_packed(model, tmp_path / "s.safetensors"))
@@ -242,17 +289,22 @@ def test_packed_students_are_bit_identical_with_their_branches_and_cache(tiny_co
         assert torch.equal(model(x, cond, t, cache=features), loaded(x, cond, t, cache=features))
 
 
-def test_complexity_counts_the_branches_in_full_precision():
-    base, bimacosr = measure_student(), measure_student(binarizer="bimacosr")
-    assert bimacosr.binary_params == base.binary_params
-    extra = 0
+@pytest.mark.parametrize("binarizer", ["bimacosr", "bimacosr_inside"])
+def test_complexity_counts_the_branches_in_full_precision(binarizer):
+    base, bimacosr = measure_student(), measure_student(binarizer=binarizer)
+    extra = linear_weights = 0
     with torch.device("meta"):
-        model = BIDiffSRUNet(binarizer="bimacosr")
+        model = BIDiffSRUNet(binarizer=binarizer)
     for m in model.modules():
         if isinstance(m, MatrixBranches):
             extra += m.sparse_values.numel() + m.rank * (m.in_channels + m.out_channels)
+        if isinstance(m, BinaryLinear):
+            linear_weights += m.weight.numel()
+    assert (linear_weights > 0) == (binarizer == "bimacosr")  # the official unit binarizes the linears too
+    assert bimacosr.binary_params == base.binary_params + linear_weights
     assert extra > 0 and bimacosr.ops_by_kind["branch_macs"] > 0
-    assert bimacosr.fp_params == base.fp_params + extra  # the BI-DiffSR unit (TaR/TaA) + the branches
+    # the BI-DiffSR unit (TaR/TaA) + the branches, less the linears' weights that became binary
+    assert bimacosr.fp_params == base.fp_params + extra - linear_weights
     bidm = measure_student(binarizer="bidm", cross_timestep_blocks=8)
     assert bidm.binary_macs == base.binary_macs and bidm.fp_params > measure_student(binarizer="bnn").fp_params
 
