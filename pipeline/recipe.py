@@ -110,7 +110,8 @@ class StageConfig:
     # feature_distill
     spd_weight: float = 0.01
     spd_patches: int = 4
-    output_weight: float = 0.0  # L1 between student and teacher outputs
+    output_weight: float = 0.0  # the process loss between student and teacher outputs
+    direct_weight: float = 1.0  # the process loss to the data's target; 0: the teacher's output is the only target
     features: list[str] = field(default_factory=list)  # [] = every res-block feature both models tap
     # one_step
     teacher_steps: int = 0  # the teacher sampler's steps for the targets; 0 = its process's default
@@ -567,6 +568,10 @@ def validate(recipe: Recipe) -> None:
                f"must be a multiple of {pixels_per_position} (the student's size multiple x the process's "
                f"{process.spatial_factor}-pixel latent cell), got {patch}")
         _check(s.spd_weight >= 0 and s.output_weight >= 0, recipe, f"{key}.spd_weight", "loss weights must be >= 0")
+        _check(s.direct_weight >= 0, recipe, f"{key}.direct_weight", f"must be >= 0, got {s.direct_weight}")
+        if s.type == "feature_distill":
+            _check(s.direct_weight + s.output_weight + s.spd_weight > 0, recipe, f"{key}.direct_weight",
+                   "direct_weight, output_weight and spd_weight are all 0: the stage would have no loss")
         _check(s.spd_patches >= 1, recipe, f"{key}.spd_patches", f"must be >= 1, got {s.spd_patches}")
         _check(s.teacher_steps >= 0, recipe, f"{key}.teacher_steps", f"must be >= 0 (0: the process default), got {s.teacher_steps}")
         if s.type == "teacher":

@@ -26,6 +26,9 @@ from pathlib import Path
 MARKER = ".bidistill-run.json"
 LOCK = ".bidistill.lock"
 FINGERPRINT = "fingerprint.json"
+# Stage settings added after runs existed: left out of a fingerprint while at their default, so a folder made before
+# the setting existed (with the same behaviour) stays valid.
+ADDED_STAGE_SETTINGS = {"direct_weight": 1.0}
 
 
 class RunFolderError(RuntimeError):
@@ -97,7 +100,8 @@ def stage_fingerprints(recipe, process, student_config: dict) -> list[dict]:
     teacher = {"path": t.path, "kind": t.kind, "unet": t.unet}
     out, previous = [], ""
     for stage in recipe.stages:
-        settings = {k: v for k, v in dataclasses.asdict(stage).items() if k != "name"}
+        settings = {k: v for k, v in dataclasses.asdict(stage).items()
+                    if k != "name" and not (k in ADDED_STAGE_SETTINGS and v == ADDED_STAGE_SETTINGS[k])}
         models = {"teacher": teacher, "student": _public(student_config)} if stage.type == "teacher" else {
             "teacher": teacher, "student": _public(student_config), "student_init": s.init,
             "init_from_teacher": s.init_from_teacher}

@@ -239,7 +239,7 @@ class Trainer:
                 raise ValueError(f"stage {stage.name!r}: SPD needs the student's full-precision twin as teacher: {why}")
             names = list(stage.features) or list(self._feature_shapes(student, stage))
         return FeatureDistillStage(teacher, self.student_process, names, stage.spd_weight, stage.spd_patches,
-                                   stage.output_weight, cross_timestep)
+                                   stage.output_weight, cross_timestep, stage.direct_weight)
 
     def _feature_shapes(self, student: BIDiffSRUNet, stage: StageConfig) -> dict[str, tuple]:
         patch = (stage.patch_size or self.recipe.data.patch_size) // self.process.spatial_factor

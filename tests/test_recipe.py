@@ -86,6 +86,10 @@ def test_overrides_use_dotted_paths(write):
          "copies student.unet"),
         ("[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "needs a teacher before"),
         ("[[stages]]\ntype = \"direct\"\nname = \"../escape\"\nsteps = 2\n", "stages[1].name", "names folders"),
+        ("[[stages]]\ntype = \"direct\"\nname = \"b\"\nsteps = 2\ndirect_weight = -1.0\n", "stages[1].direct_weight",
+         "must be >= 0"),
+        ("[teacher]\nkind = \"twin\"\n" + TEACHER_STAGE + SPD_STAGE + "spd_weight = 0.0\ndirect_weight = 0.0\n",
+         "stages[2].direct_weight", "would have no loss"),
     ],
 )
 def test_errors_name_file_and_key(write, extra, key, message):
