@@ -180,7 +180,23 @@ class MatrixBranches(nn.Module):
 BIDM_SHORTCUT_INIT = 0.3  # BiDM's lambda (LDM code; its CIFAR variant starts at 0)
 
 
-class BinaryConv2d(nn.Module):
+class BinarizedWeight:
+    """What a layer with a binarized `weight` shares: the weight it really uses, and inference from a packed file."""
+
+    stores_binary_weight = False
+
+    def use_stored_binary_weight(self) -> None:
+        """Inference from a packed checkpoint: `weight` already holds W_b, use it as it is."""
+        self.stores_binary_weight = True
+
+    def binary_weight(self) -> Tensor:
+        """The weight the layer really uses (values alpha * {-1, 0, +1} or the binarizer's equivalent)."""
+        if self.stores_binary_weight:
+            return self.weight
+        return self.binarizer.quantize_weight(self.weight, self)
+
+
+class BinaryConv2d(BinarizedWeight, nn.Module):
     """A 1-bit convolution unit: [shift] -> binarize input -> conv with binarized weight [+ FP bias]
     [x activation-scale map] [+ matrix branches] -> [RPReLU] -> [+ shortcut].
 
@@ -251,16 +267,6 @@ class BinaryConv2d(nn.Module):
         if self.branches is not None:
             self.weight.copy_(self.branches.absorb(self.weight))
 
-    def use_stored_binary_weight(self) -> None:
-        """Inference from a packed checkpoint: `weight` already holds W_b, use it as it is."""
-        self.stores_binary_weight = True
-
-    def binary_weight(self) -> Tensor:
-        """The weight the convolution really uses (values alpha * {-1, 0, +1} or the binarizer's equivalent)."""
-        if self.stores_binary_weight:
-            return self.weight
-        return self.binarizer.quantize_weight(self.weight, self)
-
     def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
         u = self.shift(x, group) if self.shift is not None else x
         if self.packed_filters is not None:
@@ -324,7 +330,7 @@ class FPConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-class BinaryLinear(nn.Module):
+class BinaryLinear(BinarizedWeight, nn.Module):
     """BiMaCoSR's binarized linear layer (`binary_linears`): linear(a, W_b) + bias + S x + U V x, with
     a = (detached per-row mean |x|) * ApproxSign(x) and W_b = alpha * sign(W) (clip STE); no shift, no activation.
     Parameter names are nn.Linear's, so a twin's linear loads into it; `start_from_full_precision` splits it."""
@@ -336,19 +342,10 @@ class BinaryLinear(nn.Module):
         self.weight = nn.Parameter(proto.weight.detach().clone())
         self.bias = nn.Parameter(proto.bias.detach().clone())
         self.branches = MatrixBranches(in_features, out_features)
-        self.stores_binary_weight = False
 
     @torch.no_grad()
     def start_from_full_precision(self) -> None:
         self.weight.copy_(self.branches.absorb(self.weight[:, :, None, None])[:, :, 0, 0])
-
-    def use_stored_binary_weight(self) -> None:
-        self.stores_binary_weight = True
-
-    def binary_weight(self) -> Tensor:
-        if self.stores_binary_weight:
-            return self.weight
-        return self.binarizer.quantize_weight(self.weight, self)
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.binarizer.quantize_input(x, self)
