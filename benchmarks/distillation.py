@@ -248,7 +248,8 @@ class Study:
         self.console.print(table)
         markdown = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         markdown += ["| " + " | ".join(line) + " |" for line in lines]
-        (self.out / "table.md").write_text(f"{title}\n\n" + "\n".join(markdown) + f"\n\nTeacher PSNR by step: {curve}\n")
+        table_md = f"{title}\n\n" + "\n".join(markdown) + f"\n\nTeacher PSNR by step: {curve}\n"
+        (self.out / "table.md").write_text(table_md)
         (self.out / "table.json").write_text(json.dumps(
             {"header": header, "rows": lines, "teacher_curve": [[s, r["per_image"]] for s, r in self.curve],
              "scores": self.scores}, indent=1))

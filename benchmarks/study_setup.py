@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.quickstart_recipe import ROOT, quickstart_recipe
+from pipeline.atomic import folder_written_whole
 from pipeline.builtin_data import export_skimage
 from pipeline.data import load_validation
 from pipeline.recipe import Recipe
@@ -31,12 +32,10 @@ def training_folder(out: Path, set14: Path = SHARED / "data" / "Set14") -> tuple
     train, held_out = export_skimage(out / "data" / "skimage")
     folder = out / "data" / "train"
     if not folder.is_dir():
-        tmp = folder.with_name(".train.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for source in sorted(train.glob("*.png")) + sorted(Path(set14).glob("*.png")):
-            shutil.copyfile(source, tmp / source.name)
-        tmp.replace(folder)
+        with folder_written_whole(folder) as tmp:
+            tmp.mkdir(parents=True)
+            for source in sorted(train.glob("*.png")) + sorted(Path(set14).glob("*.png")):
+                shutil.copyfile(source, tmp / source.name)
     return folder, held_out
 
 

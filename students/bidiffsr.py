@@ -29,7 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from students.binarizers import get_binarizer
-from students.binary import BinaryConv2d, BinaryLinear, FPConv2d
+from students.binary import BinarizedWeight, BinaryConv2d, BinaryLinear, FPConv2d
 from students.timestep import timestep_group
 from teachers.base import pad_to_multiple, per_sample_timesteps
 
@@ -391,7 +391,7 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
                                  f"{tuple(value.shape)} in the teacher but {tuple(own[name].shape)} in the student")
         result = self.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
         for module in self.modules():
-            if isinstance(module, (BinaryConv2d, BinaryLinear)):
+            if isinstance(module, BinarizedWeight):
                 module.start_from_full_precision()
         return [k for k in result.missing_keys if ".branches." not in k]  # the branches were just split off
 

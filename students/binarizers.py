@@ -31,10 +31,10 @@ Flexible Matrix Compression for Real Super-Resolution"; Kai-Liu001/BiMaCoSR ours
 sparse and a low-rank full-precision branch split off the full-precision weights, so it needs them to start
 (`needs_full_precision_init`); as its code does, the branches join after the activation and every linear layer of a
 binarized level is binarized too (`BinaryLinear`). `bimacosr_inside` puts the branches inside the activation and
-keeps the linears full precision, so it starts exactly equal to the twin. Both are plugged into the BI-DiffSR unit and keep its timestep-aware parts where their
-paper has the plain counterpart: the TaR shift for BiDM's threshold tau (BiMaCoSR's code has a shift it does not
-apply) and the TaA RPReLU for BiMaCoSR's RPReLU. So they start from the same full-precision twin as the BI-DiffSR
-student (the same K groups).
+keeps the linears full precision, so it starts exactly equal to the twin. Both are plugged into the BI-DiffSR unit
+and keep its timestep-aware parts where their paper has the plain counterpart: the TaR shift for BiDM's threshold
+tau (BiMaCoSR's code has a shift it does not apply) and the TaA RPReLU for BiMaCoSR's RPReLU. So they start from
+the same full-precision twin as the BI-DiffSR student (the same K groups).
 
 `none` switches binarization off and keeps every parameter (shift, RPReLU, shortcut) and name: a `BIDiffSRUNet`
 built with it is the student's full-precision twin, whose weights a binarized student can start from.

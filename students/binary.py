@@ -144,7 +144,8 @@ class MatrixBranches(nn.Module):
         return F.conv2d(x, self.matrix(low_rank=False)[:, :, None, None].to(x.dtype), stride=self.stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        """A 1x1 map at the stride on (B, Cin, H, W); on (B, Cin) vectors (a linear layer's branches) a matrix product."""
+        """A 1x1 map at the stride on (B, Cin, H, W); on (B, Cin) vectors (a linear layer's branches) a matrix
+        product."""
         if x.dim() == 2:
             return F.linear(x, self.matrix().to(x.dtype))
         return F.conv2d(x, self.matrix()[:, :, None, None].to(x.dtype), stride=self.stride)
@@ -181,7 +182,8 @@ BIDM_SHORTCUT_INIT = 0.3  # BiDM's lambda (LDM code; its CIFAR variant starts at
 
 
 class BinarizedWeight:
-    """What a layer with a binarized `weight` shares: the weight it really uses, and inference from a packed file."""
+    """What a layer with a binarized `weight` shares: the weight it really uses, inference from a packed file, and
+    `start_from_full_precision()` (each layer's own) after a twin's weights were loaded."""
 
     stores_binary_weight = False
 

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from students.binary import BinaryConv2d, BinaryLinear, MatrixBranches
+from students.binary import BinarizedWeight, BinaryConv2d, BinaryLinear, MatrixBranches
 from students.timestep import TimestepRPReLU, TimestepShift
 
 BINARY_PARAM_DIVISOR = 32
@@ -156,7 +156,7 @@ class Complexity:
 
 def binary_weights(model: nn.Module) -> list[nn.Parameter]:
     """The real-valued latent weights that are stored and used as 1 bit."""
-    return [m.weight for m in model.modules() if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.binarizer.binary]
+    return [m.weight for m in model.modules() if isinstance(m, BinarizedWeight) and m.binarizer.binary]
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

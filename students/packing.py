@@ -1,5 +1,6 @@
-"""Packed 1-bit checkpoints: each binarized conv (and BiMaCoSR's binarized linear layers) stored as its sign bits (8 per byte) and one scale per output
-channel; everything else as it is; one safetensors file with the model config in its metadata.
+"""Packed 1-bit checkpoints: each binarized conv (and BiMaCoSR's binarized linear layers) stored as its sign bits
+(8 per byte) and one scale per output channel; everything else as it is; one safetensors file with the model config
+in its metadata.
 
 Every binarizer here produces W_b = scale_o * sign pattern (one magnitude per filter: BI-DiffSR/BBCU/ReActNet/XNOR
 mean |W|, IR-Net's power of two, DoReFa's layer mean, BNN's 1), so W_b is stored exactly. The rare exact zero of
@@ -18,7 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from students.bidiffsr import BIDiffSRUNet
-from students.binary import BinaryConv2d, BinaryLinear
+from students.binary import BinarizedWeight
 
 FORMAT = "bidistill-packed-1bit"
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -37,9 +38,9 @@ def unpack_bits(packed: Tensor, count: int) -> Tensor:
     return bits.flatten()[:count]
 
 
-def binarized_layers(model: BIDiffSRUNet) -> list[tuple[str, BinaryConv2d | BinaryLinear]]:
+def binarized_layers(model: BIDiffSRUNet) -> list[tuple[str, BinarizedWeight]]:
     """(name, layer) of every conv and linear layer with a binarized weight."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BinarizedWeight)]
 
 
 def _per_filter(scale: Tensor, weight: Tensor) -> Tensor:

@@ -82,7 +82,8 @@ def test_the_study_runs_end_to_end_and_reuses_what_it_finished(tmp_path, monkeyp
 
     monkeypatch.chdir(ROOT)
     out = tmp_path / "study"
-    argv = ["--quick", "--out", str(out), "--lpips-backbone", str(SHARED / "weights" / "alexnet_features_imagenet1k_v1.pth")]
+    backbone = SHARED / "weights" / "alexnet_features_imagenet1k_v1.pth"
+    argv = ["--quick", "--out", str(out), "--lpips-backbone", str(backbone)]
     distillation.main(argv)
     table = json.loads((out / "table.json").read_text())
     labels = [row[0] for row in table["rows"]]
