@@ -9,7 +9,9 @@ Rows, for one 256x256 output (a 64x64 LR image; latents 64x64 on the VQ-f4 autoe
 3. whole super-resolutions: the teacher's 15 ancestral steps, a SinSR-style one-step teacher and a one-step student
    (each encode + evaluations + decode);
 4. one training step of the one-step distillation stage (batch 1: the teacher's 15-step target, the student's
-   forward and backward).
+   forward and backward), alone and with SinSR's inverse and ground-truth terms (two more student evaluations with
+   gradient, one without, and an encoding of the HR patch);
+5. the Real-ESRGAN degradation of a batch of 8 HR patches (the LR model real-SR teachers were trained on).
 
     python benchmarks/latent_resshift.py [--repeats 3] [--threads 0]
 """
@@ -17,6 +19,7 @@ Rows, for one 256x256 output (a 64x64 LR image; latents 64x64 on the VQ-f4 autoe
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.timing import median_seconds  # noqa: E402
+from pipeline.degradations import RealESRGANDegradation  # noqa: E402
 from pipeline.importers.resshift import VQ_F4, vq_model  # noqa: E402
 from pipeline.resize import upsample_cond  # noqa: E402
 from pipeline.sr_pipeline import super_resolve  # noqa: E402
@@ -52,7 +56,8 @@ def main() -> None:
     teacher = Teacher(SwinUNet().eval(), process).freeze()
     student = BIDiffSRUNet(**LATENT_STUDENT).eval()
     pixel_student = BIDiffSRUNet(**dict(LATENT_STUDENT, image_size=256, fp_resolutions=(256, 128))).eval()
-    cond = upsample_cond(torch.rand(1, 3, 64, 64), 4)
+    lr_image = torch.rand(1, 3, 64, 64)
+    cond = upsample_cond(lr_image, 4)
     x, lr, t = torch.randn(1, 3, 64, 64), torch.rand(1, 3, 64, 64) * 2 - 1, torch.tensor([14])
     latent = process.encode(cond)
     one_step = process.one_step_variant()
@@ -72,15 +77,21 @@ def main() -> None:
         sinsr = Teacher(teacher.unet, one_step)
         rows.append(("one-step teacher (SinSR layout): SR", time_(lambda: sinsr.sample(cond))))
         rows.append(("one-step student: SR", time_(lambda: super_resolve(student, one_step, cond))))
-    stage = OneStepStage(teacher, one_step)
     trainable = BIDiffSRUNet(**LATENT_STUDENT).train()
-    batch = {"hr": torch.rand(1, 3, 256, 256), "cond": cond}
+    batch = {"hr": torch.rand(1, 3, 256, 256), "cond": cond, "lr": lr_image}
+    for label, stage in (("one-step distillation", OneStepStage(teacher, one_step)),
+                         ("with SinSR's inverse and ground-truth terms",
+                          OneStepStage(teacher, one_step, xt_weight=1.0, gt_weight=1.0))):
 
-    def train_step():
-        loss, _ = stage.loss(trainable, batch, torch.Generator().manual_seed(0))
-        loss.backward()
+        def train_step():
+            loss, _ = stage.loss(trainable, batch, torch.Generator().manual_seed(0))
+            loss.backward()
 
-    rows.append(("one-step distillation: one training step (batch 1)", time_(train_step)))
+        rows.append((f"{label}: one training step (batch 1)", time_(train_step)))
+    degradation = RealESRGANDegradation()
+    rows.append(("Real-ESRGAN degradation of a batch of 8 256x256 patches",
+                 time_(lambda: degradation(torch.rand(8, 3, 256, 256), torch.Generator().manual_seed(0),
+                                           random.Random(0)))))
 
     table = Table(title=f"Released-size ResShift teacher and latent student, 256x256 output, {torch.get_num_threads()} "
                         "threads")

@@ -123,7 +123,7 @@ def make_pairs(ds, scale: int, min_hr_size: int, image_column: str = "image", so
     return pairs
 
 
-def seed_of(*parts: int) -> int:
+def seed_of(*parts: int | str) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") & (2**63 - 1)
 
 
@@ -151,7 +151,7 @@ def crop_pair(hr: Tensor, lr: Tensor, top: int, left: int, patch: int, scale: in
     region = lr[:, t0 : min(top + lp + 2, lh), l0 : min(left + lp + 2, lw)]
     up = upsample_cond(region[None], scale)[0]
     oy, ox = (top - t0) * scale, (left - l0) * scale
-    cond = up[:, oy : oy + patch, ox : ox + patch].clamp(0, 1)
+    cond = up[:, oy : oy + patch, ox : ox + patch]
     hr_patch = hr[:, top * scale : top * scale + patch, left * scale : left * scale + patch]
     return hr_patch, cond, lr[:, top : top + lp, left : left + lp]
 
@@ -217,8 +217,17 @@ def _read(file: Path) -> Tensor:
 @dataclass
 class ValImage:
     name: str
-    hr: Tensor  # (3, H, W) in [0, 1], H and W multiples of the scale
+    hr: Tensor | None  # (3, H, W) in [0, 1], H and W multiples of the scale; None for a real LR image without HR
     lr: Tensor  # (3, H / s, W / s) in [0, 1]
+
+
+def load_lr_images(lr_dir: str | Path, max_images: int = 0) -> list[ValImage]:
+    """A folder of LR images without HR (real-world inputs, e.g. RealSR, RealSet): evaluated as samples and a grid,
+    with no reference metrics."""
+    files = image_files(lr_dir)
+    if not files:
+        raise DataError(f"LR folder {lr_dir} holds no images")
+    return [ValImage(f.stem, None, _read(f).float() / 255) for f in files[: max_images or None]]
 
 
 def load_validation(hr_dir: str | Path, scale: int, lr_dir: str | Path = "", max_images: int = 0,

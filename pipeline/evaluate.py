@@ -27,13 +27,16 @@ from rich.table import Table
 from safetensors.torch import load_file
 from torch import Tensor
 
-from pipeline.data import DataError, ValImage, load_validation
+from pipeline.data import DataError, ValImage, load_lr_images, load_validation
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
 from pipeline.resize import imresize_up, upsample_cond
-from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
+from pipeline.sr_pipeline import BiDiffSRPipeline, resolve_tiling, tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
 from teachers.base import Teacher, load_teacher
 from teachers.process import DiffusionProcess, load_process
+
+
+AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def load_student(path: str | Path) -> tuple[BIDiffSRUNet, DiffusionProcess]:
@@ -84,12 +87,13 @@ def save_grid(rows: list[list[Tensor]], labels: list[str], path: Path, tile: int
 def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = None, teacher: Teacher | None = None,
              student_process: DiffusionProcess | None = None, num_inference_steps: int | None = None, seed: int = 10,
              lpips_model=None, out_dir: str | Path | None = None, grid_images: int = 4,
-             device: str | torch.device = "cpu", console: Console | None = None, tile_size: int = 512,
-             tile_overlap: int = 32, lpips_skipped: str = "", record: dict | None = None) -> dict:
+             device: str | torch.device = "cpu", console: Console | None = None, tile_size: int | None = None,
+             tile_overlap: int | None = None, lpips_skipped: str = "", record: dict | None = None) -> dict:
     """Score bicubic, the condition, the teacher and the student (on `student_process`) on `images`; returns
     {"mean": {method: {metric: value}}, ...}. `num_inference_steps` None: each process's default. Models sample in
-    overlapping `tile_size` tiles (HR pixels), as the published pipeline does, so memory stays bounded on large
-    images; an image that fits in one tile is sampled whole, with the same result as without tiling.
+    overlapping `tile_size` tiles (HR pixels; default: the process's official chopping if it has one, else 512), as
+    the published pipeline does, so memory stays bounded on large images; an image that fits in one tile is sampled
+    whole, with the same result as without tiling. Models get the unclamped bicubic condition and the LR itself.
     `lpips_skipped`: why LPIPS could not be computed, shown in the table and recorded in metrics.json; `record`:
     further entries for the result and metrics.json."""
     methods = (["bicubic", "condition"] + (["teacher"] if teacher is not None else [])
@@ -105,30 +109,40 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
     seconds = {m: 0.0 for m in methods if m in ("teacher", "student")}
     per_image: list[dict] = []
     grid_rows: list[list[Tensor]] = []
+    references = all(image.hr is not None for image in images)
+    if not references and any(image.hr is not None for image in images):
+        raise ValueError("evaluate either images with HR references or LR images without: not a mix")
     for image in images:
-        hr = image.hr[None].to(device)
+        hr = image.hr[None].to(device) if references else None
         lr = image.lr[None].to(device)
-        cond = upsample_cond(lr, scale).clamp(0, 1)
-        outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1), "condition": cond}
+        cond = upsample_cond(lr, scale)
+        outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1), "condition": cond.clamp(0, 1)}
         if teacher is not None:
             with _timed(seconds, "teacher", device), teacher.autocast():
-                outputs["teacher"] = tiled_super_resolve(teacher.unet, teacher.process, cond, num_inference_steps,
-                                                         generator=generators["teacher"], tile=tile_size,
-                                                         overlap=tile_overlap)
+                outputs["teacher"] = tiled_super_resolve(
+                    teacher.unet, teacher.process, cond, num_inference_steps, generator=generators["teacher"],
+                    **_tiling(teacher.process, scale, tile_size, tile_overlap), lr=lr)
         if student is not None:
             with _timed(seconds, "student", device):
-                outputs["student"] = tiled_super_resolve(student, student_process, cond, num_inference_steps,
-                                                         generator=generators["student"], tile=tile_size,
-                                                         overlap=tile_overlap)
+                outputs["student"] = tiled_super_resolve(
+                    student, student_process, cond, num_inference_steps, generator=generators["student"],
+                    **_tiling(student_process, scale, tile_size, tile_overlap), lr=lr)
         scores = {"image": image.name}
         for m in methods:
-            scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
-            if lpips_model is not None:
+            scores[m] = {}
+            if hr is not None:
+                scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
+            if hr is not None and lpips_model is not None:
                 scores[m]["lpips"] = float(lpips_distance(lpips_model, outputs[m], hr, scale))
         per_image.append(scores)
+        if hr is None and out_dir is not None:  # real LR inputs: the super-resolved images are the result
+            for m in ("teacher", "student"):
+                if m in outputs:
+                    _save_png(outputs[m][0], Path(out_dir) / m / f"{image.name}.png")
         if len(grid_rows) < grid_images:
-            grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in grid_methods] + [hr[0].cpu()])
-    metrics = ["psnr", "ssim"] + (["lpips"] if lpips_model is not None else [])
+            grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in grid_methods]
+                             + ([hr[0].cpu()] if hr is not None else []))
+    metrics = (["psnr", "ssim"] + (["lpips"] if lpips_model is not None else [])) if references else []
     mean = {m: {k: sum(s[m][k] for s in per_image) / len(per_image) for k in metrics} for m in methods}
     result = {"scale": scale, "num_images": len(images), "num_inference_steps": num_inference_steps, "seed": seed,
               "metrics": metrics, "mean": mean, "per_image": per_image,
@@ -137,7 +151,8 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
         result["lpips_skipped"] = lpips_skipped
     result.update(record or {})
 
-    table = Table(title=f"x{scale} on {len(images)} images (PSNR/SSIM on Y, border {scale})",
+    table = Table(title=f"x{scale} on {len(images)} images " + (f"(PSNR/SSIM on Y, border {scale})" if references
+                                                                 else "(LR without HR: no reference metrics)"),
                   caption=f"LPIPS SKIPPED: {lpips_skipped}" if lpips_skipped else None, caption_style="bold yellow")
     table.add_column("method")
     for k in metrics:
@@ -155,8 +170,18 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(_finite(result), indent=2))
         if grid_rows:
-            save_grid(grid_rows, ["LR"] + grid_methods + ["HR"], out_dir / "samples.png")
+            save_grid(grid_rows, ["LR"] + grid_methods + (["HR"] if references else []), out_dir / "samples.png")
     return result
+
+
+def _tiling(process: DiffusionProcess, scale: int, tile: int | None, overlap: int | None) -> dict:
+    tile, overlap = resolve_tiling(process, scale, tile, overlap, 512)
+    return {"tile": tile, "overlap": overlap}
+
+
+def _save_png(image: Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()).save(path)
 
 
 @contextlib.contextmanager
@@ -185,18 +210,24 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--student", help="published or imported folder, saved student folder or training checkpoint")
     parser.add_argument("--teacher", help="teacher folder (adds the teacher row)")
-    parser.add_argument("--val", required=True, help="folder of HR benchmark images")
+    parser.add_argument("--val", required=True, help="folder of HR benchmark images (with --lr-only: of LR images)")
+    parser.add_argument("--lr-only", action="store_true", help="--val holds real LR images without HR: write the "
+                        "super-resolved images and the grid, no reference metrics")
     parser.add_argument("--val-lr", default="", help="folder of pre-made LR images <stem>x<scale>.png")
     parser.add_argument("--scale", type=int, required=True)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the process's)")
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--max-images", type=int, default=0)
     parser.add_argument("--crop", type=int, default=0, help="centre-crop HR images to N x N")
-    parser.add_argument("--tile", type=int, default=512, help="HR tile size of the models' sampling")
+    parser.add_argument("--tile", type=int, default=None, help="HR tile size of the models' sampling (default: the "
+                        "process's official chopping if it has one, e.g. latent ResShift 512 LR pixels, else 512)")
     parser.add_argument("--lpips-backbone", default="", help="torchvision alexnet.features state dict")
     parser.add_argument("--no-lpips", action="store_true")
     parser.add_argument("--out", default="", help="write metrics.json and samples.png here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--teacher-autocast", choices=sorted(AUTOCAST), default="no",
+                        help="run the teacher's network under autocast (the official ResShift / SinSR command lines "
+                             "sample in fp16 on a GPU); recorded in metrics.json")
     args = parser.parse_args(argv)
 
     console = Console()
@@ -205,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher = load_teacher(args.teacher) if args.teacher else None
         if teacher is not None:
             teacher.check_scale(args.scale, source="--scale")
+            teacher.autocast_dtype = AUTOCAST[args.teacher_autocast]
     except (OSError, ValueError) as err:
         parser.error(str(err))
     lpips_model = None
@@ -214,12 +246,13 @@ def main(argv: list[str] | None = None) -> None:
         except LPIPSUnavailable as err:
             parser.error(str(err))
     try:
-        images = load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop)
+        images = (load_lr_images(args.val, args.max_images) if args.lr_only
+                  else load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop))
     except DataError as err:
         parser.error(str(err))
     evaluate(images, args.scale, student, teacher, student_process=process, num_inference_steps=args.steps, seed=args.seed,
              lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console,
-             tile_size=args.tile)
+             tile_size=args.tile, record={"teacher_autocast": args.teacher_autocast} if teacher is not None else None)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pipeline.checksums import write_checksums
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 from students.complexity import format_ops, format_params, measure_student
+from students.binarizers import get_binarizer
 from students.packing import save_packed
 from teachers.process import PROCESSES
 
@@ -107,8 +108,11 @@ def _provenance(recipe: dict | None) -> list[str]:
     source = (f"loaded from `{teacher['path']}`" if teacher.get("path")
               else f"trained in the same run (kind `{teacher.get('kind', 'twin')}`)")
     train = data.get("train_hub") or data.get("builtin") or data.get("train") or "?"
+    lr = {"realesrgan": "made by Real-ESRGAN's second-order degradation (blur, resize, noise, JPEG, twice), the "
+                        "model is meant for real-world LR images"}.get(data.get("degradation", "bicubic"),
+                                                                         "bicubic downscaling (MATLAB imresize)")
     return [f"- Teacher: {source}; stages: {', '.join(trained)}.",
-            f"- Training data: `{train}`; validation: `{data.get('val') or '-'}`.", ""]
+            f"- Training data: `{train}`; validation: `{data.get('val') or '-'}`; LR images: {lr}.", ""]
 
 
 def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
@@ -142,6 +146,8 @@ def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None,
         lines.append("")
         if metrics.get("lpips_skipped"):
             lines += [f"LPIPS was not computed: {metrics['lpips_skipped']}", ""]
+        if metrics.get("teacher_autocast", "no") != "no":
+            lines += [f"The teacher row was sampled under {metrics['teacher_autocast']} autocast.", ""]
     lines += [
         "## Usage", "", "With the BiDistill package installed (its loader runs no code from the model folder):", "",
         "```python", "from PIL import Image", "from pipeline.sr_pipeline import BiDiffSRPipeline", "",
@@ -150,13 +156,18 @@ def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None,
         "or diffusers' generic call, through the loader files in this folder (they import the same classes):", "",
         "```python", "from diffusers import DiffusionPipeline", "",
         f"pipe = DiffusionPipeline.from_pretrained({where!r}, trust_remote_code=True)", "```", "",
-        f"`{PACKED_NAME}` holds the same student with its binary weights packed 1 bit each: "
-        "`students.packing.unpack_student(path)` rebuilds it with bit-identical outputs.", "",
+    ] + ([f"`{PACKED_NAME}` holds the same student with its binary weights packed 1 bit each: "
+           "`students.packing.unpack_student(path)` rebuilds it with bit-identical outputs.", ""] if _binary(student)
+         else ["This network is full precision (binarizer `none`, a binarized student's twin): no 1-bit file.", ""]) + [
         "## Papers", "",
     ] + [f"- {title} (`{repo}`)" for title, repo in PAPERS] + [""]
     if recipe:
         lines += ["## Recipe", "", "```json", json.dumps(recipe, indent=2), "```", ""]
     return ModelCard("\n".join(lines))
+
+
+def _binary(student: BIDiffSRUNet) -> bool:
+    return get_binarizer(student.config.binarizer).binary
 
 
 def _sampling(process) -> str:
@@ -174,7 +185,8 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
     with folder_written_whole(folder) as tmp:
         BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)
         write_loaders(tmp, scheduler)
-        save_packed(student, tmp / PACKED_NAME)
+        if _binary(student):  # a full-precision twin (binarizer "none") has nothing to pack
+            save_packed(student, tmp / PACKED_NAME)
         model_card(student, scheduler, scale, metrics, recipe, repo_id).save(tmp / "README.md")
         if recipe is not None:
             (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))

@@ -20,6 +20,7 @@ import os
 import re
 import tomllib
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,9 @@ class DataConfig:
     val_lr: str = ""  # optional folder of pre-made LR images named <stem>x<scale>.png; else made from HR
     val_max_images: int = 0  # 0: all
     val_crop: int = 0  # 0: full images; N: centre crop N x N HR (fast smoke evaluations)
+    val_lr_only: bool = False  # data.val holds real LR images without HR: samples and the grid, no reference metrics
+    degradation: str = "bicubic"  # how LR images are made: "bicubic" (MATLAB) or "realesrgan" (second-order, on device)
+    degradation_options: str = ""  # realesrgan: a release option YAML to read the settings from (else the release's)
 
 
 @dataclass
@@ -87,7 +91,8 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    init: str = ""  # start from a saved student folder instead of random weights
+    init: str = ""  # start from a saved student folder instead of random weights (a saved full-precision twin,
+    # binarizer "none", starts a binarized student as init_from_teacher does: BiMaCoSR's branches split off its weights)
     init_from_teacher: bool = False  # start from the (twin) teacher's weights, as BiDM; needed for aligned SPD
     unet: dict = field(default_factory=dict)  # BIDiffSRUNet arguments
 
@@ -115,6 +120,8 @@ class StageConfig:
     features: list[str] = field(default_factory=list)  # [] = every res-block feature both models tap
     # one_step
     teacher_steps: int = 0  # the teacher sampler's steps for the targets; 0 = its process's default
+    xt_weight: float = 0.0  # SinSR's learn_xT term: the student maps the teacher's output back to x_T (SinSR: 1)
+    gt_weight: float = 0.0  # SinSR's finetune_use_gt term: the HR image through the student's inverse and back (1)
 
 
 @dataclass
@@ -126,7 +133,8 @@ class EvalConfig:
     lpips_backbone: str = ""
     teacher: bool = True  # add the teacher's row
     grid_images: int = 4
-    tile_size: int = 512  # models sample in overlapping tiles of this HR size (bounded memory on large images)
+    tile_size: int = 0  # models sample in overlapping tiles of this HR size (bounded memory on large images); 0: the
+    # process's official chopping where it has one (latent ResShift: 512 LR pixels), else 512
 
 
 @dataclass
@@ -423,6 +431,7 @@ def _check_validation_folder(recipe: Recipe) -> None:
     from PIL import Image
 
     from pipeline.data import image_files
+    from pipeline.degradations import MIN_PATCH
 
     d = recipe.data
     files = image_files(d.val)
@@ -437,6 +446,8 @@ def _check_validation_folder(recipe: Recipe) -> None:
             raise RecipeError(recipe.source, "data.val", f"cannot read validation image {f}: {err}") from None
         _check(min(w, h) >= d.val_crop, recipe, "data.val_crop",
                f"is {d.val_crop} but validation image {f} is only {w}x{h}")
+        _check(d.degradation != "realesrgan" or d.val_lr_only or min(w, h) >= MIN_PATCH, recipe, "data.val",
+               f"validation image {f} is {w}x{h}: realesrgan degradations need at least {MIN_PATCH} pixels a side")
 
 
 def _check_training_folder(recipe: Recipe) -> None:
@@ -465,7 +476,46 @@ def _check_training_folder(recipe: Recipe) -> None:
            f"sides (the largest allows {max(sides)}px at x{r.scale})")
 
 
+def _check_init_twin(recipe: Recipe, student) -> None:
+    """A binarized student started from a saved full-precision twin (`student.init` with binarizer "none") needs the
+    twin's layout."""
+    from students.bidiffsr import layout_difference
+
+    try:
+        saved = json.loads((Path(recipe.student.init) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecipeError(recipe.source, "student.init",
+                          f"cannot read {recipe.student.init}/config.json: {err}") from None
+    if saved.get("binarizer") != "none" or student.config.binarizer == "none":
+        return
+    difference = layout_difference(student.config, saved)
+    if difference:
+        key, mine, theirs = difference
+        raise RecipeError(recipe.source, "student.init", f"the saved full-precision twin the student starts from has "
+                                                         f"{key} = {theirs!r}, the student {mine!r}")
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that runs but is probably not what was meant (it can be deliberate)."""
+
+
+def _warn_degradation_mismatch(recipe: Recipe) -> None:
+    """A teacher trained on one LR model distilled on data made by another learns targets for inputs it never saw."""
+    try:
+        trained_on = json.loads((Path(recipe.teacher.path) / "model_index.json").read_text()).get("degradation",
+                                                                                                 "bicubic")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return  # the teacher's loader names what is wrong with the folder
+    if trained_on != recipe.data.degradation:
+        warnings.warn(f"{recipe.source}: data.degradation = {recipe.data.degradation!r}, but the teacher "
+                      f"({recipe.teacher.path}) was trained on {trained_on!r} LR images: the student learns the "
+                      f"teacher's answers to inputs the teacher never saw (set data.degradation = {trained_on!r} "
+                      "unless this is meant)", RecipeWarning, stacklevel=2)
+
+
 def validate(recipe: Recipe) -> None:
+    from pipeline.degradations import DEGRADATIONS, MIN_PATCH, DegradationError, build_degradation
+    from pipeline.importers import CheckpointError
     from students.bidiffsr import BIDiffSRUNet
     from students.binarizers import get_binarizer
     from teachers import SR3UNet
@@ -501,12 +551,28 @@ def validate(recipe: Recipe) -> None:
            f"must be a positive multiple of run.scale={r.scale}, got {d.patch_size}")
     _check(d.num_workers >= 0, recipe, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _check(d.val_max_images >= 0 and d.val_crop >= 0, recipe, "data.val_crop", "val_crop and val_max_images must be >= 0")
+    _check(d.degradation in DEGRADATIONS, recipe, "data.degradation",
+           f"must be one of {DEGRADATIONS}, got {d.degradation!r}")
+    _check(not d.val_lr_only or (d.val and not d.val_lr and not d.val_crop), recipe, "data.val_lr_only",
+           "needs data.val (a folder of LR images) and neither data.val_lr nor data.val_crop")
+    _check(not (d.val_lr and d.degradation == "realesrgan"), recipe, "data.val_lr",
+           "holds pre-made (bicubic) LR images; with realesrgan degradations the validation LR images are degraded "
+           "copies of data.val made with fixed seeds: remove data.val_lr")
+    _check(not d.degradation_options or d.degradation == "realesrgan", recipe, "data.degradation_options",
+           "only applies to data.degradation = \"realesrgan\"")
+    _check(d.degradation != "realesrgan" or d.val_crop == 0 or d.val_crop >= MIN_PATCH, recipe, "data.val_crop",
+           f"must be 0 or at least {MIN_PATCH} with realesrgan degradations, got {d.val_crop}")
+    try:
+        build_degradation(recipe)
+    except (DegradationError, CheckpointError) as err:
+        raise RecipeError(recipe.source, "data.degradation_options", str(err)) from None
 
     _check(t.kind in TEACHER_KINDS, recipe, "teacher.kind", f"must be one of {TEACHER_KINDS}, got {t.kind!r}")
     _check(t.autocast in PRECISIONS, recipe, "teacher.autocast", f"must be one of {PRECISIONS}, got {t.autocast!r}")
     if t.path:
         _check((Path(t.path) / "model_index.json").is_file(), recipe, "teacher.path",
                f"{t.path} is not a teacher folder (no model_index.json)")
+        _warn_degradation_mismatch(recipe)
     process = build_recipe_process(recipe)
     student_config = student_unet_config(recipe, process)
     _check_kwargs(recipe, "student.unet", recipe.student.unet, BIDiffSRUNet)
@@ -522,6 +588,7 @@ def validate(recipe: Recipe) -> None:
     if recipe.student.init:
         _check((Path(recipe.student.init) / "config.json").is_file(), recipe, "student.init",
                f"{recipe.student.init} is not a saved student folder (no config.json)")
+        _check_init_twin(recipe, student)
     if recipe.student.init_from_teacher:
         _check(not recipe.student.init, recipe, "student.init_from_teacher",
                "choose one of student.init (a saved student) and student.init_from_teacher")
@@ -564,6 +631,9 @@ def validate(recipe: Recipe) -> None:
         _check(0 <= s.ema_decay < 1, recipe, f"{key}.ema_decay", f"must be in [0, 1), got {s.ema_decay}")
         patch = s.patch_size or d.patch_size
         _check(patch % r.scale == 0, recipe, f"{key}.patch_size", f"must be a multiple of run.scale={r.scale}, got {patch}")
+        _check(d.degradation != "realesrgan" or patch >= MIN_PATCH, recipe, f"{key}.patch_size",
+               f"must be at least {MIN_PATCH} with realesrgan degradations (the blurs must fit the shrunk patch), "
+               f"got {patch}")
         _check(patch % pixels_per_position == 0, recipe, f"{key}.patch_size",
                f"must be a multiple of {pixels_per_position} (the student's size multiple x the process's "
                f"{process.spatial_factor}-pixel latent cell), got {patch}")
@@ -574,6 +644,10 @@ def validate(recipe: Recipe) -> None:
                    "direct_weight, output_weight and spd_weight are all 0: the stage would have no loss")
         _check(s.spd_patches >= 1, recipe, f"{key}.spd_patches", f"must be >= 1, got {s.spd_patches}")
         _check(s.teacher_steps >= 0, recipe, f"{key}.teacher_steps", f"must be >= 0 (0: the process default), got {s.teacher_steps}")
+        for name in ("xt_weight", "gt_weight"):
+            _check(getattr(s, name) >= 0, recipe, f"{key}.{name}", f"must be >= 0, got {getattr(s, name)}")
+            _check(s.type == "one_step" or getattr(s, name) == 0, recipe, f"{key}.{name}",
+                   "is a one_step setting (SinSR's terms)")
         if s.type == "teacher":
             _check(not t.path, recipe, f"{key}.type", "a teacher stage trains a new teacher; remove teacher.path")
             teacher_ready = True
@@ -595,9 +669,10 @@ def validate(recipe: Recipe) -> None:
             except ValueError as err:
                 raise RecipeError(recipe.source, f"{key}.teacher_steps", str(err)) from None
     _check(recipe.eval.num_inference_steps >= 0, recipe, "eval.num_inference_steps", "must be >= 0 (0: the process's default)")
-    _check(recipe.eval.tile_size >= 64 and recipe.eval.tile_size % pixels_per_position == 0, recipe, "eval.tile_size",
-           f"must be >= 64 and a multiple of {pixels_per_position} (the student's size multiple in pixels), got "
-           f"{recipe.eval.tile_size}")
+    _check(recipe.eval.tile_size == 0 or (recipe.eval.tile_size >= 64 and recipe.eval.tile_size % pixels_per_position
+                                          == 0), recipe, "eval.tile_size",
+           f"must be 0 (the process's default) or >= 64 and a multiple of {pixels_per_position} (the student's size "
+           f"multiple in pixels), got {recipe.eval.tile_size}")
     _check(d.num_proc >= 0, recipe, "data.num_proc", f"must be >= 0 (0: min(8, CPU count)), got {d.num_proc}")
     if d.train:
         _check_training_folder(recipe)

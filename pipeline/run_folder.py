@@ -23,12 +23,15 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.degradations import build_degradation
+
 MARKER = ".bidistill-run.json"
 LOCK = ".bidistill.lock"
 FINGERPRINT = "fingerprint.json"
-# Stage settings added after runs existed: left out of a fingerprint while at their default, so a folder made before
-# the setting existed (with the same behaviour) stays valid.
-ADDED_STAGE_SETTINGS = {"direct_weight": 1.0}
+# Stage and process settings added after runs existed: left out of a fingerprint while at their default, so a folder
+# made before the setting existed (with the same behaviour) stays valid.
+ADDED_STAGE_SETTINGS = {"direct_weight": 1.0, "xt_weight": 0.0, "gt_weight": 0.0}
+ADDED_PROCESS_SETTINGS = {"condition_resize": "opencv"}
 
 
 class RunFolderError(RuntimeError):
@@ -94,9 +97,15 @@ def _public(config) -> dict:
 def stage_fingerprints(recipe, process, student_config: dict) -> list[dict]:
     """For each stage, the recipe parts that determine its weights (see the module docstring)."""
     r, d, t, s = recipe.run, recipe.data, recipe.teacher, recipe.student
-    common = {"seed": r.seed, "scale": r.scale, "process": _public(process.config),
+    process_settings = {k: v for k, v in _public(process.config).items()
+                        if not (k in ADDED_PROCESS_SETTINGS and v == ADDED_PROCESS_SETTINGS[k])}
+    common = {"seed": r.seed, "scale": r.scale, "process": process_settings,
               "data": {"train": d.train, "train_hub": d.train_hub, "builtin": d.builtin, "train_split": d.train_split,
                        "image_column": d.image_column, "patch_size": d.patch_size}}
+    degradation = build_degradation(recipe)
+    if degradation is not None:  # bicubic LR (the default) leaves earlier fingerprints as they were
+        common["data"]["degradation"] = json.loads(json.dumps({"type": d.degradation,
+                                                               **dataclasses.asdict(degradation)}))
     teacher = {"path": t.path, "kind": t.kind, "unet": t.unet}
     out, previous = [], ""
     for stage in recipe.stages:

@@ -43,11 +43,11 @@ from teachers.process import DiffusionProcess, load_process, num_evaluations, sa
 @torch.no_grad()
 def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None,
                   generator: torch.Generator | None = None, noise: Tensor | None = None,
-                  progress: Callable[[], object] | None = None) -> Tensor:
-    """SR images in [0, 1] from a student on its process, `cond` = bicubic(LR); `noise` (at the padded size) fixes
-    the starting point. The network runs in its own dtype (bf16/fp16 weights too); the process's arithmetic stays
-    float32. A student with BiDM's cross-timestep connection (`cross_timestep_blocks`) mixes in the previous
-    step's block outputs (none at the first step)."""
+                  progress: Callable[[], object] | None = None, lr: Tensor | None = None) -> Tensor:
+    """SR images in [0, 1] from a student on its process, `cond` = bicubic(LR) unclamped and `lr` the LR itself when the
+    caller has it; `noise` (at the padded size) fixes the starting point. The network runs in its own dtype (bf16/fp16
+    weights too); the process's arithmetic stays float32. A student with BiDM's cross-timestep connection
+    (`cross_timestep_blocks`) mixes in the previous step's block outputs (none at the first step)."""
     dtype = next(student.parameters()).dtype
     mixes_previous_step = bool(getattr(student.config, "cross_timestep_blocks", 0))  # a teacher's unet has none
     previous: dict[str, dict[str, Tensor] | None] = {"features": None}
@@ -60,7 +60,7 @@ def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Ten
         return out.float()
 
     return sample(denoise, process, cond, num_inference_steps, size_multiple=student.size_multiple,
-                  generator=generator, noise=noise, progress=progress)
+                  generator=generator, noise=noise, progress=progress, lr=lr)
 
 
 def tile_batch_for(device: torch.device) -> int:
@@ -96,13 +96,16 @@ def _ramp(length: int, overlap: int, device) -> Tensor:
 def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor,
                         num_inference_steps: int | None,
                         generator: torch.Generator | None = None, tile: int = 256, overlap: int = 32,
-                        tile_batch: int | None = None, progress: Callable[[], object] | None = None) -> Tensor:
-    """`super_resolve` over overlapping tile x tile windows of one (1, 3, H, W) condition, blended. `student` is any
-    denoiser with a `size_multiple` (a teacher's `unet` too). `progress` is called after each batched network
-    evaluation (ceil(tiles / tile_batch) x steps calls; tile_batch defaults to `tile_batch_for` the device)."""
+                        tile_batch: int | None = None, progress: Callable[[], object] | None = None,
+                        lr: Tensor | None = None) -> Tensor:
+    """`super_resolve` over overlapping tile x tile windows of one (1, 3, H, W) condition (and its LR `lr`, when
+    given, cut into the matching LR windows), blended. `student` is any denoiser with a `size_multiple` (a teacher's
+    `unet` too). `progress` is called after each batched network evaluation (ceil(tiles / tile_batch) x steps calls;
+    tile_batch defaults to `tile_batch_for` the device)."""
     _, c, h, w = cond.shape
     if h <= tile and w <= tile:
-        return super_resolve(student, process, cond, num_inference_steps, generator=generator, progress=progress)
+        return super_resolve(student, process, cond, num_inference_steps, generator=generator, progress=progress,
+                             lr=lr)
     multiple, f = student.size_multiple * process.spatial_factor, process.spatial_factor
     if tile % multiple or not 0 <= overlap < tile // 2 or overlap % f or h % f or w % f:
         raise ValueError(f"tile_size={tile} must be a multiple of {multiple}, overlap={overlap} in [0, tile_size / 2)"
@@ -113,6 +116,9 @@ def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, con
     noise = randn_tensor(process.noise_shape(cond.shape), generator=generator, device=cond.device, dtype=cond.dtype)
     boxes = [(y, x) for y in _starts(h, tile, overlap) for x in _starts(w, tile, overlap)]
     th, tw = min(tile, h), min(tile, w)
+    s = h // lr.shape[-2] if lr is not None else 1
+    if lr is not None and any(v % s for box in boxes for v in box + (th, tw)):
+        lr = None  # windows not on LR pixels: the process recovers the LR from the condition where it needs one
     out = torch.zeros(1, c, h, w, device=cond.device)
     weight = torch.zeros(1, 1, h, w, device=cond.device)
     window = _ramp(th, overlap if h > tile else 0, cond.device)[:, None] * _ramp(tw, overlap if w > tile else 0,
@@ -121,12 +127,23 @@ def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, con
         chunk = boxes[i : i + tile_batch]
         conds = torch.cat([cond[:, :, y : y + th, x : x + tw] for y, x in chunk])
         noises = torch.cat([noise[:, :, y // f : (y + th) // f, x // f : (x + tw) // f] for y, x in chunk])
+        lrs = None if lr is None else torch.cat([lr[:, :, y // s : (y + th) // s, x // s : (x + tw) // s]
+                                                for y, x in chunk])
         srs = super_resolve(student, process, conds, num_inference_steps, generator=generator,  # stochastic steps
-                            noise=pad_to_multiple(noises, student.size_multiple), progress=progress)
+                            noise=pad_to_multiple(noises, student.size_multiple), progress=progress, lr=lrs)
         for (y, x), sr in zip(chunk, srs):
             out[:, :, y : y + th, x : x + tw] += sr * window
             weight[:, :, y : y + th, x : x + tw] += window
     return out / weight
+
+
+def resolve_tiling(process: DiffusionProcess, scale: int, tile: int | None, overlap: int | None,
+                   default_tile: int) -> tuple[int, int]:
+    """(tile, overlap) in HR pixels: the caller's where given (overlap 32 by default), else the process's official
+    chopping, else (`default_tile`, 32)."""
+    default = process.official_tiling(scale) if tile is None else None
+    tile, default_overlap = default or (tile or default_tile, 32)
+    return tile, default_overlap if overlap is None else overlap
 
 
 @dataclass
@@ -175,14 +192,16 @@ class BiDiffSRPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, image: Image.Image | np.ndarray | Tensor | list, num_inference_steps: int | None = None,
-                 seed: int | None = None, generator: torch.Generator | None = None, tile_size: int = 256,
-                 tile_overlap: int = 32, output_type: str = "pil", return_dict: bool = True):
+                 seed: int | None = None, generator: torch.Generator | None = None, tile_size: int | None = None,
+                 tile_overlap: int | None = None, output_type: str = "pil", return_dict: bool = True):
         """Super-resolve LR images: a PIL image, an (h, w, 3) uint8 or [0, 1] float array, a (B, 3, h, w) or
         (3, h, w) tensor in [0, 1], or a list of these. `num_inference_steps` defaults to the process's (DDPM: 50;
-        ResShift: all its steps; one-step students make one evaluation whatever it says); `seed` (or `generator`)
-        makes the result reproducible. `output_type`: "pil", "pt" (a list of (3, H, W) float tensors in [0, 1]) or
-        "np" (a (B, H, W, 3) float array in [0, 1]). Returns `SRPipelineOutput(images)`, or `(images,)` when
-        `return_dict` is False. The progress bar counts network evaluations over all tiles and steps."""
+        ResShift: all its steps; one-step students make one evaluation whatever it says); `seed` (or `generator`) makes
+        the result reproducible. `tile_size` / `tile_overlap` (HR pixels) default to the process's official chopping
+        when it has one (latent ResShift: 512 LR pixels, stride 448), else 256 / 32. `output_type`: "pil", "pt" (a list
+        of (3, H, W) float tensors in [0, 1]) or "np" (a (B, H, W, 3) float array in [0, 1]). Returns
+        `SRPipelineOutput(images)`, or `(images,)` when `return_dict` is False. The progress bar counts network
+        evaluations over all tiles and steps."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
@@ -193,6 +212,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
             raise TypeError(f"the scheduler must be a BiDistill diffusion process (teachers.process.DiffusionProcess: "
                             f"DDPMProcess, ResShiftProcess), got {type(self.scheduler).__name__}")
         multiple = self.unet.size_multiple * self.scheduler.spatial_factor
+        tile_size, tile_overlap = resolve_tiling(self.scheduler, self.config.scale, tile_size, tile_overlap, 256)
         if tile_size < multiple or tile_size % multiple or not 0 <= tile_overlap < tile_size // 2:
             raise ValueError(f"tile_size={tile_size} must be a positive multiple of {multiple} and "
                              f"tile_overlap={tile_overlap} in [0, tile_size / 2)")
@@ -207,10 +227,11 @@ class BiDiffSRPipeline(DiffusionPipeline):
         results = []
         with self.progress_bar(total=total) as bar:
             for lr in lrs:
-                cond = upsample_cond(lr[None].to(device), scale).clamp(0, 1)
-                results.append(tiled_super_resolve(self.unet, self.scheduler, cond, num_inference_steps,
-                                                   generator=generator, tile=tile_size, overlap=tile_overlap,
-                                                   progress=bar.update)[0].clamp(0, 1).cpu())
+                lr = lr[None].to(device)
+                sr = tiled_super_resolve(self.unet, self.scheduler, upsample_cond(lr, scale), num_inference_steps,
+                                         generator=generator, tile=tile_size, overlap=tile_overlap,
+                                         progress=bar.update, lr=lr)
+                results.append(sr[0].clamp(0, 1).cpu())
         if output_type == "pil":
             results = [Image.fromarray((r * 255).round().byte().permute(1, 2, 0).numpy()) for r in results]
         elif output_type == "np":

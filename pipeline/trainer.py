@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -47,10 +48,13 @@ from torch.utils.data import DataLoader
 
 from pipeline.atomic import folder_written_whole, partial_sibling, replace_folder
 from pipeline.builtin_data import export_skimage
-from pipeline.data import PatchDataset, StepBatchSampler, seed_of, load_hr_dataset, load_validation, make_pairs
-from pipeline.evaluate import evaluate
+from pipeline.degradations import build_degradation, degraded_validation
+from pipeline.data import (PatchDataset, StepBatchSampler, seed_of, load_hr_dataset, load_lr_images, load_validation,
+                           make_pairs)
+from pipeline.evaluate import AUTOCAST, evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import push_folder, write_model_folder
+from pipeline.resize import upsample_cond
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
 from pipeline.checksums import damage, sha256_file, write_checksums
 from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, flat_dict, read_fingerprint,
@@ -110,6 +114,7 @@ class Trainer:
         self.student_process = self.process  # becomes the one-step variant after a one_step stage
         self.student_config = student_unet_config(recipe, self.process)
         self.fingerprints = stage_fingerprints(recipe, self.process, self.student_config)
+        self.degradation = build_degradation(recipe)  # None: the data's bicubic LR
         self._checkpoints: dict[int, Path | None] = {}
         self._complete: dict[int, bool] = {}
 
@@ -205,24 +210,27 @@ class Trainer:
         t = self.recipe.teacher
         set_seed(self.recipe.run.seed)
         denoiser = build_teacher_denoiser(t.kind, t.unet, self.student_config)
-        return Teacher(denoiser, self.process, scale=self.recipe.run.scale)
+        return Teacher(denoiser, self.process, scale=self.recipe.run.scale,
+                       degradation=self.recipe.data.degradation)
 
     def prepare_teacher(self, teacher: Teacher) -> Teacher:
         teacher.check_scale(self.recipe.run.scale, source=f"recipe's run.scale ({self.recipe.source})")
         teacher.freeze().to(self.accelerator.device)
-        teacher.autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.recipe.teacher.autocast]
+        teacher.autocast_dtype = AUTOCAST[self.recipe.teacher.autocast]
         return teacher
 
     def initial_student(self, teacher: Teacher | None) -> BIDiffSRUNet:
         s = self.recipe.student
-        if s.init:
-            return BIDiffSRUNet.from_pretrained(s.init)
+        saved = BIDiffSRUNet.from_pretrained(s.init) if s.init else None
         set_seed(self.recipe.run.seed)
         student = BIDiffSRUNet(**self.student_config)
-        if s.init_from_teacher:
-            fresh = student.init_from_teacher(teacher.unet)
-            self.console.print(f"student starts from the teacher's weights ({len(fresh)} student-only tensors keep "
-                               "their initial values)")
+        if saved is not None and (saved.config.binarizer != "none" or student.config.binarizer == "none"):
+            return saved
+        twin = saved if saved is not None else teacher.unet if s.init_from_teacher else None
+        if twin is not None:  # a saved full-precision twin, or the teacher (a twin)
+            fresh = student.init_from_teacher(twin)
+            self.console.print(f"student starts from the {'saved twin' if saved is not None else 'teacher'}'s weights "
+                               f"({len(fresh)} student-only tensors keep their initial values)")
         return student
 
     def make_stage(self, stage: StageConfig, student: BIDiffSRUNet, teacher: Teacher | None) -> Stage:
@@ -231,7 +239,8 @@ class Trainer:
             return DirectStage(self.student_process, cross_timestep)
         if stage.type == "one_step":
             self.student_process = self.process.one_step_variant()
-            return OneStepStage(teacher, self.student_process, stage.teacher_steps or None)
+            return OneStepStage(teacher, self.student_process, stage.teacher_steps or None,
+                                xt_weight=stage.xt_weight, gt_weight=stage.gt_weight)
         names = []
         if stage.spd_weight > 0:
             why = student.layout_mismatch(teacher.unet)
@@ -374,6 +383,11 @@ class Trainer:
                 write_fingerprint(tmp, fingerprint)
                 write_checksums(tmp)
 
+    def degraded(self, hr: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        """A training batch whose LR the Real-ESRGAN degradation makes from its HR patches, on the device."""
+        lr = self.degradation(hr, torch.Generator(hr.device).manual_seed(seed), random.Random(seed))
+        return {"hr": hr, "lr": lr, "cond": upsample_cond(lr, self.recipe.run.scale)}
+
     def evaluate(self, student, teacher) -> dict:
         d, e = self.recipe.data, self.recipe.eval
         lpips_model, skipped = None, ""
@@ -382,13 +396,20 @@ class Trainer:
                 lpips_model = load_lpips(e.lpips_backbone or None, self.accelerator.device)
             except LPIPSUnavailable as err:
                 skipped = str(err)
-        images = load_validation(d.val, self.recipe.run.scale, d.val_lr, d.val_max_images, d.val_crop)
+        if d.val_lr_only:  # real LR images: nothing to degrade, nothing to compare with
+            images = load_lr_images(d.val, d.val_max_images)
+        else:
+            images = load_validation(d.val, self.recipe.run.scale, d.val_lr, d.val_max_images, d.val_crop)
+        if self.degradation is not None and not d.val_lr_only:
+            images = degraded_validation(images, self.degradation, e.seed, self.out / "eval" / "lr")
         # the saved student's hash ties the metrics to these weights (see last_evaluation)
         record = {"student_sha256": sha256_file(self.out / "student" / WEIGHTS)} if student is not None else {}
+        if teacher is not None and e.teacher:
+            record["teacher_autocast"] = self.recipe.teacher.autocast
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
                         student_process=self.student_process, num_inference_steps=e.num_inference_steps or None, seed=e.seed, lpips_model=lpips_model,
                         out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
-                        console=self.console, tile_size=e.tile_size, lpips_skipped=skipped, record=record)
+                        console=self.console, tile_size=e.tile_size or None, lpips_skipped=skipped, record=record)
 
     # ---- one stage ---------------------------------------------------------------------------------------------
     def train_stage(self, i: int, cfg: StageConfig, stage: Stage, model: torch.nn.Module) -> torch.nn.Module:
@@ -445,6 +466,9 @@ class Trainer:
                 for micro in range(cfg.grad_accum):
                     batch = {k: v.to(acc.device, non_blocking=True) for k, v in next(batches).items()}
                     seed = seed_of(run.seed, i, step, micro, acc.process_index)
+                    if self.degradation is not None:
+                        batch = self.degraded(batch["hr"], seed_of(run.seed, i, step, micro, acc.process_index,
+                                                                   "realesrgan"))
                     torch.manual_seed(seed)  # dropout
                     generator = torch.Generator(acc.device).manual_seed(seed)
                     with acc.accumulate(wrapped):

@@ -20,6 +20,7 @@ from teachers.process import (PROCESSES, DiffusionProcess, build_process, load_p
 from teachers.latent_resshift import LatentResShiftProcess
 from teachers.resshift import ResShiftProcess
 from teachers.sr3 import SR3UNet
+from teachers.swin_unet import SwinUNet  # imported teachers' denoisers load only once their module is imported
 
 TEACHER_KINDS = ("sr3", "twin")
 
@@ -41,4 +42,4 @@ def build_teacher_denoiser(kind: str, unet_config: dict, student_config: dict):
 
 __all__ = ["Teacher", "load_teacher", "DiffusionProcess", "DDPMProcess", "ResShiftProcess", "LatentResShiftProcess",
            "PROCESSES", "build_process", "load_process", "noisy_batch", "sample", "training_loss", "SR3UNet",
-           "TEACHER_KINDS", "build_teacher_denoiser"]
+           "SwinUNet", "TEACHER_KINDS", "build_teacher_denoiser"]

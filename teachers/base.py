@@ -21,20 +21,10 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ModelMixin
 from torch import Tensor
 
-from teachers.process import DiffusionProcess, sample, training_loss
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Reflect-pad (B, C, H, W) on the bottom/right to multiples of `multiple` (replicate where reflect cannot)."""
-    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+from teachers.process import DiffusionProcess, pad_to_multiple, sample, training_loss  # noqa: F401  (re-exported)
 
 
 def per_sample_timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tensor:
@@ -54,10 +44,10 @@ class Teacher(DiffusionPipeline):
     scheduler: DiffusionProcess
     autocast_dtype: torch.dtype | None = None
 
-    def __init__(self, unet: ModelMixin, scheduler: DiffusionProcess, scale: int = 4):
+    def __init__(self, unet: ModelMixin, scheduler: DiffusionProcess, scale: int = 4, degradation: str = "bicubic"):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(scale=scale)
+        self.register_to_config(scale=scale, degradation=degradation)  # the LR model it was trained on
 
     @property
     def process(self) -> DiffusionProcess:
@@ -97,19 +87,19 @@ class Teacher(DiffusionPipeline):
         return out.float(), {k: v.float() for k, v in feats.items()}
 
     def training_loss(self, hr: Tensor, cond: Tensor, generator: torch.Generator | None = None,
-                      denoiser: torch.nn.Module | None = None) -> Tensor:
-        """Its process's loss for `denoiser` (default: its own, trainable) on one (HR, condition) batch."""
-        return training_loss(denoiser or self.unet, self.scheduler, hr, cond, generator)
+                      denoiser: torch.nn.Module | None = None, lr: Tensor | None = None) -> Tensor:
+        """Its process's loss for `denoiser` (default: its own, trainable) on one (HR, condition[, LR]) batch."""
+        return training_loss(denoiser or self.unet, self.scheduler, hr, cond, generator, lr=lr)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None, deterministic: bool | None = None, decode: bool = True,
-               y: Tensor | None = None) -> Tensor:
-        """Super-resolve `cond` = bicubic(LR) in [0, 1] -> [0, 1] with the process's sampler (see
-        `teachers.process.sample`, also for `y`); `deterministic=True` with a fixed `noise` always gives the same
-        output."""
+               y: Tensor | None = None, lr: Tensor | None = None) -> Tensor:
+        """Super-resolve `cond` = bicubic(LR) (and the LR itself, when the caller has it) -> [0, 1] with the
+        process's sampler (see `teachers.process.sample`, also for `y`); `deterministic=True` with a fixed `noise`
+        always gives the same output."""
         return sample(self._denoise, self.scheduler, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
-                      generator=generator, noise=noise, deterministic=deterministic, decode=decode, y=y)
+                      generator=generator, noise=noise, deterministic=deterministic, decode=decode, y=y, lr=lr)
 
 
 def load_teacher(path: str | Path) -> Teacher:
@@ -129,7 +119,7 @@ def load_teacher(path: str | Path) -> Teacher:
     if class_name != Teacher.__name__:
         raise ValueError(f"{index} names {class_name!r}, which is not a teacher folder (expected {Teacher.__name__!r})")
     import students.bidiffsr  # noqa: F401  diffusers loads only components whose module is already imported
-    import teachers  # noqa: F401  (the processes and SR3UNet)
+    import teachers  # noqa: F401  (the processes, SR3UNet and SwinUNet)
 
     diffusers_logging.disable_progress_bar()
     try:

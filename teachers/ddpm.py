@@ -15,8 +15,11 @@ from the clipped x0.
 SR3 as Janspiry/Image-Super-Resolution-via-Iterative-Refinement trains and samples it (the process of an imported
 SR3 teacher): `data_range="signed"` (images and conditions in [-1, 1]), `time_input="noise_level"` (the denoiser
 is given sqrt(alpha_bar_t), not t) and `sampler="ddpm"` (ancestral steps through the posterior of the clipped x0, all
-T of them by default). A student distilled from such a teacher keeps `time_input="index"` (its TaR/TaA groups need
-timesteps); the teacher converts for itself (`Teacher.predict`).
+T of them by default), and `condition_resize="pil"`: SR3's data preparation makes the condition with PIL's bicubic
+resize of the 8-bit LR, saved as 8 bits (`data/prepare_data.py`), not with the OpenCV-style bicubic of BI-DiffSR, so
+the process remakes it from the LR (torch's antialiased bicubic is PIL's kernel, a = -0.5). A student distilled from
+such a teacher keeps `time_input="index"` (its TaR/TaA groups need timesteps); the teacher converts for itself
+(`Teacher.predict`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from torch import Tensor
 
 from teachers.process import LOSSES, DiffusionProcess, check_prediction_type, per_sample
 
+PIL_BITS = 22  # PIL's fixed-point precision for 8-bit resampling (Resample.c)
+
 CLIP_CHOICES = {"data": None, "official": (-1.0, 1.0), "none": None}  # "data": DATA_RANGES[data_range]
 DATA_RANGES = {"unit": (0.0, 1.0), "signed": (-1.0, 1.0)}  # images (and conditions) in [0, 1] or, as SR3, [-1, 1]
 TIME_INPUTS = ("index", "noise_level")  # what the denoiser is given: the timestep, or SR3's sqrt(alpha_bar_t)
 SAMPLERS = ("ddim", "ddpm")  # DDIM steps (eta 0 / 1), or SR3's ancestral posterior steps
+CONDITION_RESIZES = ("opencv", "pil")  # BI-DiffSR's bicubic condition, or SR3's (PIL bicubic, 8-bit)
 
 
 class DDPMProcess(DiffusionProcess):
@@ -57,6 +63,7 @@ class DDPMProcess(DiffusionProcess):
         data_range: str = "unit",
         time_input: str = "index",
         sampler: str = "ddim",
+        condition_resize: str = "opencv",
     ):
         if num_train_timesteps < 2:
             raise ValueError(f"DDPMProcess: num_train_timesteps={num_train_timesteps} must be at least 2")
@@ -71,7 +78,8 @@ class DDPMProcess(DiffusionProcess):
             raise ValueError(f"DDPMProcess: num_inference_steps={num_inference_steps} must be in [1, "
                              f"{num_train_timesteps}]")
         for key, value, choices in (("data_range", data_range, DATA_RANGES), ("time_input", time_input, TIME_INPUTS),
-                                    ("sampler", sampler, SAMPLERS)):
+                                    ("sampler", sampler, SAMPLERS), ("condition_resize", condition_resize,
+                                                                     CONDITION_RESIZES)):
             if value not in choices:
                 raise ValueError(f"DDPMProcess: {key}={value!r} is not one of {tuple(choices)}")
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
@@ -89,6 +97,12 @@ class DDPMProcess(DiffusionProcess):
 
     def encode(self, image: Tensor) -> Tensor:
         return image if self.config.data_range == "unit" else image * 2 - 1
+
+    def remake_condition(self, cond: Tensor, lr: Tensor | None) -> Tensor:
+        """SR3's condition (`condition_resize="pil"`): PIL's bicubic resize of the 8-bit LR to cond's size."""
+        if self.config.condition_resize == "opencv" or lr is None:
+            return cond
+        return pil_bicubic_resize(lr, tuple(cond.shape[-2:])).to(cond.dtype)
 
     def decode(self, x: Tensor) -> Tensor:
         return (x if self.config.data_range == "unit" else (x + 1) / 2).clamp(0.0, 1.0)
@@ -161,3 +175,34 @@ class DDPMProcess(DiffusionProcess):
 
     def one_step_variant(self) -> "DDPMProcess":
         return self.derived(prediction_type="sample", loss="mse", one_step=True)
+
+
+def _pil_weights(in_size: int, out_size: int) -> Tensor:
+    """(out, in) fixed-point weights of PIL's bicubic (a = -0.5) resize along one axis (Resample.c: the window is
+    cut at the image's edges and renormalised, each weight rounded to PIL_BITS bits)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    weights = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        center = (i + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        x = np.abs((np.arange(lo, hi) - center + 0.5) / filterscale)
+        w = np.where(x < 1, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * -0.5, 0.0))
+        weights[i, lo:hi] = w / w.sum()
+    return torch.from_numpy(np.trunc(weights * (1 << PIL_BITS) + np.where(weights < 0, -0.5, 0.5)))
+
+
+def pil_bicubic_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """[0, 1] images (their 8-bit values) resized as PIL's `Image.resize(size, Image.BICUBIC)` resizes 8-bit RGB:
+    the horizontal pass first, each pass in fixed point and rounded to 8 bits (SR3's `data/prepare_data.py`)."""
+    h, w = image.shape[-2:]
+    levels = (image.double() * 255).round().clamp(0, 255)
+    for axis, (n_in, n_out) in ((-1, (w, size[1])), (-2, (h, size[0]))):
+        if n_in == n_out:
+            continue
+        weights = _pil_weights(n_in, n_out).to(image.device)  # integer sums stay exact in float64 (< 2^53)
+        moved = levels.movedim(axis, -1)
+        levels = torch.floor((moved @ weights.T + (1 << (PIL_BITS - 1))) / (1 << PIL_BITS)).clamp(0, 255)
+        levels = levels.movedim(-1, axis)
+    return levels.float() / 255

@@ -6,10 +6,14 @@ The chain is `teachers.resshift.ResShiftProcess`'s, run on autoencoder latents:
   (1.0 in the releases); `decode(z)`: z / scale_factor through quantisation, post_quant_conv and the decoder, as the
   official code does, then [-1, 1] -> [0, 1] clamped.
 - the condition y is two tensors stacked along channels: z_y = encode(bicubic(LR)), the point the chain shifts to,
-  and the LR image in [-1, 1] at the latent size, which the denoiser is given (`model_condition`). The pipeline hands
-  processes bicubic(LR) = cond, not the LR, so the LR is recovered as the least-squares preimage of torch's bicubic
-  x`spatial_factor` upsampling (exact for an unclamped torch-bicubic upsampling; for x4 SR on an f4 autoencoder it
-  is the LR itself).
+  and the LR image in [-1, 1] at the latent size, which the denoiser is given (`model_condition`). Callers pass the
+  LR itself when they have it (sampling, evaluation, training batches); otherwise it is recovered as the
+  least-squares preimage of torch's bicubic x`spatial_factor` upsampling of cond (exact to float rounding, since
+  cond is never clamped: the official sampler upsamples the LR in [-1, 1] without clipping).
+- padding (`pad_condition`) as the official sampler: the LR is reflect-padded to the size multiple (the release's
+  `lq_size`, 64) and then upsampled, never the upsampled image padded; images up to 512 LR pixels are sampled
+  whole and larger ones in 512-pixel LR tiles at stride 448 (`official_tiling`, the official command line's
+  `--chop_size 512`).
 - no x0 clip (`clip_sample = "none"`, as the official sampler with an autoencoder); the input scaling
   x_t / sqrt(kappa^2 eta_t + 1) is the pixel process's.
 
@@ -31,6 +35,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  diffusers finds loaders by this name
 from torch import Tensor
 
+from teachers.process import pad_to_multiple
 from teachers.resshift import ResShiftProcess
 
 AUTOENCODER_FOLDER = "autoencoder"
@@ -152,10 +157,37 @@ class LatentResShiftProcess(ResShiftProcess):
             image = autoencoder.decode(x.float() / self.config.scale_factor).sample
         return ((image + 1) / 2).clamp(0.0, 1.0)
 
-    def encode_condition(self, cond: Tensor) -> Tensor:
-        """[encode(cond), the LR in [-1, 1] at the latent size] along channels."""
-        lr = bicubic_preimage(cond.float(), self.spatial_factor) * 2 - 1
-        return torch.cat([self.encode(cond), lr], dim=1)
+    def _lr_of(self, cond: Tensor, lr: Tensor | None) -> Tensor:
+        """The LR at the latent size: `lr` as given, or recovered from the (unclamped) condition."""
+        f = self.spatial_factor
+        if lr is None:
+            return bicubic_preimage(cond.float(), f)
+        if tuple(lr.shape[-2:]) != (cond.shape[-2] // f, cond.shape[-1] // f):
+            raise ValueError(f"the LR is {lr.shape[-1]}x{lr.shape[-2]} for a {cond.shape[-1]}x{cond.shape[-2]} "
+                             f"condition: a latent ResShift model gets the LR at its latent size (1/{f}), so it "
+                             f"super-resolves x{f} only")
+        return lr.float()
+
+    def _upsampled(self, lr: Tensor) -> Tensor:
+        return F.interpolate(lr, scale_factor=self.spatial_factor, mode="bicubic", align_corners=False)
+
+    def encode_condition(self, cond: Tensor, lr: Tensor | None = None) -> Tensor:
+        """[encode(bicubic(LR)), the LR in [-1, 1] at the latent size] along channels, both from the LR as the
+        official code makes them (a window of an LR is upsampled on its own, nothing is clamped); `cond` only
+        stands in for the LR when the caller has none."""
+        if lr is None:
+            return torch.cat([self.encode(cond), self._lr_of(cond, None) * 2 - 1], dim=1)
+        lr = self._lr_of(cond, lr)
+        return torch.cat([self.encode(self._upsampled(lr)), lr * 2 - 1], dim=1)
+
+    def pad_condition(self, cond: Tensor, multiple: int, lr: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The official padding: the LR reflect-padded to `multiple / spatial_factor` pixels, then upsampled."""
+        lr = pad_to_multiple(self._lr_of(cond, lr), multiple // self.spatial_factor)
+        return self._upsampled(lr).to(cond.dtype), lr
+
+    def official_tiling(self, scale: int) -> tuple[int, int]:
+        """zsyOAOA/ResShift's command line: LR chops of 512 pixels at stride 448 (`--chop_size 512`)."""
+        return 512 * scale, 64 * scale
 
     def model_condition(self, y: Tensor) -> Tensor:
         return y[:, self.latent_channels :]

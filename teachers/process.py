@@ -66,10 +66,27 @@ class DiffusionProcess(SchedulerMixin, ConfigMixin):
         """The process's space -> [0, 1] images, clamped."""
         raise NotImplementedError
 
-    def encode_condition(self, cond: Tensor) -> Tensor:
-        """The condition y in the process's space from cond = bicubic(LR) in [0, 1] (the chain's end point and
-        whatever the denoiser is given; see `model_condition`)."""
-        return self.encode(cond)
+    def remake_condition(self, cond: Tensor, lr: Tensor | None) -> Tensor:
+        """The condition as this process's models were trained on it: `cond` itself, unless the process makes its
+        own from the LR (SR3's PIL bicubic, `DDPMProcess(condition_resize="pil")`) and the LR is given."""
+        return cond
+
+    def encode_condition(self, cond: Tensor, lr: Tensor | None = None) -> Tensor:
+        """The condition y in the process's space (the chain's end point and whatever the denoiser is given; see
+        `model_condition`) from cond = bicubic(LR) at HR size, unclamped as the upsampling makes it, and the LR in
+        [0, 1] it was made from when the caller has it. Pixel space: BI-DiffSR's condition, cond (`remake_condition`)
+        clamped to [0, 1]."""
+        return self.encode(self.remake_condition(cond, lr).clamp(0.0, 1.0))
+
+    def pad_condition(self, cond: Tensor, multiple: int, lr: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(cond, lr) padded on the bottom/right to `multiple` HR pixels: pixel space reflect-pads the condition
+        (`remake_condition`d; the LR is used up and comes back as None)."""
+        return pad_to_multiple(self.remake_condition(cond, lr), multiple), None
+
+    def official_tiling(self, scale: int) -> tuple[int, int] | None:
+        """(tile, overlap) in HR pixels of the official sampler of the models this process comes from, when it
+        chops images its own way (used when a caller does not choose); None: the caller's default."""
+        return None
 
     def model_condition(self, y: Tensor) -> Tensor:
         """What the denoiser is given of the condition y (all of it unless the process keeps more in y)."""
@@ -164,6 +181,15 @@ class DiffusionProcess(SchedulerMixin, ConfigMixin):
         return self.num_train_timesteps
 
 
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Reflect-pad (B, C, H, W) on the bottom/right to multiples of `multiple` (replicate where reflect cannot)."""
+    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
 def per_sample(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
     """table[t] shaped (B or 1, 1, 1, 1) in `like`'s dtype and device: one schedule value per sample."""
     t = torch.as_tensor(t, device=like.device).reshape(-1)
@@ -218,9 +244,9 @@ class NoisyBatch:
 
 
 def noisy_batch(process: DiffusionProcess, hr: Tensor, cond: Tensor, generator: torch.Generator | None,
-                t: Tensor | None = None) -> NoisyBatch:
-    """Encode an (HR, condition) batch, draw one timestep per sample (unless given) and noise, and noise it."""
-    x0, y = process.encode(hr), process.encode_condition(cond)
+                t: Tensor | None = None, lr: Tensor | None = None) -> NoisyBatch:
+    """Encode an (HR, condition[, LR]) batch, draw one timestep per sample (unless given) and noise, and noise it."""
+    x0, y = process.encode(hr), process.encode_condition(cond, lr)
     if t is None:
         t = process.sample_timesteps(hr.shape[0], generator, hr.device)
     noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -244,9 +270,9 @@ def denoise_batch(model: Denoiser, process: DiffusionProcess, b: NoisyBatch, cro
 
 
 def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: Tensor,
-                  generator: torch.Generator | None, cross_timestep: bool = False) -> Tensor:
+                  generator: torch.Generator | None, cross_timestep: bool = False, lr: Tensor | None = None) -> Tensor:
     """The process's own loss for a denoiser on one batch (teacher training and the students' direct stage)."""
-    b = noisy_batch(process, hr, cond, generator)
+    b = noisy_batch(process, hr, cond, generator, lr=lr)
     return process.loss(denoise_batch(model, process, b, cross_timestep), b.target)
 
 
@@ -254,25 +280,24 @@ def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: 
 def sample(model: Denoiser, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None, *,
            size_multiple: int = 1, generator: torch.Generator | None = None, noise: Tensor | None = None,
            deterministic: bool | None = None, decode: bool = True,
-           progress: Callable[[], object] | None = None, y: Tensor | None = None) -> Tensor:
-    """Super-resolve a batch with any denoiser on any process: `cond` = bicubic(LR) in [0, 1] at HR size ->
-    [0, 1] images (or, with `decode=False`, the final x0 in the process's space at the padded size).
+           progress: Callable[[], object] | None = None, y: Tensor | None = None, lr: Tensor | None = None) -> Tensor:
+    """Super-resolve a batch with any denoiser on any process: `cond` = bicubic(LR) at HR size (unclamped), and the
+    LR in [0, 1] itself when the caller has it -> [0, 1] images (or, with `decode=False`, the final x0 in the
+    process's space at the padded size).
 
-    The condition is reflect-padded to `size_multiple` positions of the process's space (x `spatial_factor` pixels),
-    x_T = prior(y, noise) with `noise` (`noise_shape` of the padded condition) or noise drawn with `generator`; a
-    one-step process (`config.one_step`) evaluates the model once at the top timestep, others run
-    `inference_timesteps` with the process's deterministic or stochastic step. `progress` is called after every
-    network evaluation (a progress bar's update). `y`: `encode_condition` of the (already padded) condition, when
-    the caller has it (a latent process's encoder is not run twice)."""
-    from teachers.base import pad_to_multiple  # base imports this module
-
+    The condition is padded to `size_multiple` positions of the process's space (x `spatial_factor` pixels) as the
+    process pads (`pad_condition`), x_T = prior(y, noise) with `noise` (`noise_shape` of the padded condition) or noise
+    drawn with `generator`; a one-step process (`config.one_step`) evaluates the model once at the top timestep, others
+    run `inference_timesteps` with the process's deterministic or stochastic step. `progress` is called after every
+    network evaluation (a progress bar's update). `y`: `encode_condition` of the (already padded) condition, when the
+    caller has it (a latent process's encoder is not run twice)."""
     h, w = cond.shape[-2:]
-    padded = pad_to_multiple(cond, size_multiple * process.spatial_factor)
+    padded, lr = process.pad_condition(cond, size_multiple * process.spatial_factor, lr)
     shape = process.noise_shape(padded.shape)
     if noise is not None and tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape} (the padded condition's, in the "
                          "process's space)")
-    y = process.encode_condition(padded) if y is None else y
+    y = process.encode_condition(padded, lr) if y is None else y
     y_in = process.model_condition(y)
     if noise is None:
         noise = randn_tensor(shape, generator=generator, device=y.device, dtype=y.dtype)

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from pipeline import evaluate as evaluate_cli
 from pipeline.import_official import (CheckpointError, bidiffsr_config, convert_bidiffsr, main, read_checkpoint)
+from pipeline.resize import upsample_cond
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 
@@ -432,6 +435,17 @@ def test_released_sr3_imports_as_a_teacher_with_the_original_network_and_process
     ours = process.step(expected[0:1].expand_as(x), k, k - 1, x, None, deterministic=True)
     torch.testing.assert_close(ours.double(), mean, atol=1e-5, rtol=1e-4)
     assert teacher.sample(cond[:1], num_inference_steps=4, generator=torch.Generator().manual_seed(0)).shape == (1, 3, 32, 32)
+
+    # the condition as SR3's data preparation makes it (PIL's bicubic of the 8-bit LR), through the user path
+    assert process.config.condition_resize == "pil"
+    lr8 = (torch.rand(1, 8, 8, 3) * 255).byte()
+    official = torch.from_numpy(np.asarray(Image.fromarray(lr8[0].numpy()).resize((32, 32), Image.BICUBIC)).copy())
+    official = official.permute(2, 0, 1)[None].float() / 255 * 2 - 1
+    lr = lr8.permute(0, 3, 1, 2).float() / 255
+    given = []
+    teacher.unet.register_forward_hook(lambda module, inputs, output: given.append(inputs[1]))
+    teacher.sample(upsample_cond(lr, 4), num_inference_steps=2, generator=torch.Generator().manual_seed(0), lr=lr)
+    torch.testing.assert_close(given[0], official, atol=1e-6, rtol=0)
 
 
 def test_sr3_import_needs_its_config_and_checks_the_schedule(tmp_path, capsys):

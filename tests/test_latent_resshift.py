@@ -139,6 +139,32 @@ def test_a_sinsr_checkpoint_imports_as_a_one_step_teacher(tmp_path):
     torch.testing.assert_close(out, expected)
 
 
+def test_sinsr_option_files_and_compiled_checkpoints_import(tmp_path):
+    """SinSR's configs/SinSR.yaml counts the LR's channels in in_channels and has no lq_size; torch.compile saves
+    keys under `_orig_mod.` (stripped, as the official loader strips them)."""
+    net = write_release(tmp_path)
+    sinsr = yaml.safe_load(yaml.safe_dump(OPTIONS))
+    del sinsr["model"]["params"]["lq_size"]
+    sinsr["model"]["params"]["in_channels"] = 6
+    (tmp_path / "options.yaml").write_text(yaml.safe_dump(sinsr))
+    torch.save({f"_orig_mod.{k}": v for k, v in net.state_dict().items()}, tmp_path / "resshift.pth")
+    assert main(import_args(tmp_path, "sinsr", "--one-step")) == 0
+    teacher = load_teacher(tmp_path / "sinsr")
+    x, lr, t = torch.randn(1, 3, 8, 8), torch.rand(1, 3, 8, 8), torch.tensor([5])
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.predict(x, lr, t), net(x, lr, t))
+
+
+def test_a_checkpoint_holding_nan_is_refused_by_tensor_name(tmp_path, capsys):
+    net = write_release(tmp_path)
+    state = net.state_dict()
+    state["out.2.bias"] = state["out.2.bias"].clone().fill_(float("nan"))
+    torch.save(state, tmp_path / "resshift.pth")
+    assert main(import_args(tmp_path)) == 2
+    assert "'out.2.bias' holds NaN or infinite values" in capsys.readouterr().err
+    assert not (tmp_path / "teacher").exists()
+
+
 def test_resshift_import_errors_name_the_file_and_key_and_write_nothing(tmp_path, capsys):
     write_release(tmp_path)
     assert main(["resshift", str(tmp_path / "resshift.pth"), "--out", str(tmp_path / "a")]) == 2
@@ -177,7 +203,7 @@ def test_a_latent_process_without_its_autoencoder_is_a_clear_error(tmp_path):
 
 def test_a_student_distils_from_an_imported_resshift_teacher_and_publishes_with_its_autoencoder(tmp_path):
     from conftest import TINY_UNET_TOML
-    from pipeline.recipe import load_recipe
+    from pipeline.recipe import RecipeWarning, load_recipe
     from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
     from pipeline.trainer import Trainer
 
@@ -214,7 +240,9 @@ batch_size = 2
 lpips = false
 tile_size = 96
 """)
-    trainer = Trainer(load_recipe(tmp_path / "r.toml"))
+    with pytest.warns(RecipeWarning, match="data.degradation = 'bicubic', but the teacher .* trained on 'realesrgan'"):
+        recipe = load_recipe(tmp_path / "r.toml")  # deliberate here: a warning, not an error
+    trainer = Trainer(recipe)
     assert isinstance(trainer.process, LatentResShiftProcess) and trainer.process.autoencoder is not None
     result = trainer.run()
     assert set(result["mean"]) == {"bicubic", "condition", "teacher", "student"}  # 112x112 images in 96-pixel tiles

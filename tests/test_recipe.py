@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.recipe import RecipeError, load_recipe
 
@@ -131,7 +132,7 @@ def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
 
     monkeypatch.chdir(ROOT)
     overrides = [] if name in ("tiny.toml", "quickstart.toml") else [f"data.train=\"{SHARED / 'data' / 'Set14'}\""]
-    if "released_resshift" in name:  # an imported ResShift teacher: a Swin UNet on VQ latents
+    if "released_resshift" in name or "realsr" in name:  # an imported ResShift teacher: a Swin UNet on VQ latents
         from pipeline.importers.resshift import vq_model
         from teachers import LatentResShiftProcess
         from teachers.swin_unet import SwinUNet
@@ -139,12 +140,21 @@ def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
         vae = vq_model(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=3, embed_dim=3, n_embed=16, resolution=32)
         Teacher(SwinUNet(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
                          attention_resolutions=(8,), swin_embed_dim=32, window_size=4, lq_size=8),
-                LatentResShiftProcess().use_autoencoder(vae)).save_pretrained(tmp_path / "teacher")
+                LatentResShiftProcess().use_autoencoder(vae), degradation="realesrgan").save_pretrained(
+                    tmp_path / "teacher")
         overrides.append(f"teacher.path=\"{tmp_path / 'teacher'}\"")
     elif tomllib.loads((ROOT / "recipes" / name).read_text()).get("teacher", {}).get("path"):
         Teacher(SR3UNet(base_channels=16, channel_mults=(1, 2), norm_groups=4), ResShiftProcess()).save_pretrained(
             tmp_path / "teacher")
         overrides.append(f"teacher.path=\"{tmp_path / 'teacher'}\"")
+    init = tomllib.loads((ROOT / "recipes" / name).read_text()).get("student", {}).get("init")
+    if init:  # a full-precision twin saved by an earlier run: its config is what the recipe check reads
+        from students.bidiffsr import BIDiffSRUNet
+
+        unet = tomllib.loads((ROOT / "recipes" / name).read_text())["student"]["unet"]
+        with torch.device("meta"):
+            BIDiffSRUNet(**BIDiffSRUNet.twin_config(dict(unet, num_train_timesteps=15))).save_config(tmp_path / "twin")
+        overrides.append(f"student.init=\"{tmp_path / 'twin'}\"")
     recipe = load_recipe(ROOT / "recipes" / name, overrides)
     assert recipe.stages
 
@@ -222,5 +232,6 @@ def test_validation_mistakes_are_found_before_training(write, tmp_path):
     with pytest.raises(RecipeError, match=r"data.val_crop: is 32 but validation image .*small.png is only 40x24"):
         load_recipe(path, [f'data.val="{val}"', "data.val_crop=32"])
     assert load_recipe(path, [f'data.val="{val}"', "data.val_crop=24"]).data.val_crop == 24
-    with pytest.raises(RecipeError, match=r"eval.tile_size: must be >= 64 and a multiple of 2"):
+    with pytest.raises(RecipeError,
+                       match=r"eval.tile_size: must be 0 \(the process's default\) or >= 64 and a multiple of 2"):
         load_recipe(path, ["eval.tile_size=63"])

@@ -11,10 +11,10 @@ import torch
 
 from conftest import TINY_STUDENT
 from pipeline.recipe import StageConfig, load_recipe
-from pipeline.run_folder import stage_fingerprints
+from pipeline.run_folder import ADDED_STAGE_SETTINGS, stage_fingerprints
 from pipeline.stages import FeatureDistillStage
 from students.bidiffsr import BIDiffSRUNet
-from teachers import ResShiftProcess
+from teachers import DDPMProcess, ResShiftProcess
 from teachers.base import Teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_the_teacher_target_objective_drops_the_data_term():
     process = ResShiftProcess(prediction_type="residual")
     student = BIDiffSRUNet(**TINY_STUDENT, binarizer="bidiffsr")
     teacher = Teacher(BIDiffSRUNet(**BIDiffSRUNet.twin_config(student.config)), process, scale=4).freeze()
-    batch = {"hr": torch.rand(2, 3, 32, 32), "cond": torch.rand(2, 3, 32, 32)}
+    batch = {"hr": torch.rand(2, 3, 32, 32), "cond": torch.rand(2, 3, 32, 32), "lr": torch.rand(2, 3, 8, 8)}
 
     def losses(**weights):
         stage = FeatureDistillStage(teacher, process, [], spd_weight=0.0, **weights)
@@ -70,10 +70,13 @@ def test_a_new_stage_setting_at_its_default_leaves_fingerprints_as_they_were(tmp
     path.write_text(text)
     process = ResShiftProcess()
     default = stage_fingerprints(load_recipe(path), process, TINY_STUDENT)[0]["stage"]
-    assert "direct_weight" not in default and set(default) == {f for f in StageConfig.__dataclass_fields__
-                                                               if f not in ("name", "direct_weight")}
+    assert set(default) == {f for f in StageConfig.__dataclass_fields__ if f not in ("name", *ADDED_STAGE_SETTINGS)}
     changed = stage_fingerprints(load_recipe(path, ["stages.0.direct_weight=0.5"]), process, TINY_STUDENT)[0]
     assert changed["stage"]["direct_weight"] == 0.5
+    ddpm = stage_fingerprints(load_recipe(path), DDPMProcess(), TINY_STUDENT)[0]["process"]
+    assert "condition_resize" not in ddpm and "num_train_timesteps" in ddpm
+    pil = stage_fingerprints(load_recipe(path), DDPMProcess(condition_resize="pil"), TINY_STUDENT)[0]["process"]
+    assert pil["condition_resize"] == "pil"
 
 
 @pytest.mark.skipif(not (SHARED / "data" / "Set14").is_dir(), reason="../shared/data not present")

@@ -101,10 +101,12 @@ def run_script(recipe: Path, tmp_path, *extra) -> subprocess.Popen:
                             env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path):
-    reference = run_script(write_recipe(tmp_path, "reference"), tmp_path)
+@pytest.mark.parametrize("extra", [[], ["--set", "data.degradation=realesrgan", "--set", "data.patch_size=64"]],
+                         ids=["bicubic", "realesrgan"])
+def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path, extra):
+    reference = run_script(write_recipe(tmp_path, "reference"), tmp_path, *extra)
     killed_recipe = write_recipe(tmp_path, "killed")
-    killed = run_script(killed_recipe, tmp_path)
+    killed = run_script(killed_recipe, tmp_path, *extra)
     checkpoints = tmp_path / "killed" / "checkpoints" / "0-direct"
     deadline = time.time() + 120
     while not (checkpoints / "step-00000006").exists():
@@ -116,7 +118,7 @@ def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path):
     assert not (tmp_path / "killed" / "student").exists(), "the run finished before it could be killed"
     # a half-written checkpoint (killed while saving) must be ignored
     (checkpoints / ".step-00000099.partial").mkdir()
-    resumed = run_script(killed_recipe, tmp_path)
+    resumed = run_script(killed_recipe, tmp_path, *extra)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert "resuming stage 0 (direct) at step" in out

@@ -16,7 +16,8 @@ class CheckpointError(ValueError):
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """A released file -> a flat {name: tensor}: bare state dicts, or one under params_ema / params / state_dict /
-    model / module (in that order of preference), with any `module.` prefix (DataParallel) removed."""
+    model / module (in that order of preference), with the `module.` (DataParallel) and `_orig_mod.` (torch.compile)
+    prefixes removed, as the official loaders remove them. A tensor with NaN or infinite values is refused by name."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -39,7 +40,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     for name, value in data.items():
         if not isinstance(value, Tensor):
             raise CheckpointError(f"{path}: {name!r} is a {type(value).__name__}, not a tensor (is this a weights file?)")
-        state[name[len("module."):] if name.startswith("module.") else name] = value
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: {name!r} holds NaN or infinite values; this checkpoint is damaged")
+        for prefix in ("module.", "_orig_mod."):
+            name = name[len(prefix):] if name.startswith(prefix) else name
+        state[name] = value
     return state
 
 

@@ -147,6 +147,13 @@ def resshift_settings(options: dict, source: str) -> tuple[dict, dict, dict, int
     if unknown:
         need(False, f"model.params.{unknown[0]}", "not a UNetModelSwin setting we know")
     unet = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items() if k in _SWIN_KEYS}
+    if model.get("cond_lq", True) and "lq_size" not in model:
+        # wyf0912/SinSR's UNetModelSwin (configs/SinSR.yaml): in_channels counts the LR's 3 channels, and the LR is
+        # concatenated at the latent size with no feature extractor (ours: lq_size == image_size)
+        need(int(model.get("in_channels", 6)) > 3, "model.params.in_channels",
+             "a network without lq_size (SinSR's layout) counts the LR's 3 channels in in_channels")
+        unet["in_channels"] = int(model.get("in_channels", 6)) - 3
+        unet["lq_size"] = unet.get("image_size", 64)
     need(diffusion.get("schedule_name", "exponential") == "exponential", "diffusion.params.schedule_name",
          "only the released 'exponential' eta schedule is supported")
     need(diffusion.get("predict_type", "xstart") == "xstart", "diffusion.params.predict_type",
@@ -198,5 +205,5 @@ def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | 
     process = LatentResShiftProcess(**settings).use_autoencoder(vae)
     if one_step:  # SinSR: one evaluation at the top step from x_T, read as x0
         process = process.one_step_variant()
-    folder = save_teacher(Teacher(unet, process, scale=scale or found_scale), out)
+    folder = save_teacher(Teacher(unet, process, scale=scale or found_scale, degradation="realesrgan"), out)
     return folder, notes

@@ -111,7 +111,7 @@ def import_sr3(checkpoint: str | Path, out: str | Path, config_file: str | Path 
         raise CheckpointError(f"{config_file} names no l_resolution / r_resolution: pass --scale")
     state = read_checkpoint(checkpoint)
     state = {k[len("denoise_fn."):] if k.startswith("denoise_fn.") else k: v for k, v in state.items()}
-    process = DDPMProcess(**settings)
+    process = DDPMProcess(**settings, condition_resize="pil")  # the condition as SR3's data preparation makes it
     if "betas" in state and not torch.allclose(state["betas"].double(),
                                                torch.linspace(settings["beta_start"], settings["beta_end"],
                                                               settings["num_train_timesteps"], dtype=torch.float64)):

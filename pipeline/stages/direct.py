@@ -14,5 +14,6 @@ class DirectStage(Stage):
         self.process, self.cross_timestep = process, cross_timestep
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = training_loss(model, self.process, batch["hr"], batch["cond"], generator, self.cross_timestep)
+        loss = training_loss(model, self.process, batch["hr"], batch["cond"], generator, self.cross_timestep,
+                             lr=batch["lr"])
         return loss, {"loss": loss.detach()}

@@ -26,7 +26,7 @@ class FeatureDistillStage(Stage):
         self.cross_timestep = cross_timestep
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
-        b = noisy_batch(self.process, batch["hr"], batch["cond"], generator)
+        b = noisy_batch(self.process, batch["hr"], batch["cond"], generator, lr=batch["lr"])
         if self.names:
             out, s_feats = denoise_batch(model, self.process, b, self.cross_timestep, return_features=True)
             t_out, t_feats = self.teacher.features(b.x_in, b.y_in, b.t)

@@ -1,8 +1,24 @@
 """Stage `one_step` (SinSR / BiMaCoSR distillation, on any process): the student maps the start state
 x_T = prior(y, eps) in one evaluation at the top timestep T-1 to what the teacher's deterministic sampler makes of
-the same x_T; loss = MSE in the process's space. On ResShift this is BiMaCoSR's objective exactly
-(x_T = y + kappa sqrt(eta_T) eps, F = SinSR's sampler over all T steps); on BI-DiffSR's DDPM x_T is pure noise and
-F the deterministic 50-step DDIM. The student's process becomes its one-step variant (output read as x0)."""
+the same x_T. On ResShift this is SinSR's distillation term exactly (x_T = y + kappa sqrt(eta_T) eps, the teacher's
+output from SinSR's sampler over all T steps); on BI-DiffSR's DDPM x_T is pure noise and the teacher's sampler the
+deterministic 50-step DDIM. The student's process becomes its one-step variant (output read as x0).
+
+SinSR's loss ("SinSR: Diffusion-Based Image Super-Resolution in a Single Step"; wyf0912/SinSR
+`models/gaussian_diffusion.py` `training_losses_distill`, with `configs/SinSR.yaml`: learn_xT True,
+finetune_use_gt 1, no uncertainty, no covariance term, losses on latents), in numbered facts:
+1. The student runs at the fixed top step t = T-1 (no reflow); eps ~ N(0, I) at the latent size, x_T = z_y +
+   kappa sqrt(eta_T) eps, and z0_teacher = the teacher's deterministic sampler from that x_T (no gradient).
+2. Distillation: L_distill = MSE(f(s(x_T), T-1), z0_teacher), s(x) = x / sqrt(kappa^2 eta_{T-1} + 1) the input
+   scaling at t = T-1 and f the student with the LR as its condition.
+3. Inverse (learn_xT): L_xT = MSE(f(s(z0_teacher), 0), x_T): the same network, told timestep 0, maps the teacher's
+   output (scaled as at T-1) back to the x_T it came from. Weight 1 (`xt_weight`).
+4. Ground truth (finetune_use_gt): z_gt = encode(HR) (no upsampling); x_T^gt = f(s(z_gt), 0) without gradient; then
+   L_gt = MSE(f(s(x_T^gt), T-1), z_gt): the HR image through the student's inverse and back. Weight 1 (`gt_weight`).
+5. Loss = L_distill + xt_weight L_xT + gt_weight L_gt, each the mean over every element (the official mean over
+   non-batch dimensions, then over the batch, at equal sizes). All three are in the process's space (latents).
+BiMaCoSR trains its one-step student with these losses; `xt_weight = gt_weight = 0` is the distillation term alone.
+"""
 
 from __future__ import annotations
 
@@ -17,23 +33,42 @@ from teachers.process import DiffusionProcess
 
 
 class OneStepStage(Stage):
-    def __init__(self, teacher: Teacher, student_process: DiffusionProcess, teacher_steps: int | None = None):
+    def __init__(self, teacher: Teacher, student_process: DiffusionProcess, teacher_steps: int | None = None,
+                 xt_weight: float = 0.0, gt_weight: float = 0.0):
         self.teacher, self.process, self.teacher_steps = teacher, student_process, teacher_steps
+        self.xt_weight, self.gt_weight = xt_weight, gt_weight
         self.top = student_process.num_train_timesteps - 1
 
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
-        cond = batch["cond"]
+        cond, p = batch["cond"], self.process
         size = self.teacher.unet.size_multiple * self.teacher.process.spatial_factor
         if cond.shape[-1] % size or cond.shape[-2] % size:
             raise ValueError(f"one_step needs patches that are multiples of the teacher's {size}; got "
                              f"{tuple(cond.shape[-2:])}")
-        noise = randn_tensor(self.process.noise_shape(cond.shape), generator=generator, device=cond.device,
-                             dtype=cond.dtype)
-        y = self.process.encode_condition(cond)  # teacher and student share the process's space
+        noise = randn_tensor(p.noise_shape(cond.shape), generator=generator, device=cond.device, dtype=cond.dtype)
+        y = p.encode_condition(cond, batch["lr"])  # teacher and student share the process's space
+        y_in = p.model_condition(y)
         target = self.teacher.sample(cond, self.teacher_steps, noise=noise, deterministic=True, decode=False, y=y)
-        x_T = self.process.prior(y, noise)
-        t = torch.full((cond.shape[0],), self.top, device=cond.device, dtype=torch.long)
-        out = model(self.process.model_input(x_T, t), self.process.model_condition(y), t)
-        x0 = self.process.predict_x0(out, x_T, t, y, clip=False)
-        loss = F.mse_loss(x0.float(), target)
-        return loss, {"loss": loss.detach()}
+        x_T = p.prior(y, noise)
+        top = torch.full((cond.shape[0],), self.top, device=cond.device, dtype=torch.long)
+        zero = torch.zeros_like(top)
+
+        def student(x: Tensor, t: Tensor) -> Tensor:  # f(s(x), t): the input always scaled as at the top step
+            return model(p.model_input(x, top), y_in, p.model_time(t))
+
+        distill = F.mse_loss(p.predict_x0(student(x_T, top), x_T, top, y, clip=False).float(), target)
+        loss, logs = distill, {"distill": distill.detach()}
+        if self.xt_weight:
+            inverse = F.mse_loss(student(target, zero).float(), x_T.float())
+            loss, logs["xt"] = loss + self.xt_weight * inverse, inverse.detach()
+        if self.gt_weight:
+            z_gt = p.encode(batch["hr"])
+            with torch.no_grad():
+                x_T_gt = student(z_gt, zero)
+            back = F.mse_loss(p.predict_x0(student(x_T_gt, top), x_T_gt, top, y, clip=False).float(), z_gt.float())
+            loss, logs["gt"] = loss + self.gt_weight * back, back.detach()
+        if len(logs) == 1:
+            logs = {"loss": distill.detach()}
+        else:
+            logs["loss"] = loss.detach()
+        return loss, logs
