@@ -30,4 +30,14 @@ def folder_written_whole(final: str | Path) -> Iterator[Path]:
     tmp = partial_sibling(final)
     shutil.rmtree(tmp, ignore_errors=True)
     yield tmp
+    follow_umask(tmp)
     replace_folder(tmp, final)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give every file under `folder` the mode a new file gets (safetensors writes its files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~mask)

@@ -13,6 +13,7 @@ of sample indices for each process, so data order survives a resume and splits c
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
@@ -37,11 +38,27 @@ class DataError(ValueError):
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what opening a user's image can raise
+
+
+def training_image_files(folder: str | Path) -> list[Path]:
+    """The image files under a training folder, in subfolders too (as datasets' imagefolder finds them), sorted;
+    regular files only. A name that is not UTF-8 is a DataError naming it (datasets cannot carry it)."""
+    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    for f in files:
+        try:
+            str(f).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{folder}: the file name {os.fsencode(f)!r} is not UTF-8; rename it") from None
+    return files
+
+
 def image_files(folder: str | Path) -> list[Path]:
     """The image files directly in `folder`, sorted by name."""
     if not Path(folder).is_dir():
         raise DataError(f"folder {folder} does not exist")
-    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    # regular files only: a named pipe called x.png would block the first read forever
+    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -76,7 +93,12 @@ def load_hr_dataset(folder: str = "", hub: str = "", split: str = "train", image
     import datasets
 
     if folder:
-        ds = datasets.load_dataset("imagefolder", data_dir=folder, split="train")
+        # the files named one by one (escaped): a folder name with [ ] is not a pattern, and a metadata.jsonl beside
+        # the images is not read as labels
+        files = [glob.escape(str(f)) for f in training_image_files(folder)]
+        if not files:
+            raise DataError(f"folder {folder} holds no images")
+        ds = datasets.load_dataset("imagefolder", data_files={"train": files}, split="train")
     else:
         ds = datasets.load_dataset(hub, split=split)
     if image_column not in ds.column_names:
@@ -210,7 +232,7 @@ def _read(file: Path) -> Tensor:
     try:
         with Image.open(file) as image:
             return to_uint8_tensor(image)
-    except (OSError, ValueError) as err:
+    except UNREADABLE as err:
         raise DataError(f"cannot read image {file}: {err}") from None
 
 

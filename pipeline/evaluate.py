@@ -16,6 +16,8 @@ import argparse
 import contextlib
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_
 from pipeline.resize import imresize_up, upsample_cond
 from pipeline.sr_pipeline import BiDiffSRPipeline, resolve_tiling, tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
+from students.finite import check_finite
 from teachers.base import Teacher, load_teacher
 from teachers.process import DiffusionProcess, load_process
 
@@ -54,6 +57,7 @@ def load_student(path: str | Path) -> tuple[BIDiffSRUNet, DiffusionProcess]:
     else:
         raise ValueError(f"{path} is neither a saved student (diffusion_pytorch_model.safetensors + config.json) "
                          "nor a training checkpoint (model.safetensors + config.json)")
+    check_finite(model, f"the student in {path}")
     return model, load_process(path)
 
 
@@ -174,6 +178,26 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
     return result
 
 
+def _out_problem(out: Path) -> str:
+    """Why evaluation must not write into `out` ('' when it may): a file, a folder it cannot write, or one holding a
+    samples.png / metrics.json that an earlier evaluation did not write (a user's files are never replaced)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"--out {out}: cannot create it ({err.strerror})"
+    if not os.access(out, os.W_OK):
+        return f"--out {out} is not writable"
+    try:
+        ours = "per_image" in json.loads((out / "metrics.json").read_text())
+    except FileNotFoundError:
+        ours = not (out / "samples.png").exists()
+    except (OSError, ValueError, TypeError):
+        ours = False
+    return "" if ours else f"--out {out} holds a metrics.json or samples.png that no evaluation wrote; choose another"
+
+
 def _tiling(process: DiffusionProcess, scale: int, tile: int | None, overlap: int | None) -> dict:
     tile, overlap = resolve_tiling(process, scale, tile, overlap, 512)
     return {"tile": tile, "overlap": overlap}
@@ -229,22 +253,37 @@ def main(argv: list[str] | None = None) -> None:
                         help="run the teacher's network under autocast (the official ResShift / SinSR command lines "
                              "sample in fp16 on a GPU); recorded in metrics.json")
     args = parser.parse_args(argv)
+    for flag, value, least in (("--max-images", args.max_images, 0), ("--crop", args.crop, 0),
+                               ("--scale", args.scale, 1)):
+        if value < least:
+            parser.error(f"{flag} must be >= {least}, got {value}")
 
-    console = Console()
+    problem = _out_problem(Path(args.out)) if args.out else ""
+    if problem:
+        parser.error(problem)
+    console = Console(soft_wrap=not sys.stdout.isatty())  # logs: one line per line, however long
     try:
         student, process = load_student(args.student) if args.student else (None, None)
+        published = Path(args.student or "") / "model_index.json"
+        if args.student and published.is_file():
+            scale = json.loads(published.read_text()).get("scale")
+            if scale is not None and int(scale) != args.scale:
+                raise ValueError(f"{args.student} is an x{scale} student but --scale is {args.scale}")
         teacher = load_teacher(args.teacher) if args.teacher else None
         if teacher is not None:
             teacher.check_scale(args.scale, source="--scale")
             teacher.autocast_dtype = AUTOCAST[args.teacher_autocast]
     except (OSError, ValueError) as err:
         parser.error(str(err))
-    lpips_model = None
+    lpips_model, skipped = None, ""
     if not args.no_lpips:
         try:
             lpips_model = load_lpips(args.lpips_backbone or None, args.device)
         except LPIPSUnavailable as err:
-            parser.error(str(err))
+            if args.lpips_backbone:  # the file asked for is missing or wrong: a mistake to name
+                parser.error(str(err))
+            skipped = str(err)  # no backbone to be had (offline): the other metrics, as a training run does
+            console.print(f"[yellow]LPIPS skipped: {skipped}[/yellow]")
     try:
         images = (load_lr_images(args.val, args.max_images) if args.lr_only
                   else load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop))
@@ -252,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     evaluate(images, args.scale, student, teacher, student_process=process, num_inference_steps=args.steps, seed=args.seed,
              lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console,
-             tile_size=args.tile, record={"teacher_autocast": args.teacher_autocast} if teacher is not None else None)
+             tile_size=args.tile, lpips_skipped=skipped,
+             record={"teacher_autocast": args.teacher_autocast} if teacher is not None else None)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ def psnr_y(sr: Tensor, hr: Tensor, crop_border: int) -> Tensor:
     return 10 * torch.log10(255.0**2 / mse)
 
 
+SSIM_WINDOW = 11
+
+
 def _gaussian_window(device) -> Tensor:
-    g = torch.exp(-((torch.arange(11, dtype=torch.float64, device=device) - 5) ** 2) / (2 * 1.5**2))
+    g = torch.exp(-((torch.arange(SSIM_WINDOW, dtype=torch.float64, device=device) - 5) ** 2) / (2 * 1.5**2))
     g = g / g.sum()
     return (g[:, None] * g[None, :])[None, None]
 
@@ -51,7 +54,7 @@ def _gaussian_window(device) -> Tensor:
 def ssim_y(sr: Tensor, hr: Tensor, crop_border: int) -> Tensor:
     """Per-image SSIM on Y (11x11 Gaussian, sigma 1.5, valid filtering, C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 255)."""
     a, b = (_crop(rgb_to_y(quantize(x)), crop_border) for x in (sr, hr))
-    if min(a.shape[-2:]) < 11:
+    if min(a.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs at least 11x11 pixels after removing a {crop_border}-pixel border; "
                          f"got {a.shape[-1]}x{a.shape[-2]}")
     win = _gaussian_window(a.device)

@@ -26,36 +26,10 @@ from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 from students.complexity import format_ops, format_params, measure_student
 from students.binarizers import get_binarizer
+from students.finite import nonfinite_tensors
 from students.packing import save_packed
-from teachers.process import PROCESSES
 
 PACKED_NAME = "student_1bit.safetensors"
-
-# component -> (loader file, the package module it points at); diffusers' custom-code convention: model_index.json
-# names ["<file stem>", "<class>"] and the file lives in the component's folder (the pipeline's at the top).
-LOADERS = {
-    "_class_name": ("pipeline_bidiffsr.py", "pipeline.sr_pipeline"),
-    "unet": ("unet/bidiffsr_unet.py", "students.bidiffsr"),
-    "scheduler": ("scheduler/bidiffsr_process.py", "teachers"),
-}
-
-LOADER_TEMPLATE = '''"""Loader for diffusers' generic call on this model:
-
-    DiffusionPipeline.from_pretrained("<this folder or Hub id>", trust_remote_code=True)
-
-It only points at {what} in the BiDistill package, which must be installed (BiDistill's own
-`BiDiffSRPipeline.from_pretrained` loads the model without running this file)."""
-
-import importlib
-
-try:
-    _module = importlib.import_module("{module}")
-except ImportError as err:
-    raise ImportError("this model runs on BiDistill's code: install the BiDistill package in this environment "
-                      "(pip install <its repository>)") from err
-
-{names}
-'''
 
 PAPERS = [
     ("Binarized Diffusion Model for Image Super-Resolution (BI-DiffSR)", "zhengchen1999/BI-DiffSR"),
@@ -71,21 +45,7 @@ class PublishError(RuntimeError):
     pass
 
 
-def write_loaders(folder: Path, process) -> None:
-    """The generic-diffusers loader files and the model_index.json entries that name them."""
-    index_file = folder / "model_index.json"
-    index = json.loads(index_file.read_text())
-    classes = {"_class_name": [BiDiffSRPipeline.__name__], "unet": [BIDiffSRUNet.__name__],
-               "scheduler": sorted(c.__name__ for c in PROCESSES.values())}
-    own = {"_class_name": BiDiffSRPipeline.__name__, "unet": BIDiffSRUNet.__name__, "scheduler": type(process).__name__}
-    for key, (file, module) in LOADERS.items():
-        names = "\n".join(f"{name} = _module.{name}" for name in classes[key])
-        (folder / file).write_text(LOADER_TEMPLATE.format(what=", ".join(classes[key]), module=module, names=names))
-        index[key] = [Path(file).stem, own[key]]
-    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _card_data(metrics: dict | None, recipe: dict | None, repo_id: str) -> ModelCardData:
+def _card_data(metrics: dict | None, recipe: dict | None, repo_id: str, license: str) -> ModelCardData:
     datasets = [recipe["data"]["train_hub"]] if recipe and recipe.get("data", {}).get("train_hub") else None
     results = None
     if metrics and "student" in metrics["mean"]:
@@ -93,9 +53,11 @@ def _card_data(metrics: dict | None, recipe: dict | None, repo_id: str) -> Model
         results = [EvalResult(task_type="image-to-image", dataset_type=name, dataset_name=f"{name} x{metrics['scale']}",
                               metric_type=metric, metric_value=round(float(value), 4))
                    for metric, value in metrics["mean"]["student"].items() if value is not None]
-    return ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="image-to-image",
-                         tags=["super-resolution", "binarized", "1-bit", "diffusion", "bidistill"], datasets=datasets,
-                         metrics=["psnr", "ssim", "lpips"], model_name=repo_id or "BiDistill student",
+    spdx, _, name = (license or "apache-2.0").partition(":")  # "other:<name>" for a licence without a Hub id
+    return ModelCardData(library_name="diffusers", license=spdx, license_name=name or None,
+                         pipeline_tag="image-to-image", tags=["super-resolution", "binarized", "1-bit", "diffusion",
+                                                              "bidistill"], datasets=datasets,
+                         metrics=(metrics or {}).get("metrics") or None, model_name=repo_id or "BiDistill student",
                          eval_results=results)
 
 
@@ -105,29 +67,39 @@ def _provenance(recipe: dict | None) -> list[str]:
         return []
     teacher, data = recipe.get("teacher", {}), recipe.get("data", {})
     trained = [s["type"] for s in recipe.get("stages", [])]
-    source = (f"loaded from `{teacher['path']}`" if teacher.get("path")
+    source = (f"loaded from a folder named `{Path(teacher['path']).name}`" if teacher.get("path")
               else f"trained in the same run (kind `{teacher.get('kind', 'twin')}`)")
-    train = data.get("train_hub") or data.get("builtin") or data.get("train") or "?"
+    train = data.get("train_hub") or data.get("builtin") or Path(data.get("train") or "?").name  # no local paths
     lr = {"realesrgan": "made by Real-ESRGAN's second-order degradation (blur, resize, noise, JPEG, twice), the "
                         "model is meant for real-world LR images"}.get(data.get("degradation", "bicubic"),
                                                                          "bicubic downscaling (MATLAB imresize)")
     return [f"- Teacher: {source}; stages: {', '.join(trained)}.",
-            f"- Training data: `{train}`; validation: `{data.get('val') or '-'}`; LR images: {lr}.", ""]
+            f"- Training data: `{train}`; validation: `{Path(data.get('val') or '-').name}`; LR images: {lr}.", ""]
+
+
+def _licence_note(license: str) -> list[str]:
+    if not license:
+        return []
+    name = license.partition(":")[2] or license
+    return [f"- Licence: the teacher's released weights are under {name}; this student is derived from them (and "
+            "ships their autoencoder if its process has one), so it carries that licence.", ""]
 
 
 def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
-               repo_id: str = "") -> ModelCard:
+               repo_id: str = "", license: str = "") -> ModelCard:
+    """The README.md of a published folder. `license`: the teacher's released weights' licence (a Hub id, or
+    "other:<name>"), which a student distilled from them and shipping their autoencoder carries; else apache-2.0."""
     side = 256 // process.spatial_factor  # the student's input for a 256x256 output
     c = measure_student(dict(student.config), side, side)
     space = f" {process.space_note()}" if process.space_note() else ""
     where = repo_id or "path/to/this/folder"
     lines = [
-        "---", _card_data(metrics, recipe, repo_id).to_yaml(), "---", "",
+        "---", _card_data(metrics, recipe, repo_id, license).to_yaml(), "---", "",
         f"# {repo_id or 'BiDistill student'}: 1-bit diffusion super-resolution, x{scale}", "",
         f"A binarized BI-DiffSR student (binarizer `{student.config.binarizer}`) trained with BiDistill, on the "
         f"`{type(process).__name__}` process ({process.num_train_timesteps} training steps): "
         f"{_sampling(process)}.{space}", "",
-    ] + _provenance(recipe) + [
+    ] + _provenance(recipe) + _licence_note(license) + [
         f"| Params (paper rule) | OPs per step at 3x{side}x{side}"
         + (" (a 256x256 output)" if side != 256 else "") + " | raw parameters | binary weights |",
         "| --- | --- | --- | --- |",
@@ -161,8 +133,8 @@ def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None,
          else ["This network is full precision (binarizer `none`, a binarized student's twin): no 1-bit file.", ""]) + [
         "## Papers", "",
     ] + [f"- {title} (`{repo}`)" for title, repo in PAPERS] + [""]
-    if recipe:
-        lines += ["## Recipe", "", "```json", json.dumps(recipe, indent=2), "```", ""]
+    if recipe:  # the card holds no local paths; recipe.json is the run's own record
+        lines += ["## Recipe", "", "The recipe that made this model is `recipe.json` in this folder.", ""]
     return ModelCard("\n".join(lines))
 
 
@@ -178,16 +150,20 @@ def _sampling(process) -> str:
 
 
 def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str | Path,
-                       metrics: dict | None = None, recipe: dict | None = None, repo_id: str = "") -> Path:
-    """Write the publishable folder atomically and return its path."""
+                       metrics: dict | None = None, recipe: dict | None = None, repo_id: str = "",
+                       license: str = "") -> Path:
+    """Write the publishable folder atomically and return its path (`license`: see `model_card`)."""
     folder = Path(folder)
     student = student.eval()
+    bad = nonfinite_tensors(student)
+    if bad:
+        raise PublishError(f"not publishing {folder}: the student holds NaN or infinite weights ({', '.join(bad[:3])}"
+                           f"{' ...' if len(bad) > 3 else ''}); its training diverged")
     with folder_written_whole(folder) as tmp:
-        BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)
-        write_loaders(tmp, scheduler)
+        BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)  # with its loader files
         if _binary(student):  # a full-precision twin (binarizer "none") has nothing to pack
             save_packed(student, tmp / PACKED_NAME)
-        model_card(student, scheduler, scale, metrics, recipe, repo_id).save(tmp / "README.md")
+        model_card(student, scheduler, scale, metrics, recipe, repo_id, license).save(tmp / "README.md")
         if recipe is not None:
             (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
         write_checksums(tmp)

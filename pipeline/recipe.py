@@ -34,6 +34,15 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 TRACKERS = ("tensorboard", "wandb")
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # names that make paths: run.name, stage names
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class RecipeError(ValueError):
     """A recipe problem, always naming the file and the key."""
 
@@ -218,8 +227,9 @@ def _build(cls: type, table: Any, source: str, where: str):
     return cls(**kwargs)
 
 
-def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
-    """Build and validate a recipe from an already-parsed TOML document."""
+def parse_recipe(raw: dict, source: str = "<recipe>", check: bool = True) -> Recipe:
+    """Build and (with `check`) validate a recipe from an already-parsed TOML document; without `check`, only the
+    keys and types (what printing it needs)."""
     raw = dict(raw)
     stages_raw = raw.pop("stages", [])
     process_raw = raw.pop("process", {})
@@ -237,7 +247,8 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(stages_raw, list):
         raise RecipeError(source, "stages", "must be an array of tables ([[stages]])")
     recipe.stages = [_build(StageConfig, s, source, f"stages[{i}]") for i, s in enumerate(stages_raw)]
-    validate(recipe)
+    if check:
+        validate(recipe)
     return recipe
 
 
@@ -259,6 +270,9 @@ def apply_override(raw: dict, assignment: str, source: str) -> None:
             node = node[int(part)]
         else:
             node = node.setdefault(part, [] if part == "stages" else {})
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(source, path, f"'{'.'.join(parts[:i + 1])}' is a value ({node!r}), not a table: "
+                                            "nothing inside it can be set")
     last = parts[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
@@ -268,19 +282,23 @@ def apply_override(raw: dict, assignment: str, source: str) -> None:
         node[last] = value
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override and validate a recipe file."""
+def load_recipe(path: str | Path, overrides: list[str] = (), check: bool = True) -> Recipe:
+    """Read, override and (with `check`) validate a recipe file."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise RecipeError(source, "", "recipe file does not exist")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(source, "", f"not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(source, "", f"not UTF-8 text (byte {err.start}): TOML files are UTF-8") from None
+    except OSError as err:
+        raise RecipeError(source, "", f"cannot read the recipe: {err.strerror}") from None
     for assignment in overrides:
         apply_override(raw, assignment, source)
-    return parse_recipe(raw, source)
+    return parse_recipe(raw, source, check)
 
 
 # ---- validation --------------------------------------------------------------------------------------------------
@@ -430,8 +448,9 @@ def _check_validation_folder(recipe: Recipe) -> None:
     """Before training: the validation folder has images, and every one is at least data.val_crop on each side."""
     from PIL import Image
 
-    from pipeline.data import image_files
+    from pipeline.data import UNREADABLE, image_files
     from pipeline.degradations import MIN_PATCH
+    from pipeline.metrics import SSIM_WINDOW
 
     d = recipe.data
     files = image_files(d.val)
@@ -442,10 +461,15 @@ def _check_validation_folder(recipe: Recipe) -> None:
         try:
             with Image.open(f) as im:
                 w, h = im.size
-        except OSError as err:
+        except UNREADABLE as err:
             raise RecipeError(recipe.source, "data.val", f"cannot read validation image {f}: {err}") from None
         _check(min(w, h) >= d.val_crop, recipe, "data.val_crop",
                f"is {d.val_crop} but validation image {f} is only {w}x{h}")
+        side = d.val_crop or min(w, h)
+        need = SSIM_WINDOW + 2 * recipe.run.scale
+        _check(d.val_lr_only or side >= need, recipe, "data.val_crop" if d.val_crop else "data.val",
+               f"validation images must be at least {need} pixels a side (SSIM's 11x11 window inside the "
+               f"{recipe.run.scale}-pixel border), but {f} gives {side}")
         _check(d.degradation != "realesrgan" or d.val_lr_only or min(w, h) >= MIN_PATCH, recipe, "data.val",
                f"validation image {f} is {w}x{h}: realesrgan degradations need at least {MIN_PATCH} pixels a side")
 
@@ -455,10 +479,13 @@ def _check_training_folder(recipe: Recipe) -> None:
     of them readable and at least as large as the largest training patch on both sides."""
     from PIL import Image
 
-    from pipeline.data import IMAGE_SUFFIXES
+    from pipeline.data import IMAGE_SUFFIXES, UNREADABLE, DataError, training_image_files
 
     d, r = recipe.data, recipe.run
-    files = sorted(f for f in Path(d.train).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    try:
+        files = training_image_files(d.train)
+    except DataError as err:
+        raise RecipeError(recipe.source, "data.train", str(err)) from None
     _check(bool(files), recipe, "data.train",
            f"folder {d.train} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)")
     sides = []
@@ -466,7 +493,7 @@ def _check_training_folder(recipe: Recipe) -> None:
         try:
             with Image.open(f) as im:
                 sides.append(min(im.size) - min(im.size) % r.scale)
-        except OSError:
+        except UNREADABLE:
             continue  # reported and skipped when the data is prepared
     _check(bool(sides), recipe, "data.train", f"none of the {len(files)} images in {d.train} can be read "
            f"(the first is {files[0]})")
@@ -476,23 +503,48 @@ def _check_training_folder(recipe: Recipe) -> None:
            f"sides (the largest allows {max(sides)}px at x{r.scale})")
 
 
-def _check_init_twin(recipe: Recipe, student) -> None:
-    """A binarized student started from a saved full-precision twin (`student.init` with binarizer "none") needs the
-    twin's layout."""
-    from students.bidiffsr import layout_difference
+def _feature_names(student, side: int) -> set[str]:
+    """The res-block features a student taps, from one forward pass on the meta device (no memory, no compute)."""
+    import torch
 
+    x = torch.zeros(1, student.config.out_channels, side, side, device="meta")
+    y = torch.zeros(1, student.config.in_channels - student.config.out_channels, side, side, device="meta")
+    return set(student(x, y, torch.zeros(1, dtype=torch.long, device="meta"), return_features=True)[1])
+
+
+def _check_student_init(recipe: Recipe, student) -> None:
+    """student.init before training: an intact saved student with readable, finite weights whose layout and
+    timesteps are the recipe's student's (the same binarizer, or its full-precision twin, binarizer "none", which the
+    binarized student then starts from)."""
+    from safetensors.torch import load_file
+
+    from pipeline.checksums import CHECKSUMS, damage
+    from students.bidiffsr import layout_difference
+    from students.finite import nonfinite_tensors
+
+    folder = Path(recipe.student.init)
     try:
-        saved = json.loads((Path(recipe.student.init) / "config.json").read_text())
+        saved = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise RecipeError(recipe.source, "student.init",
-                          f"cannot read {recipe.student.init}/config.json: {err}") from None
-    if saved.get("binarizer") != "none" or student.config.binarizer == "none":
-        return
+        raise RecipeError(recipe.source, "student.init", f"cannot read {folder}/config.json: {err}") from None
+    why = damage(folder) if (folder / CHECKSUMS).is_file() else ""
+    _check(not why, recipe, "student.init", f"{folder} is damaged: {why}")
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    try:
+        bad = nonfinite_tensors(load_file(weights))
+    except Exception as err:  # missing, truncated or not a safetensors file
+        raise RecipeError(recipe.source, "student.init", f"cannot read {weights}: {err}") from None
+    _check(not bad, recipe, "student.init", f"{weights} holds NaN or infinite weights ({', '.join(bad[:3])})")
+    twin = saved.get("binarizer") == "none" and student.config.binarizer != "none"
     difference = layout_difference(student.config, saved)
-    if difference:
-        key, mine, theirs = difference
-        raise RecipeError(recipe.source, "student.init", f"the saved full-precision twin the student starts from has "
-                                                         f"{key} = {theirs!r}, the student {mine!r}")
+    keys = ("num_train_timesteps",) if twin else ("num_train_timesteps", "binarizer", "timestep_groups")
+    mismatch = next(((k, student.config[k], saved.get(k)) for k in keys if saved.get(k) != student.config[k]), None)
+    problem = difference or mismatch
+    if problem:
+        key, mine, theirs = problem
+        raise RecipeError(recipe.source, "student.init", f"{folder} is a student with {key} = {theirs!r}, but this "
+                                                         f"recipe's student has {mine!r} (student.unet and the "
+                                                         "process decide it)")
 
 
 class RecipeWarning(UserWarning):
@@ -532,6 +584,16 @@ def validate(recipe: Recipe) -> None:
         _check(tracker in TRACKERS, recipe, f"run.log_with[{i}]", f"must be one of {TRACKERS}, got {tracker!r}")
         _check(importlib.util.find_spec(tracker) is not None, recipe, f"run.log_with[{i}]",  # named as its package
                f"{tracker!r} needs the {tracker} package, which is not installed (pip install {tracker}), or drop it")
+    _check(_NAME.fullmatch(r.name) is not None, recipe, "run.name",
+           f"must be 1-100 letters, digits, '_', '-' or '.' (not starting with '.'), got {r.name!r}: it names "
+           "folders and logs")
+    _check(0 <= r.seed < 2**32, recipe, "run.seed", f"must be in [0, 2^32 - 1], got {r.seed}")
+    _check(r.mixed_precision != "fp16" or _has_gpu(), recipe, "run.mixed_precision",
+           "'fp16' needs a GPU (this machine has none); use 'bf16' or 'no' on a CPU")
+    if d.train:
+        inside = Path(r.output_dir).resolve().is_relative_to(Path(d.train).resolve())
+        _check(not inside, recipe, "run.output_dir", f"{r.output_dir} is inside data.train ({d.train}): its "
+               "evaluation images would become training data; choose a folder outside it")
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(r, key) > 0, recipe, f"run.{key}", f"must be > 0, got {getattr(r, key)}")
     _check(r.resume in ("latest", "never") or Path(r.resume).is_dir(), recipe, "run.resume",
@@ -588,7 +650,7 @@ def validate(recipe: Recipe) -> None:
     if recipe.student.init:
         _check((Path(recipe.student.init) / "config.json").is_file(), recipe, "student.init",
                f"{recipe.student.init} is not a saved student folder (no config.json)")
-        _check_init_twin(recipe, student)
+        _check_student_init(recipe, student)
     if recipe.student.init_from_teacher:
         _check(not recipe.student.init, recipe, "student.init_from_teacher",
                "choose one of student.init (a saved student) and student.init_from_teacher")
@@ -614,8 +676,9 @@ def validate(recipe: Recipe) -> None:
         key = f"stages[{i}]"
         _check(s.type in STAGE_TYPES, recipe, f"{key}.type", f"must be one of {STAGE_TYPES}, got {s.type!r}")
         s.name = s.name or s.type
-        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", s.name) is not None, recipe, f"{key}.name",
-               f"must be letters, digits, '_', '-' or '.' (not starting with '.'), got {s.name!r}: it names folders")
+        _check(_NAME.fullmatch(s.name) is not None, recipe, f"{key}.name",
+               f"must be 1-100 letters, digits, '_', '-' or '.' (not starting with '.'), got {s.name!r}: it names "
+               "folders")
         _check(s.name not in names, recipe, f"{key}.name", f"stage name {s.name!r} is used twice")
         names.add(s.name)
         _check(s.steps > 0, recipe, f"{key}.steps", f"must be > 0, got {s.steps}")
@@ -659,6 +722,10 @@ def validate(recipe: Recipe) -> None:
             _check(recipe.student.init_from_teacher or bool(recipe.student.init), recipe, "student.init_from_teacher",
                    f"stages[{i}] uses SPD, whose channel-wise Gram matrices only carry signal when the student starts "
                    "from the teacher's weights (BiDM); set student.init_from_teacher = true")
+            known = _feature_names(student, patch // process.spatial_factor) if s.features else set()
+            for name in s.features:
+                _check(name in known, recipe, f"{key}.features",
+                       f"{name!r} is not a res-block feature of the student; it has {', '.join(sorted(known))}")
             grid = s.spd_patches * pixels_per_position
             _check(patch % grid == 0, recipe, f"{key}.patch_size",
                    f"SPD splits every feature map into a {s.spd_patches}x{s.spd_patches} grid, so the patch size must "
@@ -669,6 +736,12 @@ def validate(recipe: Recipe) -> None:
             except ValueError as err:
                 raise RecipeError(recipe.source, f"{key}.teacher_steps", str(err)) from None
     _check(recipe.eval.num_inference_steps >= 0, recipe, "eval.num_inference_steps", "must be >= 0 (0: the process's default)")
+    if recipe.eval.num_inference_steps:
+        try:
+            process.inference_timesteps(recipe.eval.num_inference_steps)
+        except ValueError as err:
+            raise RecipeError(recipe.source, "eval.num_inference_steps", str(err)) from None
+    _check(recipe.eval.grid_images >= 0, recipe, "eval.grid_images", f"must be >= 0, got {recipe.eval.grid_images}")
     _check(recipe.eval.tile_size == 0 or (recipe.eval.tile_size >= 64 and recipe.eval.tile_size % pixels_per_position
                                           == 0), recipe, "eval.tile_size",
            f"must be 0 (the process's default) or >= 64 and a multiple of {pixels_per_position} (the student's size "
@@ -686,3 +759,8 @@ def validate(recipe: Recipe) -> None:
     if recipe.publish.push_to_hub:
         _check(recipe.publish.push_to_hub.count("/") == 1, recipe, "publish.push_to_hub",
                f"must look like 'owner/name', got {recipe.publish.push_to_hub!r}")
+        from huggingface_hub import get_token
+
+        _check(bool(get_token()), recipe, "publish.push_to_hub", "no Hugging Face credentials to push with: run `hf "
+               "auth login` or set HF_TOKEN before training, or leave publish.push_to_hub out (push later with "
+               "`bidistill push`)")

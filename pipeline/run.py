@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                              "writing anything")
     args = parser.parse_args(argv)
     try:
-        recipe = load_recipe(args.recipe, args.set)
+        recipe = load_recipe(args.recipe, args.set, check=not args.print_config)  # printing needs no data
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -45,16 +45,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(recipe)
         if args.dry_run:
-            RunFolder(trainer.out).check()
+            folder = RunFolder(trainer.out)
+            folder.check()
+            if folder.holder():
+                raise RunFolderError(f"another run (pid {folder.holder()}) is using {trainer.out}: a real run would "
+                                     "stop here; wait for it to finish or choose another run.output_dir")
             trainer.check_earlier_work()
             trainer.print_summary()
             return 0
         trainer.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing half-written was kept; run the same command again to resume from the last "
+              f"checkpoint in {recipe.run.output_dir}", file=sys.stderr)
+        return 130
     except (RunFolderError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (PublishError, NonFiniteLoss) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a read-only or full disk: what was written whole stays, nothing half-written does
+        print(f"error: cannot write {err.filename or recipe.run.output_dir}: {err.strerror or err}; what earlier "
+              "steps saved is intact: fix this and run the same command again to resume", file=sys.stderr)
         return 1
     return 0
 

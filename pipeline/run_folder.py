@@ -9,8 +9,9 @@
 - Checksums: every finished stage and checkpoint holds `checksums.json` (sha256 of each of its files), verified before
   it is used: a truncated or corrupted checkpoint is named and skipped for the newest intact one.
 - Fingerprints: each stage is "complete" only for the recipe that produced it. A stage's fingerprint holds what
-  determines its weights (the stage's settings, the models' configs, the process, the data, the seed and the
-  previous stage's fingerprint); it is written beside the stage's weights and into every checkpoint. A finished stage
+  determines its weights (the stage's settings, the models' configs and student.init's weights, the process, the data
+  with a digest of the training images' names, sizes and times and the LR degradation, the mixed precision and the
+  teacher's autocast, the seed and the previous stage's fingerprint); it is written beside the stage's weights and into every checkpoint. A finished stage
   or checkpoint made by a different recipe is an error that says what changed and how to choose.
 """
 
@@ -23,6 +24,7 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.checksums import sha256_file
 from pipeline.degradations import build_degradation
 
 MARKER = ".bidistill-run.json"
@@ -32,6 +34,9 @@ FINGERPRINT = "fingerprint.json"
 # made before the setting existed (with the same behaviour) stays valid.
 ADDED_STAGE_SETTINGS = {"direct_weight": 1.0, "xt_weight": 0.0, "gt_weight": 0.0}
 ADDED_PROCESS_SETTINGS = {"condition_resize": "opencv"}
+# What a fingerprint records of files (the training images' list, sizes and times; student.init's weights), added
+# after runs existed: a fingerprint written before holds no such entry, and is compared without it.
+LATER_KEYS = (("data", "content"), ("models", "student_init_sha256"))
 
 
 class RunFolderError(RuntimeError):
@@ -57,6 +62,20 @@ class RunFolder:
                 shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
                 raise RunFolderError(f"run.output_dir {path} already holds files that BiDistill did not write ({shown}); "
                                      "choose a new or empty folder, so that nothing of yours is replaced")
+
+    def holder(self) -> str:
+        """The pid of a live run holding the folder's lock ('' when none does); takes nothing."""
+        lock = self.path / LOCK
+        if not lock.is_file():
+            return ""
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return ""
+        except BlockingIOError:
+            return os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
 
     def claim(self) -> "RunFolder":
         """`check`, then create the folder, take its lock and mark it as a BiDistill run folder."""
@@ -94,19 +113,36 @@ def _public(config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def stage_fingerprints(recipe, process, student_config: dict) -> list[dict]:
-    """For each stage, the recipe parts that determine its weights (see the module docstring)."""
+def training_images_digest(folder: str | Path) -> str:
+    """A digest of the image files under a training folder: names, sizes and modification times (an image replaced
+    at the same path changes it; the bytes are not read, so it costs nothing on large data sets)."""
+    from pipeline.data import training_image_files
+
+    entries = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+               for p in training_image_files(folder)]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def stage_fingerprints(recipe, process, student_config: dict, precision: str = "no") -> list[dict]:
+    """For each stage, the recipe parts that determine its weights (see the module docstring); `precision` is the
+    run's resolved mixed precision."""
     r, d, t, s = recipe.run, recipe.data, recipe.teacher, recipe.student
     process_settings = {k: v for k, v in _public(process.config).items()
                         if not (k in ADDED_PROCESS_SETTINGS and v == ADDED_PROCESS_SETTINGS[k])}
     common = {"seed": r.seed, "scale": r.scale, "process": process_settings,
               "data": {"train": d.train, "train_hub": d.train_hub, "builtin": d.builtin, "train_split": d.train_split,
                        "image_column": d.image_column, "patch_size": d.patch_size}}
+    if precision != "no":  # full precision (the default) leaves earlier fingerprints as they were
+        common["precision"] = precision
+    if d.train:
+        common["data"]["content"] = training_images_digest(d.train)
     degradation = build_degradation(recipe)
     if degradation is not None:  # bicubic LR (the default) leaves earlier fingerprints as they were
         common["data"]["degradation"] = json.loads(json.dumps({"type": d.degradation,
                                                                **dataclasses.asdict(degradation)}))
     teacher = {"path": t.path, "kind": t.kind, "unet": t.unet}
+    if t.autocast != "no":
+        teacher["autocast"] = t.autocast
     out, previous = [], ""
     for stage in recipe.stages:
         settings = {k: v for k, v in dataclasses.asdict(stage).items()
@@ -114,6 +150,8 @@ def stage_fingerprints(recipe, process, student_config: dict) -> list[dict]:
         models = {"teacher": teacher, "student": _public(student_config)} if stage.type == "teacher" else {
             "teacher": teacher, "student": _public(student_config), "student_init": s.init,
             "init_from_teacher": s.init_from_teacher}
+        if s.init and stage.type != "teacher":
+            models["student_init_sha256"] = sha256_file(Path(s.init) / "diffusion_pytorch_model.safetensors")
         fingerprint = {**common, "stage": settings, "models": models, "previous_stage": previous}
         previous = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         out.append(fingerprint)
@@ -140,6 +178,11 @@ def describe_changes(old: dict, new: dict) -> str:
 
 def check_fingerprint(found: dict | None, expected: dict, what: str, stage_key: str) -> None:
     """A finished stage or checkpoint made by another recipe is a RunFolderError saying what changed."""
+    if found is not None:
+        expected = {k: dict(v) if isinstance(v, dict) else v for k, v in expected.items()}
+        for outer, key in LATER_KEYS:
+            if key not in found.get(outer, {}):
+                expected.get(outer, {}).pop(key, None)
     if found == expected:
         return
     change = describe_changes(found, expected) if found is not None else "it has no fingerprint (an older version)"

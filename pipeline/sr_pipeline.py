@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,9 +34,11 @@ from PIL import Image
 from torch import Tensor
 
 from pipeline.checksums import CHECKSUMS, damage
+from pipeline.loader_files import write_loaders
 from pipeline.data import to_rgb8
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
+from students.finite import check_finite
 from teachers.base import pad_to_multiple
 from teachers.process import DiffusionProcess, load_process, num_evaluations, sample
 
@@ -162,16 +165,33 @@ class BiDiffSRPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(scale=scale)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """diffusers' save, plus the loader files diffusers' generic `from_pretrained(..., trust_remote_code=True)`
+        needs, so a folder saved (or pushed with `push_to_hub`) this way loads both ways."""
+        super().save_pretrained(save_directory, **kwargs)
+        write_loaders(Path(save_directory), self.scheduler)
+
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None,
                         torch_dtype: torch.dtype | None = None, revision: str | None = None, token: str | None = None,
-                        cache_dir: str | None = None, local_files_only: bool = False,
-                        packed_kernels: bool = False) -> "BiDiffSRPipeline":
+                        cache_dir: str | None = None, local_files_only: bool = False, packed_kernels: bool = False,
+                        variant: str | None = None, use_safetensors: bool | None = None, device_map=None,
+                        **unknown) -> "BiDiffSRPipeline":
         """Load a published folder or a Hub id (fetched with huggingface_hub). Every file is checked against the
         folder's checksums.json when it has one, and no code from the folder is run: the components are built from
         this package's classes (diffusers' generic `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
         goes through the loader files the folder carries, which import the same classes). `packed_kernels=True`:
-        the binarized convs compute on packed sign bits (real 1-bit arithmetic, CPU only; `students.packed_conv`)."""
+        the binarized convs compute on packed sign bits (real 1-bit arithmetic, CPU only; `students.packed_conv`).
+        diffusers' keywords: `dtype` (or the older `torch_dtype`) is the network's dtype; `variant`,
+        `use_safetensors=False` and `device_map` have no meaning for a published folder (one safetensors variant, one
+        small model: `.to(device)`) and are refused, as is any other keyword."""
+        refused = dict(unknown, **{k: v for k, v in (("variant", variant), ("device_map", device_map)) if v is not None})
+        if use_safetensors is False:
+            refused["use_safetensors"] = False
+        if refused:
+            raise TypeError(f"BiDiffSRPipeline.from_pretrained does not take {', '.join(sorted(refused))}: a published "
+                            "folder has one safetensors variant and loads whole (move it with .to(device))")
+        torch_dtype = dtype if dtype is not None else torch_dtype
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
             path = Path(snapshot_download(str(pretrained_model_name_or_path), revision=revision, token=token,
@@ -179,13 +199,27 @@ class BiDiffSRPipeline(DiffusionPipeline):
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{pretrained_model_name_or_path} is not a published BiDistill model "
                              "(no model_index.json)")
+        try:
+            index = json.loads((path / "model_index.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path / 'model_index.json'} is not valid JSON ({err}); download or publish it "
+                             "again") from None
+        found = index.get("_class_name")
+        found = found[-1] if isinstance(found, list) else found  # [loader module, class] in published folders
+        if found != cls.__name__:
+            raise ValueError(f"{pretrained_model_name_or_path} holds a {found!r}, not a published student "
+                             f"({cls.__name__})" + ("; a teacher is scored with python -m pipeline.evaluate --teacher"
+                                                    if found == "Teacher" else ""))
         if (path / CHECKSUMS).is_file():  # published folders carry one; a damaged file must not load silently
             why = damage(path)
             if why:
                 raise ValueError(f"the published model in {pretrained_model_name_or_path} is damaged: {why}; "
                                  "download or publish it again")
-        index = json.loads((path / "model_index.json").read_text())
+        else:
+            warnings.warn(f"{pretrained_model_name_or_path} has no {CHECKSUMS}: its files cannot be verified",
+                          stacklevel=2)
         unet = BIDiffSRUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        check_finite(unet, f"the model in {pretrained_model_name_or_path}")
         if packed_kernels:
             unet.use_packed_kernels()
         return cls(unet=unet, scheduler=load_process(path / "scheduler"), scale=int(index.get("scale", 4)))
@@ -194,12 +228,13 @@ class BiDiffSRPipeline(DiffusionPipeline):
     def __call__(self, image: Image.Image | np.ndarray | Tensor | list, num_inference_steps: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None, tile_size: int | None = None,
                  tile_overlap: int | None = None, output_type: str = "pil", return_dict: bool = True):
-        """Super-resolve LR images: a PIL image, an (h, w, 3) uint8 or [0, 1] float array, a (B, 3, h, w) or
-        (3, h, w) tensor in [0, 1], or a list of these. `num_inference_steps` defaults to the process's (DDPM: 50;
+        """Super-resolve LR images: a PIL image, a file path, an (h, w, 3) uint8 or [0, 1] float array, a (B, 3, h, w)
+        or (3, h, w) tensor in [0, 1], or a list of these. `num_inference_steps` defaults to the process's (DDPM: 50;
         ResShift: all its steps; one-step students make one evaluation whatever it says); `seed` (or `generator`) makes
         the result reproducible. `tile_size` / `tile_overlap` (HR pixels) default to the process's official chopping
-        when it has one (latent ResShift: 512 LR pixels, stride 448), else 256 / 32. `output_type`: "pil", "pt" (a list
-        of (3, H, W) float tensors in [0, 1]) or "np" (a (B, H, W, 3) float array in [0, 1]). Returns
+        when it has one (latent ResShift: 512 LR pixels, stride 448), else 256 / 32. `output_type`: "pil", "pt" (a
+        (B, 3, H, W) float tensor in [0, 1]; a list of (3, H, W) ones when sizes differ) or "np" (a (B, H, W, 3) float
+        array in [0, 1], likewise). Returns
         `SRPipelineOutput(images)`, or `(images,)` when `return_dict` is False. The progress bar counts network
         evaluations over all tiles and steps."""
         if output_type not in OUTPUT_TYPES:
@@ -238,12 +273,14 @@ class BiDiffSRPipeline(DiffusionPipeline):
             shapes = {tuple(r.shape) for r in results}
             results = (np.stack([r.permute(1, 2, 0).numpy() for r in results]) if len(shapes) == 1
                        else [r.permute(1, 2, 0).numpy() for r in results])
+        elif len({tuple(r.shape) for r in results}) == 1:  # "pt": one (B, 3, H, W) tensor, as diffusers' pipelines
+            results = torch.stack(results)
         return SRPipelineOutput(images=results) if return_dict else (results,)
 
     @staticmethod
     def _as_tensors(image) -> list[Tensor]:
         """Inputs -> a list of (3, h, w) float tensors in [0, 1] (see `__call__`)."""
-        if isinstance(image, (Image.Image, np.ndarray)):
+        if isinstance(image, (Image.Image, np.ndarray, str, os.PathLike)):
             image = [image]
         if isinstance(image, Tensor):
             if image.ndim == 3:
@@ -252,10 +289,16 @@ class BiDiffSRPipeline(DiffusionPipeline):
                 raise ValueError(f"expected (B, 3, h, w) tensors in [0, 1], got shape {tuple(image.shape)}")
             return list(image.float())
         if not isinstance(image, (list, tuple)) or not image:
-            raise TypeError(f"image must be a PIL image, a numpy array, a tensor or a non-empty list of them, got "
-                            f"{type(image).__name__}")
+            raise TypeError(f"image must be a PIL image, a file path, a numpy array, a tensor or a non-empty list of "
+                            f"them, got {type(image).__name__}")
         out = []
         for im in image:
+            if isinstance(im, (str, os.PathLike)):  # a file path, as diffusers' load_image takes one
+                try:
+                    with Image.open(im) as opened:
+                        im = opened.copy()
+                except OSError as err:
+                    raise ValueError(f"cannot read image {im}: {err}") from None
             if isinstance(im, Image.Image):
                 out.append(torch.from_numpy(to_rgb8(im).astype(np.float32) / 255).permute(2, 0, 1))
             elif isinstance(im, np.ndarray):

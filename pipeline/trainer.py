@@ -29,6 +29,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from pipeline.atomic import folder_written_whole, partial_sibling, replace_folder
@@ -61,12 +63,21 @@ from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, f
                                  stage_fingerprints, write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
+from students.finite import nonfinite_tensors
 from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
 from teachers.process import DiffusionProcess
 
 
 class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss; the message names the stage, the step and the last checkpoint."""
+    """Training produced a NaN or infinite loss or weights; the message names the stage, the step and the last
+    checkpoint whose weights are all finite (or says there is none)."""
+
+
+def _nonfinite_checkpoint(folder: Path) -> str:
+    """Why a checkpoint's model must not be resumed from ('' when its weights are all finite)."""
+    weights = folder / "model.safetensors"
+    bad = nonfinite_tensors(load_file(weights)) if weights.is_file() else []
+    return f"{weights} holds NaN or infinite weights ({', '.join(bad[:3])})" if bad else ""
 
 
 def _tracker_config(recipe: Recipe) -> dict:
@@ -107,13 +118,14 @@ class Trainer:
         if self.accelerator.num_processes != world:
             raise RuntimeError(f"accelerate runs {self.accelerator.num_processes} process(es) but WORLD_SIZE={world}: "
                                "the processes would train without synchronising gradients")
-        self.console = Console()
+        self.console = Console(soft_wrap=not sys.stdout.isatty())  # logs and batch jobs: no wrapping at 80 columns
         self.global_step = 0
         self._pairs = None
         self.process = build_recipe_process(recipe)  # teacher and student live on it
         self.student_process = self.process  # becomes the one-step variant after a one_step stage
         self.student_config = student_unet_config(recipe, self.process)
-        self.fingerprints = stage_fingerprints(recipe, self.process, self.student_config)
+        self.fingerprints = stage_fingerprints(recipe, self.process, self.student_config,
+                                               self.accelerator.mixed_precision)
         self.degradation = build_degradation(recipe)  # None: the data's bicubic LR
         self._checkpoints: dict[int, Path | None] = {}
         self._complete: dict[int, bool] = {}
@@ -149,7 +161,7 @@ class Trainer:
         root = self.checkpoint_root(i, stage)
         candidates = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
         for found in candidates:
-            why = damage(found)
+            why = damage(found) or _nonfinite_checkpoint(found)
             if why:
                 self.console.print(f"[yellow]skipping checkpoint {found}: {why}[/yellow]")
                 continue
@@ -363,7 +375,8 @@ class Trainer:
         """Write the publishable folder; push it when the recipe names a repository."""
         p = self.recipe.publish
         folder = write_model_folder(student.to("cpu"), self.student_process, self.recipe.run.scale, self.out / "publish",
-                                    metrics=metrics, recipe=self.recipe.to_dict(), repo_id=p.push_to_hub)
+                                    metrics=metrics, recipe=self.recipe.to_dict(), repo_id=p.push_to_hub,
+                                    license=teacher.config.get("license", "") if teacher is not None else "")
         self.console.print(f"published folder: {folder}")
         if p.push_to_hub:
             url = push_folder(folder, p.push_to_hub, private=p.private)
@@ -509,6 +522,7 @@ class Trainer:
             ema.copy_to(params)
         acc.wait_for_everyone()
         trained = acc.unwrap_model(wrapped)
+        self._check_weights(trained, i, cfg, cfg.steps)
         acc.free_memory()
         return trained
 
@@ -533,14 +547,27 @@ class Trainer:
         checkpoint or a published model can hold the damage."""
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
-            good = self._find_checkpoint(i, cfg) if self.recipe.run.resume != "never" else None
-            raise NonFiniteLoss(
-                f"stage {i} ({cfg.name}): {', '.join(bad)} became non-finite by step {step} (logged every "
-                f"{self.recipe.run.log_every} steps and before every checkpoint); no checkpoint holds the damage. "
-                + (f"The last good checkpoint is {good}; lower stages[{i}].lr or set max_grad_norm and resume."
-                   if good else f"No checkpoint of this stage exists yet; lower stages[{i}].lr or set max_grad_norm."))
+            raise self._diverged(i, cfg, f"{', '.join(bad)} became non-finite by step {step} (logged every "
+                                         f"{self.recipe.run.log_every} steps and before every checkpoint)")
+
+    def _check_weights(self, model, i: int, cfg: StageConfig, step: int) -> None:
+        """Stop when the weights hold NaN or infinity (the last update can break them after the last loss was
+        logged): checked before every checkpoint and before the stage is saved."""
+        bad = nonfinite_tensors(model)
+        if bad:
+            raise self._diverged(i, cfg, f"the weights became non-finite by step {step} ({', '.join(bad[:3])}"
+                                         f"{' ...' if len(bad) > 3 else ''})")
+
+    def _diverged(self, i: int, cfg: StageConfig, what: str) -> NonFiniteLoss:
+        good = self._find_checkpoint(i, cfg) if self.recipe.run.resume != "never" else None  # finite weights only
+        return NonFiniteLoss(
+            f"stage {i} ({cfg.name}): {what}; nothing of it was saved. "
+            + (f"The last checkpoint with finite weights is {good}; lower stages[{i}].lr or set max_grad_norm and "
+               "resume." if good else f"No checkpoint of this stage has finite weights; lower stages[{i}].lr or set "
+               "max_grad_norm and run it again."))
 
     def save_checkpoint(self, i: int, cfg: StageConfig, step: int, model, schedule, ema) -> None:
+        self._check_weights(model, i, cfg, step)
         acc, root = self.accelerator, self.checkpoint_root(i, cfg)
         final = root / f"step-{step:08d}"
         tmp = partial_sibling(final)

@@ -12,13 +12,14 @@ bar counts the network evaluations of each image (tiles x steps).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from pipeline.data import image_files
+from pipeline.data import UNREADABLE, image_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,20 +79,41 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: cannot load --model {args.model}: {err}", file=sys.stderr)
         return 1
+    if args.steps is not None and not pipe.scheduler.config.get("one_step", False):
+        try:
+            pipe.scheduler.inference_timesteps(args.steps)
+        except ValueError as err:
+            print(f"error: --steps {args.steps}: {err}", file=sys.stderr)
+            return 2
     for n, (path, out) in enumerate(zip(inputs, outputs), 1):
         pipe.set_progress_bar_config(disable=args.quiet, desc=f"{n}/{len(inputs)} {path.name}", leave=False)
         try:
             image = Image.open(path)
             image.load()  # reads and closes the file
-        except OSError as err:
+        except UNREADABLE as err:
             print(f"error: cannot read {path}: {err}", file=sys.stderr)
             return 1
         sr = pipe(image, num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,
                   tile_overlap=args.overlap).images[0]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.partial.png")
-        sr.save(tmp)
-        tmp.replace(out)
+        tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")  # the suffix picks the format
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sr.save(tmp)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            print(f"error: cannot write {out}: {err.strerror or err}", file=sys.stderr)
+            return 1
+        try:
+            if args.overwrite:
+                tmp.replace(out)
+            else:
+                os.link(tmp, out)  # created only if absent: two runs never replace each other's result
+        except FileExistsError:
+            print(f"error: {out} appeared while this image was upscaled (another run writing it?); it was left as "
+                  "it is (pass --overwrite to replace it)", file=sys.stderr)
+            return 1
+        finally:
+            tmp.unlink(missing_ok=True)
         print(f"{path} -> {out} ({sr.width}x{sr.height})")
     return 0
 
@@ -101,7 +123,12 @@ def check_outputs(inputs: list[Path], outputs: list[Path], overwrite: bool) -> s
     output, or an existing output without `overwrite`."""
     sources = {p.resolve() for p in inputs}
     seen: dict[Path, Path] = {}
+    writable = Image.registered_extensions()
     for src, out in zip(inputs, outputs):
+        if out.suffix.lower() not in writable:
+            return f"output {out}: {out.suffix or 'no extension'} is not an image format (use .png, .jpg, .webp, ...)"
+        if out.is_symlink() and not out.exists():
+            return f"output {out} is a link to nothing ({os.readlink(out)}); remove it or choose another output"
         target = out.resolve()
         if target in sources:
             return f"output {out} would overwrite the input {target}; choose another output path or folder"
@@ -118,7 +145,7 @@ def check_readable(inputs: list[Path]) -> str:
     for path in inputs:
         try:
             Image.open(path).close()
-        except OSError as err:
+        except UNREADABLE as err:
             return f"cannot read {path}: {err}"
     return ""
 

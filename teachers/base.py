@@ -44,10 +44,12 @@ class Teacher(DiffusionPipeline):
     scheduler: DiffusionProcess
     autocast_dtype: torch.dtype | None = None
 
-    def __init__(self, unet: ModelMixin, scheduler: DiffusionProcess, scale: int = 4, degradation: str = "bicubic"):
+    def __init__(self, unet: ModelMixin, scheduler: DiffusionProcess, scale: int = 4, degradation: str = "bicubic",
+                 license: str = ""):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(scale=scale, degradation=degradation)  # the LR model it was trained on
+        # the LR model it was trained on; the licence of released weights (a Hub licence id), which students carry
+        self.register_to_config(scale=scale, degradation=degradation, license=license)
 
     @property
     def process(self) -> DiffusionProcess:
@@ -119,10 +121,13 @@ def load_teacher(path: str | Path) -> Teacher:
     if class_name != Teacher.__name__:
         raise ValueError(f"{index} names {class_name!r}, which is not a teacher folder (expected {Teacher.__name__!r})")
     import students.bidiffsr  # noqa: F401  diffusers loads only components whose module is already imported
+    from students.finite import check_finite
     import teachers  # noqa: F401  (the processes, SR3UNet and SwinUNet)
 
     diffusers_logging.disable_progress_bar()
     try:
-        return Teacher.from_pretrained(path).freeze()
+        teacher = Teacher.from_pretrained(path).freeze()
     finally:
         diffusers_logging.enable_progress_bar()
+    check_finite(teacher.unet, f"the teacher in {path}")
+    return teacher

@@ -187,3 +187,29 @@ def test_ablation_switches_change_the_structure(tiny_config):
         assert model(x, x, torch.tensor([3])).shape == x.shape
     no_shortcut = BIDiffSRUNet(**{**tiny_config, "identity_shortcut": False})
     assert not any(m.has_shortcut for m in no_shortcut.modules() if isinstance(m, BinaryConv2d))
+
+
+def test_the_middle_attention_never_materialises_its_matrix(tmp_path):
+    """A 2-level student's middle attention at a 384-pixel tile has 192 x 192 = 36,864 positions: a materialised
+    matrix would be 5.4 GB. Measured in a fresh process (peak resident memory, capped address space)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import resource, torch
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a runaway allocation fails instead of swapping
+from conftest import TINY_STUDENT
+from students.bidiffsr import BIDiffSRUNet
+model = BIDiffSRUNet(**TINY_STUDENT).eval()
+x = torch.rand(1, 3, 384, 384)
+with torch.no_grad():
+    model(x, x, torch.tensor([3]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": f"{root}:{root / 'tests'}", "PATH": "/usr/bin:/bin",
+                                 "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) < 2_000_000, result.stdout  # KiB: under 2 GB

@@ -6,6 +6,7 @@ after). Kills, resumes and NaN losses are tested in test_trainer.py and test_run
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from safetensors.torch import load_file, save_file
+
 from pipeline import evaluate as evaluate_cli
 from pipeline import upscale as upscale_cli
 from conftest import TINY_UNET_TOML
 from pipeline.run import main as run_main
+from pipeline.checksums import write_checksums
 from pipeline.run_folder import RunFolder
 
 BASE = """
@@ -93,11 +97,35 @@ def sandbox(tmp_path_factory) -> Path:
     (s / "sr.png").write_bytes(b"an earlier result")
     damaged = s / "damaged_model"
     shutil.copytree(s / "finished" / "publish", damaged)
-    weights = damaged / "unet" / "diffusion_pytorch_model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    weights.write_bytes(bytes(data))
+    flip_a_bit(damaged / "unet" / "diffusion_pytorch_model.safetensors")
+    nan_model = s / "nan_model"  # a published model holding a NaN, its checksums made again
+    shutil.copytree(s / "finished" / "publish", nan_model)
+    state = load_file(nan_model / "unet" / "diffusion_pytorch_model.safetensors")
+    next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_file(state, nan_model / "unet" / "diffusion_pytorch_model.safetensors")
+    write_checksums(nan_model)
+    tiny = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4, image_size=32,
+                fp_resolutions=(32,))
+    BIDiffSRUNet(**dict(tiny, base_channels=32)).save_pretrained(s / "students" / "wide")
+    BIDiffSRUNet(**dict(tiny, num_train_timesteps=15)).save_pretrained(s / "students" / "t15")
+    shutil.copytree(s / "nan_model" / "unet", s / "students" / "nan")
+    shutil.copytree(s / "finished" / "stages" / "0-direct", s / "students" / "flipped")
+    flip_a_bit(s / "students" / "flipped" / "diffusion_pytorch_model.safetensors")
+    (s / "tiny_val").mkdir()
+    photo(6, 16).save(s / "tiny_val" / "0.png")
+    (s / "bad_utf8.toml").write_bytes(b"[run]\nname = \"caf\xe9\"\n")
+    (s / "users_results").mkdir()
+    (s / "users_results" / "metrics.json").write_text('{"mine": 1}')
+    (s / "dangling.png").symlink_to(s / "nowhere.png")
+    (s / "latin1").mkdir()
+    photo(7, 96).save(s / "latin1" / os.fsdecode(b"caf\xe9.png"))
     return s
+
+
+def flip_a_bit(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data))
 
 
 @dataclass
@@ -138,6 +166,8 @@ RUN_CASES = [
     Case("tile size", RUN + ["--set", "eval.tile_size=50"],
          ["eval.tile_size: must be 0 (the process's default) or >= 64"]),
     Case("hub id", RUN + ["--set", 'publish.push_to_hub="noslash"'], ["publish.push_to_hub", "owner/name"]),
+    Case("a push without credentials", RUN + ["--set", 'publish.push_to_hub="me/model"'],
+         ["publish.push_to_hub", "no Hugging Face credentials", "before training"]),
     Case("resume from nowhere", RUN + ["--set", 'run.resume="{S}/nowhere"'], ["run.resume", "{S}/nowhere"]),
     Case("unknown process", RUN + ["--set", 'process.type="ddim"'], ["process.type: must be one of"]),
     Case("unknown process setting", RUN, ["process.kapa: unknown ResShiftProcess setting"],
@@ -168,6 +198,40 @@ RUN_CASES = [
          ["stage 0 (direct) in {S}/finished", "different recipe (stage.steps: 2 -> 3)", 'run.resume = "never"']),
     Case("a run already using the folder", RUN, ["another run (pid", "is using {out}"],
          setup=lambda out: RunFolder(out).claim()),
+    Case("a dry run while another run uses the folder", RUN + ["--dry-run"], ["another run (pid", "is using {out}"],
+         setup=lambda out: RunFolder(out).claim()),
+    Case("a learning rate that breaks the weights", RUN + ["--set", "stages.0.lr=1e300", "--set", "stages.0.steps=1"],
+         ["stage 0 (direct)", "the weights became non-finite by step 1", "No checkpoint of this stage has finite"],
+         rc=1),
+    Case("student.init wider than the recipe's", RUN + ["--set", 'student.init="{S}/students/wide"'],
+         ["student.init", "base_channels = 32, but this recipe's student has 16"]),
+    Case("student.init on another chain", RUN + ["--set", 'student.init="{S}/students/t15"'],
+         ["student.init", "num_train_timesteps = 15, but this recipe's student has 2000"]),
+    Case("student.init with a flipped bit", RUN + ["--set", 'student.init="{S}/students/flipped"'],
+         ["student.init", "{S}/students/flipped is damaged", "does not match its checksum"]),
+    Case("student.init holding a NaN", RUN + ["--set", 'student.init="{S}/students/nan"'],
+         ["student.init", "holds NaN or infinite weights"]),
+    Case("run name escapes", RUN + ["--set", 'run.name="../escaped"'], ["run.name", "names folders and logs"]),
+    Case("seed out of range", RUN + ["--set", "run.seed=-1"], ["run.seed: must be in [0, 2^32 - 1], got -1"]),
+    Case("fp16 on a CPU", RUN + ["--set", 'run.mixed_precision="fp16"'], ["run.mixed_precision", "needs a GPU"]),
+    Case("output inside the training folder", RUN + ["--set", 'run.output_dir="{S}/train/run"'],
+         ["run.output_dir", "is inside data.train"]),
+    Case("negative grid images", RUN + ["--set", "eval.grid_images=-1"], ["eval.grid_images: must be >= 0"]),
+    Case("evaluation steps out of range", RUN + ["--set", "eval.num_inference_steps=5000"],
+         ["eval.num_inference_steps", "num_inference_steps=5000 must be between 1 and 2000"]),
+    Case("an SPD feature that does not exist", RUN + ["--set", 'teacher.path="{S}/teachers/twin"',
+                                                      "--set", "student.init_from_teacher=true"],
+         ["stages[1].features", "'down.9.9' is not a res-block feature", "down.0.0"],
+         extra=SPD_STAGE + 'features = ["down.9.9"]\n'),
+    Case("a stage name too long for a file name", RUN + ["--set", f'stages.0.name="{"a" * 300}"'],
+         ["stages[0].name", "must be 1-100 letters"]),
+    Case("a recipe that is not UTF-8", ["{S}/bad_utf8.toml"], ["{S}/bad_utf8.toml", "not UTF-8 text"]),
+    Case("an override into a value", RUN + ["--set", "stages.0.steps.x=1"],
+         ["stages.0.steps.x", "'stages.0.steps' is a value"]),
+    Case("a training file name that is not UTF-8", RUN + ["--set", 'data.train="{S}/latin1"'],
+         ["data.train", "{S}/latin1: the file name", "is not UTF-8; rename it"]),
+    Case("validation images too small for SSIM", RUN + ["--set", 'data.val="{S}/tiny_val"', "--set", "data.val_crop=0"],
+         ["data.val", "at least 19 pixels a side", "{S}/tiny_val/0.png gives 16"]),
 ]
 
 UPSCALE = ["--model", "{S}/finished/publish", "--steps", "1"]
@@ -191,6 +255,26 @@ UPSCALE_CASES = [
          command="upscale"),
     Case("missing model", ["{S}/lr2.png", "{out}/sr.png", "--model", "{S}/no_model"], ["--model {S}/no_model"], rc=1,
          command="upscale"),
+    Case("a teacher folder as the model", ["{S}/lr2.png", "{out}/sr.png", "--model", "{S}/teachers/twin"],
+         ["--model {S}/teachers/twin", "holds a 'Teacher', not a published student", "pipeline.evaluate --teacher"],
+         rc=1, command="upscale"),
+    Case("a model holding a NaN", ["{S}/lr2.png", "{out}/sr.png", "--model", "{S}/nan_model"],
+         ["--model {S}/nan_model", "holds NaN or infinite weights"], rc=1, command="upscale"),
+    Case("evaluate: a student holding a NaN", ["--student", "{S}/nan_model", "--val", "{S}/val", "--scale", "4",
+                                               "--no-lpips"], ["{S}/nan_model", "holds NaN or infinite weights"],
+         command="evaluate"),
+    Case("evaluate: another scale than the student's", ["--student", "{S}/finished/publish", "--val", "{S}/val",
+                                                        "--scale", "2", "--no-lpips"],
+         ["{S}/finished/publish is an x4 student but --scale is 2"], command="evaluate"),
+    Case("evaluate: negative image count", ["--val", "{S}/val", "--scale", "4", "--max-images", "-1", "--no-lpips"],
+         ["--max-images must be >= 0, got -1"], command="evaluate"),
+    Case("steps the model's process does not have", ["{S}/lr2.png", "{out}/sr.png"] + UPSCALE[:2] + ["--steps", "5000"],
+         ["--steps 5000", "must be between 1 and 2000"], command="upscale"),
+    Case("an output that links to nothing", ["{S}/lr2.png", "{S}/dangling.png"] + UPSCALE,
+         ["output {S}/dangling.png is a link to nothing"], command="upscale"),
+    Case("evaluate: a user's results in --out", ["--val", "{S}/val", "--scale", "4", "--no-lpips", "--out",
+                                                 "{S}/users_results"],
+         ["--out {S}/users_results holds a metrics.json or samples.png that no evaluation wrote"], command="evaluate"),
     Case("evaluate: missing validation folder", ["--val", "{S}/gone", "--scale", "4", "--no-lpips"],
          ["folder {S}/gone does not exist"], command="evaluate"),
     Case("evaluate: not a student", ["--student", "{S}/user", "--val", "{S}/val", "--scale", "4", "--no-lpips"],
@@ -228,3 +312,46 @@ def test_broken_input_is_named_and_nothing_else_changes(case: Case, sandbox: Pat
     assert "Traceback" not in message
     assert digest(sandbox, skip=out) == before
     assert not (out / "stages").exists() and not (out / "checkpoints").exists()  # nothing was trained
+
+
+def test_upscale_never_replaces_an_output_another_run_wrote_meanwhile(sandbox: Path, tmp_path, monkeypatch, capsys):
+    from pipeline.sr_pipeline import BiDiffSRPipeline
+
+    out = tmp_path / "sr.png"
+    real_call = BiDiffSRPipeline.__call__
+
+    def another_run_finishes_first(self, *args, **kwargs):
+        result = real_call(self, *args, **kwargs)
+        out.write_bytes(b"the other run's result")
+        return result
+
+    monkeypatch.setattr(BiDiffSRPipeline, "__call__", another_run_finishes_first)
+    argv = [str(sandbox / "lr2.png"), str(out), "--model", str(sandbox / "finished" / "publish"), "--steps", "1"]
+    assert upscale_cli.main(argv) == 1
+    assert "appeared while this image was upscaled" in capsys.readouterr().err
+    assert out.read_bytes() == b"the other run's result" and [p.name for p in tmp_path.iterdir()] == ["sr.png"]
+
+
+def test_upscale_writes_the_format_its_extension_names(sandbox: Path, tmp_path, capsys):
+    argv = ["--model", str(sandbox / "finished" / "publish"), "--steps", "1"]
+    assert upscale_cli.main([str(sandbox / "lr2.png"), str(tmp_path / "sr.jpg")] + argv) == 0
+    assert (tmp_path / "sr.jpg").read_bytes()[:2] == b"\xff\xd8"  # JPEG data, not PNG
+    with pytest.raises(SystemExit):
+        upscale_cli.main([str(sandbox / "lr2.png"), str(tmp_path / "sr.txt")] + argv)
+    assert ".txt is not an image format" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_is_named_not_a_traceback(sandbox: Path, tmp_path, monkeypatch, capsys):
+    """Pillow refuses images over 2 x MAX_IMAGE_PIXELS (a 225-Mpixel file); lowered here so a small file stands in."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(BASE.format(S=sandbox, out=out, unet=TINY_UNET_TOML))
+    assert run_main([str(recipe)]) == 2
+    said = capsys.readouterr().err
+    assert "data.train" in said and "can be read" in said and "Traceback" not in said
+    with pytest.raises(SystemExit):
+        upscale_cli.main([str(sandbox / "val" / "0.png"), str(tmp_path / "sr.png"), "--model",
+                          str(sandbox / "finished" / "publish")])
+    said = capsys.readouterr().err
+    assert "cannot read" in said and "decompression bomb" in said.lower() and "Traceback" not in said

@@ -1,6 +1,7 @@
 """Data: aligned patches, augmentation, deterministic sampling, odd inputs, validation folders (data.md)."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,26 @@ def test_the_lr_cache_built_in_parallel_equals_the_serial_one(tmp_path):
     for i in (0, 17, 31):
         assert serial[i]["hr"].tobytes() == parallel[i]["hr"].tobytes()
         assert serial[i]["lr"].tobytes() == parallel[i]["lr"].tobytes()
+
+
+def test_training_folders_with_brackets_and_a_stray_metadata_file_load(tmp_path):
+    """datasets reads data_dir as a pattern and a metadata.jsonl beside the images as labels; the images are named
+    one by one instead."""
+    folder = tmp_path / "photos [2024]"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(folder / "a.png")
+    Image.new("RGB", (40, 40), "white").save(folder / "sub" / "b.png")
+    (folder / "metadata.jsonl").write_text("{not json\n")
+    ds = load_hr_dataset(str(folder))
+    assert sorted(Path(cell["path"]).name for cell in ds["image"]) == ["a.png", "b.png"]
+
+
+def test_a_named_pipe_is_not_an_image(tmp_path):
+    import os
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "x.png")  # reading it would block forever
+    from pipeline.data import image_files, training_image_files
+
+    assert [p.name for p in image_files(tmp_path)] == ["a.png"]
+    assert [p.name for p in training_image_files(tmp_path)] == ["a.png"]

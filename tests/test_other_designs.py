@@ -327,6 +327,9 @@ def test_both_designs_train_distil_evaluate_and_publish(tmp_path, monkeypatch, b
     assert pipe.unet.config.binarizer == binarizer and pipe.unet.config.cross_timestep_blocks == blocks
     cond = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     packed = unpack_student(out / "publish" / "student_1bit.safetensors")
+    with torch.no_grad():  # one evaluation: the same network up to float rounding
+        forwards = [m(cond, cond, torch.tensor([1999])) for m in (pipe.unet.eval(), packed)]
+    assert torch.allclose(*forwards, atol=1e-5)
     runs = [super_resolve(m, pipe.scheduler, cond, 3, generator=torch.Generator().manual_seed(2))
             for m in (pipe.unet.eval(), packed)]
-    assert torch.allclose(*runs, atol=1e-5)
+    assert torch.allclose(*runs, atol=1e-3)  # x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) at t = 1999 amplifies rounding

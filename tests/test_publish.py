@@ -260,7 +260,9 @@ def test_call_conventions_and_validation(published):
     with pytest.raises(ValueError, match="tile_size"):
         pipe(image, tile_size=10)
     with pytest.raises(TypeError, match="image must be"):
-        pipe("lr.png")
+        pipe(42)
+    with pytest.raises(ValueError, match="cannot read image nowhere.png"):  # a path is an image, if it is one
+        pipe("nowhere.png")
 
 
 def test_a_swapped_scheduler_is_used_and_a_foreign_one_refused(published):
@@ -304,3 +306,60 @@ def test_progress_counts_every_network_evaluation_and_bf16_runs(published):
     assert next(half.unet.parameters()).dtype == torch.bfloat16
     out = half(lr_image(), num_inference_steps=2, seed=1, output_type="pt").images[0]
     assert out.dtype == torch.float32 and torch.isfinite(out).all() and 0 <= out.min() <= out.max() <= 1
+
+
+def test_cards_carry_the_teachers_licence_and_no_local_paths_and_files_follow_the_umask(tiny_config, tmp_path):
+    student = BIDiffSRUNet(**tiny_config).eval()
+    metrics = {"scale": 4, "num_images": 1, "num_inference_steps": 2, "seed": 10, "metrics": ["psnr", "ssim"],
+               "mean": {"student": {"psnr": 24.5, "ssim": 0.69}}}
+    recipe = {"teacher": {"path": "/home/someone/private/teacher"}, "stages": [{"type": "one_step"}],
+              "data": {"train": "/home/someone/private/DF2K/HR", "val": "/data/Set5", "degradation": "realesrgan"}}
+    old = os.umask(0o022)
+    try:
+        folder = write_model_folder(student, DDPMProcess(), 4, tmp_path / "publish", metrics=metrics, recipe=recipe,
+                                    license="cc-by-nc-sa-4.0")
+    finally:
+        os.umask(old)
+    card = (folder / "README.md").read_text()
+    assert "license: cc-by-nc-sa-4.0" in card and "carries that licence" in card
+    assert "/home/someone" not in card and "`HR`" in card and "Real-ESRGAN" in card
+    assert "lpips" not in card.split("---")[1]  # the card's metadata lists only the metrics computed
+    modes = {oct(p.stat().st_mode & 0o777) for p in folder.rglob("*") if p.is_file()}
+    assert modes == {"0o644"}  # safetensors writes 0600: made what the umask gives every other file
+    other = write_model_folder(student, DDPMProcess(), 4, tmp_path / "other",
+                               license="other:S-Lab License 1.0 (non-commercial)")
+    card = (other / "README.md").read_text()
+    assert "license: other" in card and "license_name: S-Lab License 1.0 (non-commercial)" in card
+
+
+def test_a_student_holding_a_nan_is_never_published(tiny_config, tmp_path):
+    student = BIDiffSRUNet(**tiny_config).eval()
+    with torch.no_grad():
+        next(student.parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(PublishError, match="NaN or infinite weights"):
+        write_model_folder(student, DDPMProcess(), 4, tmp_path / "publish")
+    assert not (tmp_path / "publish").exists()
+
+
+def test_a_model_card_edited_on_the_hub_still_loads(published):
+    _, folder = published
+    (folder / "README.md").write_text("# my own words\n")
+    assert BiDiffSRPipeline.from_pretrained(folder).config.scale == 4
+
+
+def test_save_pretrained_writes_a_folder_both_loaders_read_and_calls_take_diffusers_keywords(published, tmp_path):
+    _, folder = published
+    pipe = BiDiffSRPipeline.from_pretrained(folder, dtype=torch.float32)
+    pipe.save_pretrained(tmp_path / "saved")  # diffusers' push_to_hub saves through this too
+    for loader in ("pipeline_bidiffsr.py", "unet/bidiffsr_unet.py", "scheduler/bidiffsr_process.py"):
+        assert (tmp_path / "saved" / loader).is_file()
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_bidiffsr", "BiDiffSRPipeline"]
+    with pytest.warns(UserWarning, match="no checksums.json"):
+        again = BiDiffSRPipeline.from_pretrained(tmp_path / "saved")
+    lr_image(seed=3).save(tmp_path / "lr.png")
+    batch = again([str(tmp_path / "lr.png"), lr_image(seed=3)], num_inference_steps=2, seed=0, output_type="pt").images
+    assert isinstance(batch, torch.Tensor) and batch.shape == (2, 3, 28, 36)  # a path is an image; "pt" is batched
+    for keyword in ({"variant": "fp16"}, {"device_map": "auto"}, {"use_safetensors": False}, {"low_cpu": True}):
+        with pytest.raises(TypeError, match="does not take"):
+            BiDiffSRPipeline.from_pretrained(folder, **keyword)

@@ -52,7 +52,9 @@ def test_the_realsr_recipe_trains_a_twin_then_a_bimacosr_student_and_publishes(t
     assert pipe.unet.config.binarizer == "bimacosr" and pipe.scheduler.config.one_step
     sr = pipe(torch.rand(1, 3, 16, 16), seed=0, output_type="pt").images[0]
     assert sr.shape == (3, 64, 64) and torch.isfinite(sr).all()
-    assert "realesrgan" in (out / "publish" / "README.md").read_text()
+    card = (out / "publish" / "README.md").read_text()
+    assert "Real-ESRGAN's second-order degradation" in card  # the LR model it was trained for
+    assert "license: other" in card and "S-Lab License 1.0" in card  # the released teacher's licence, carried
 
 
 def test_real_lr_images_without_hr_are_evaluated_as_samples(tmp_path):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from pipeline.recipe import RecipeError, load_recipe
 
@@ -154,6 +155,7 @@ def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
         unet = tomllib.loads((ROOT / "recipes" / name).read_text())["student"]["unet"]
         with torch.device("meta"):
             BIDiffSRUNet(**BIDiffSRUNet.twin_config(dict(unet, num_train_timesteps=15))).save_config(tmp_path / "twin")
+        save_file({"stand_in": torch.zeros(1)}, tmp_path / "twin" / "diffusion_pytorch_model.safetensors")
         overrides.append(f"student.init=\"{tmp_path / 'twin'}\"")
     recipe = load_recipe(ROOT / "recipes" / name, overrides)
     assert recipe.stages
@@ -197,9 +199,11 @@ def saved_teachers(tmp_path_factory):
     ],
 )
 def test_loaded_teacher_mismatches_name_the_key(write, saved_teachers, teacher, extra, key, message, tmp_path):
-    init = tmp_path / "student"
-    init.mkdir()
-    (init / "config.json").write_text("{}")
+    from students.bidiffsr import BIDiffSRUNet
+
+    init = tmp_path / "student"  # the recipe's student
+    BIDiffSRUNet(base_channels=16, channel_mults=(1, 2), norm_groups=4, image_size=32,
+                 fp_resolutions=(32,)).save_pretrained(init)
     path = write(f"[teacher]\npath = \"{saved_teachers / teacher}\"\n" + extra.replace("{init}", str(init)))
     assert_recipe_error(path, key, message)
 

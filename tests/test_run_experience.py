@@ -114,3 +114,34 @@ def test_a_skipped_lpips_is_loud_in_the_table_the_metrics_and_the_card(tmp_path,
     metrics = json.loads((tmp_path / "r" / "eval" / "metrics.json").read_text())
     assert "missing_alex.pth does not exist" in metrics["lpips_skipped"]
     assert "LPIPS was not computed" in (tmp_path / "r" / "publish" / "README.md").read_text()
+
+
+def test_printing_a_recipe_needs_no_data_and_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    from pipeline.run import main as run_main
+    from pipeline.trainer import Trainer
+
+    recipe = ROOT / "recipes" / "bidiffsr_x4.toml"  # its DF2K folder is absent here
+    assert run_main([str(recipe), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["train"] == "datasets/DF2K/HR"
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "run", interrupted)
+    assert run_main([str(ROOT / "recipes" / "tiny.toml"), "--set", f'run.output_dir="{tmp_path / "run"}"']) == 130
+    said = capsys.readouterr().err
+    assert "run the same command again to resume" in said and "Traceback" not in said
+
+
+def test_evaluate_skips_an_unavailable_lpips_as_training_does(tmp_path, monkeypatch, capsys):
+    from pipeline import evaluate as evaluate_cli
+    from pipeline.metrics import LPIPSUnavailable
+
+    def offline(*args, **kwargs):
+        raise LPIPSUnavailable("no backbone: offline")
+
+    monkeypatch.setattr(evaluate_cli, "load_lpips", offline)
+    evaluate_cli.main(["--val", str(SHARED / "data" / "Set5"), "--scale", "4", "--max-images", "1", "--crop", "32",
+                       "--out", str(tmp_path / "ev")])
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["lpips_skipped"] == "no backbone: offline" and metrics["metrics"] == ["psnr", "ssim"]

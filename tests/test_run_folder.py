@@ -92,3 +92,45 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_is_used(tmp_pat
     assert "skipping checkpoint" in said and "model.safetensors does not match its checksum" in said
     assert "resuming stage 0 (direct) at step 4" in said
     assert (out / "stages" / "0-direct").is_dir()
+
+
+def test_fingerprints_cover_precision_autocast_the_training_images_and_student_init(tmp_path):
+    """What changes weights without changing a recipe line: the launcher's precision, the teacher's autocast, an
+    image replaced at the same path, other weights at student.init's path."""
+    import os
+
+    from PIL import Image
+
+    from conftest import TINY_STUDENT
+    from pipeline.run_folder import check_fingerprint, stage_fingerprints
+    from students.bidiffsr import BIDiffSRUNet
+    from teachers import DDPMProcess
+
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "train" / "a.png")
+    BIDiffSRUNet(**TINY_STUDENT).save_pretrained(tmp_path / "init")
+    (tmp_path / "r.toml").write_text(
+        f'[run]\noutput_dir = "{tmp_path / "out"}"\n[data]\ntrain = "{tmp_path / "train"}"\npatch_size = 32\n'
+        f'[student]\ninit = "{tmp_path / "init"}"\n[student.unet]\nbase_channels = 16\nchannel_mults = [1, 2]\n'
+        "num_res_blocks = 1\nnorm_groups = 4\nimage_size = 32\nfp_resolutions = [32]\ndropout = 0.0\n"
+        '[[stages]]\ntype = "direct"\nsteps = 3\n')
+
+    def fingerprint(*overrides, precision="no"):
+        return stage_fingerprints(load_recipe(tmp_path / "r.toml", list(overrides)), DDPMProcess(), TINY_STUDENT,
+                                  precision)[0]
+
+    base = fingerprint()
+    assert "precision" not in base and "autocast" not in base["models"]["teacher"]  # defaults: as before
+    changes = {"precision": fingerprint(precision="bf16"), "autocast": fingerprint('teacher.autocast="bf16"')}
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "train" / "a.png")  # the same path, other pixels
+    os.utime(tmp_path / "train" / "a.png", ns=(1, 1))
+    changes["image"] = fingerprint()
+    BIDiffSRUNet(**dict(TINY_STUDENT, dropout=0.5)).save_pretrained(tmp_path / "init")
+    changes["student.init"] = fingerprint()
+    for what, changed in changes.items():
+        with pytest.raises(RunFolderError, match="different recipe"):
+            check_fingerprint(base, changed, f"a stage ({what})", "stages[0]")
+    # a fingerprint written before the file digests existed is compared without them
+    older = {**base, "data": {k: v for k, v in base["data"].items() if k != "content"},
+             "models": {k: v for k, v in base["models"].items() if k != "student_init_sha256"}}
+    check_fingerprint(older, changes["image"], "an older stage", "stages[0]")

@@ -107,6 +107,9 @@ def convert_swin_unet(path: str | Path, config: dict | None = None) -> SwinUNet:
     return convert(state, model, pairs, str(path))
 
 
+RESSHIFT_LICENSE = "other:S-Lab License 1.0 (non-commercial; zsyOAOA/ResShift LICENSE)"
+SINSR_LICENSE = "cc-by-nc-sa-4.0"  # wyf0912/SinSR's LICENSE
+
 _SWIN_KEYS = {"image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
               "dropout", "channel_mult", "conv_resample", "num_heads", "num_head_channels", "use_scale_shift_norm",
               "swin_depth", "swin_embed_dim", "window_size", "mlp_ratio", "cond_lq", "lq_size"}
@@ -205,5 +208,6 @@ def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | 
     process = LatentResShiftProcess(**settings).use_autoencoder(vae)
     if one_step:  # SinSR: one evaluation at the top step from x_T, read as x0
         process = process.one_step_variant()
-    folder = save_teacher(Teacher(unet, process, scale=scale or found_scale, degradation="realesrgan"), out)
+    folder = save_teacher(Teacher(unet, process, scale=scale or found_scale, degradation="realesrgan",
+                                  license=SINSR_LICENSE if one_step else RESSHIFT_LICENSE), out)
     return folder, notes
