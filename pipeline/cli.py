@@ -4,7 +4,7 @@
     bidistill evaluate --student runs/x/student --val ../shared/data/Set5 --scale 4
     bidistill upscale lr.png sr.png --model runs/quickstart/publish
     bidistill import bidiffsr BI_DiffSR_x4.pth --config test_BI_DiffSR_x4.yml --out imported/bidiffsr_x4
-    bidistill push runs/quickstart/publish owner/name [--private]
+    bidistill push runs/quickstart/publish owner/name [--private] [--revision B] [--commit-message M] [--create-pr]
     bidistill complexity
 
 Each subcommand is the module it names (`bidistill train` = `python pipeline/run.py`, `bidistill evaluate` =
@@ -35,9 +35,14 @@ def push(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", help="a published folder (run.output_dir/publish)")
     parser.add_argument("repo_id", help="owner/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", default=None, help="the branch to push to (created if absent; default: main)")
+    parser.add_argument("--commit-message", default="Upload BiDistill student")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--token", default=None, help="a Hugging Face token (default: the stored login or $HF_TOKEN)")
     args = parser.parse_args(argv)
     try:
-        print(push_folder(args.folder, args.repo_id, private=args.private))
+        print(push_folder(args.folder, args.repo_id, private=args.private, token=args.token, revision=args.revision,
+                          commit_message=args.commit_message, create_pr=args.create_pr))
     except PublishError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -28,37 +28,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from pipeline.image_files import (IMAGE_SUFFIXES, UNREADABLE, DataError, image_files,  # noqa: F401  (re-exported)
+                                  training_image_files)
 from pipeline.resize import make_lr, modcrop, upsample_cond
-
-
-class DataError(ValueError):
-    """Training or validation data that cannot be used; the message names the folder, dataset or file."""
-
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what opening a user's image can raise
-
-
-def training_image_files(folder: str | Path) -> list[Path]:
-    """The image files under a training folder, in subfolders too (as datasets' imagefolder finds them), sorted;
-    regular files only. A name that is not UTF-8 is a DataError naming it (datasets cannot carry it)."""
-    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    for f in files:
-        try:
-            str(f).encode("utf-8")
-        except UnicodeEncodeError:
-            raise DataError(f"{folder}: the file name {os.fsencode(f)!r} is not UTF-8; rename it") from None
-    return files
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """The image files directly in `folder`, sorted by name."""
-    if not Path(folder).is_dir():
-        raise DataError(f"folder {folder} does not exist")
-    # regular files only: a named pipe called x.png would block the first read forever
-    return sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from pipeline.atomic import folder_written_whole
-from pipeline.checksums import write_checksums
+from pipeline.checksums import CHECKSUMS, UNCHECKED, write_checksums
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 from students.complexity import format_ops, format_params, measure_student
@@ -138,6 +138,16 @@ def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None,
     return ModelCard("\n".join(lines))
 
 
+def files_not_published(folder: Path) -> list[str]:
+    """Files in an existing published folder that its checksums.json does not list (a user's additions)."""
+    try:
+        listed = set(json.loads((folder / CHECKSUMS).read_text()))
+    except (OSError, ValueError):
+        return []  # no earlier publish, or an unreadable one: nothing to tell apart
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.name not in UNCHECKED and str(p.relative_to(folder)) not in listed)
+
+
 def _binary(student: BIDiffSRUNet) -> bool:
     return get_binarizer(student.config.binarizer).binary
 
@@ -155,6 +165,11 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
     """Write the publishable folder atomically and return its path (`license`: see `model_card`)."""
     folder = Path(folder)
     student = student.eval()
+    foreign = files_not_published(folder)
+    if foreign:
+        raise PublishError(f"{folder} holds files an earlier publish did not write ({', '.join(foreign[:3])}"
+                           f"{' ...' if len(foreign) > 3 else ''}); publishing replaces the folder whole, so move them "
+                           "out first")
     bad = nonfinite_tensors(student)
     if bad:
         raise PublishError(f"not publishing {folder}: the student holds NaN or infinite weights ({', '.join(bad[:3])}"
@@ -170,8 +185,11 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
     return folder
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload a published folder to `repo_id`; returns the commit URL. Never modifies the folder."""
+def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+                revision: str | None = None, commit_message: str = "Upload BiDistill student",
+                create_pr: bool = False) -> str:
+    """Upload a published folder to `repo_id` (onto branch `revision`, or as a pull request); returns the commit or
+    pull-request URL. Never modifies the folder."""
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise PublishError(f"{folder} is not a published model folder (no model_index.json)")
@@ -182,9 +200,11 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: 
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision and not create_pr:
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message="Upload BiDistill student")
+                                 commit_message=commit_message, revision=revision, create_pr=create_pr)
     except Exception as err:  # network down, offline mode, refused token, server error: all end the same way
         raise PublishError(f"push to {repo_id} failed ({type(err).__name__}: {err}); the model is intact in "
                            f"{folder}") from None
-    return str(getattr(info, "commit_url", info))
+    return str(getattr(info, "pr_url", None) or getattr(info, "commit_url", info))

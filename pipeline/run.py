@@ -15,12 +15,14 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.recipe import RecipeError, load_recipe  # noqa: E402
+from recipes import shipped_recipe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipeline/run.py", description="Run a BiDistill recipe: train its stages, "
                                      "evaluate, publish.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("recipe", help="a TOML recipe (see recipes/; pipeline/recipe.py lists every key)")
+    parser.add_argument("recipe", help="a TOML recipe file, or the name of a shipped one (quickstart, tiny, "
+                        "bidiffsr_x4, ...: recipes/); pipeline/recipe.py lists every key")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set stages.0.steps=10 (repeatable)")
     parser.add_argument("--print-config", action="store_true",
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="check the recipe and the output folder, print what would run, and exit without "
                              "writing anything")
     args = parser.parse_args(argv)
+    if not Path(args.recipe).exists() and shipped_recipe(args.recipe) is not None:
+        args.recipe = str(shipped_recipe(args.recipe))  # an installed package's own recipes, by name
     try:
         recipe = load_recipe(args.recipe, args.set, check=not args.print_config)  # printing needs no data
     except RecipeError as err:

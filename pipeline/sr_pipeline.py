@@ -160,6 +160,8 @@ OUTPUT_TYPES = ("pil", "pt", "np")
 class BiDiffSRPipeline(DiffusionPipeline):
     """A binarized SR student (`unet`) with its diffusion process (`scheduler`) and SR factor (`scale`)."""
 
+    model_cpu_offload_seq = "unet"  # diffusers' enable_model_cpu_offload: the one network, moved in when it runs
+
     def __init__(self, unet: BIDiffSRUNet, scheduler: DiffusionProcess, scale: int = 4):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)

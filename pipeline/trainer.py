@@ -55,7 +55,7 @@ from pipeline.data import (PatchDataset, StepBatchSampler, seed_of, load_hr_data
                            make_pairs)
 from pipeline.evaluate import AUTOCAST, evaluate
 from pipeline.metrics import LPIPSUnavailable, load_lpips
-from pipeline.publish import push_folder, write_model_folder
+from pipeline.publish import files_not_published, push_folder, write_model_folder
 from pipeline.resize import upsample_cond
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
 from pipeline.checksums import damage, sha256_file, write_checksums
@@ -119,6 +119,10 @@ class Trainer:
             raise RuntimeError(f"accelerate runs {self.accelerator.num_processes} process(es) but WORLD_SIZE={world}: "
                                "the processes would train without synchronising gradients")
         self.console = Console(soft_wrap=not sys.stdout.isatty())  # logs and batch jobs: no wrapping at 80 columns
+        if world == 1 and "MASTER_PORT" in os.environ:  # the launcher prepared a rendezvous, then started one process
+            self.console.print("[yellow]warning: the launcher was asked for several processes but runs one (`accelerate "
+                               "launch --cpu --num_processes N` does that); for N CPU processes use "
+                               "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N`[/yellow]")
         self.global_step = 0
         self._pairs = None
         self.process = build_recipe_process(recipe)  # teacher and student live on it
@@ -194,10 +198,15 @@ class Trainer:
         return True
 
     def check_earlier_work(self) -> None:
-        """Before anything trains: every finished stage and newest checkpoint in the folder must be this recipe's."""
+        """Before anything trains: every finished stage and newest checkpoint in the folder must be this recipe's,
+        and the published folder, which a run replaces whole, must hold nothing a user added."""
         for i, stage in enumerate(self.recipe.stages):
             if not self.stage_complete(i, stage):
                 self.find_checkpoint(i, stage)
+        added = files_not_published(self.out / "publish")
+        if added:
+            raise RunFolderError(f"{self.out / 'publish'} holds files no publish wrote ({', '.join(added[:3])}); "
+                                 "this run replaces that folder whole: move them out first")
 
     # ---- models and data ---------------------------------------------------------------------------------------
     def resolve_builtin_data(self) -> None:

@@ -1,9 +1,10 @@
 """Command line super-resolution with a published student.
 
-    python -m pipeline.upscale IN OUT --model runs/quickstart/publish [--steps N] [--seed 10] [--tile 256]
+    python -m pipeline.upscale IN [IN ...] OUT --model runs/quickstart/publish [--steps N] [--seed 10] [--tile 256]
         [--dtype bfloat16 (on a GPU)] [--threads 2] [--packed (CPU: real 1-bit arithmetic)]
 
-IN is an image or a folder of images, OUT a file or a folder; `--model` a published folder or a Hub id.
+IN is an image or a folder of images (several may be given, e.g. a shell glob), OUT a file for one image, else a
+folder; `--model` a published folder or a Hub id.
 It never overwrites an input, refuses two inputs that would write one output (`pic.jpg` and `pic.png`), keeps
 existing outputs unless `--overwrite`, and writes each image under a temporary name before renaming it. A progress
 bar counts the network evaluations of each image (tiles x steps).
@@ -16,19 +17,18 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from pipeline.data import UNREADABLE, image_files
+from pipeline.image_files import UNREADABLE, image_files
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("bfloat16", "float16", "float32")  # torch dtypes by name: torch is imported only once the usage is right
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.upscale", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("input", help="an LR image or a folder of them")
-    parser.add_argument("output", help="output image (for one input) or folder")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="the inputs (LR images and/or folders of them, e.g. a "
+                        "shell glob), then the output: an image for one input image, else a folder")
     parser.add_argument("--model", required=True, help="published folder or Hub id (owner/name)")
     parser.add_argument("--steps", type=int, default=None,
                         help="sampling steps (default: the model's process: DDPM 50, ResShift all its steps; "
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=256, help="HR tile size for large images (tiles go through "
                         "the network 8 at a time)")
     parser.add_argument("--overlap", type=int, default=32, help="HR tile overlap")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+    parser.add_argument("--device", default=None, help="cuda when there is a GPU, else cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="the network's dtype: bfloat16 / float16 halve its memory on a GPU (on this project's 2-core "
                              "CPU they ran 50x slower than float32); the sampler stays float32")
     parser.add_argument("--packed", action="store_true",
@@ -52,29 +52,44 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    src, dst = Path(args.input), Path(args.output)
-    if src.is_dir():
-        inputs = image_files(src)
-        if not inputs:
-            parser.error(f"{src} holds no images")
-        outputs = [dst / f"{p.stem}.png" for p in inputs]
-    elif src.is_file():
-        inputs, outputs = [src], [dst / f"{src.stem}.png" if dst.is_dir() else dst]
+    if len(args.paths) < 2:
+        parser.error("give the input(s) and then the output")
+    *sources, dst = map(Path, args.paths)
+    inputs = []
+    for src in sources:
+        if src.is_dir():
+            found = image_files(src)
+            if not found:
+                parser.error(f"{src} holds no images")
+            inputs += found
+        elif src.is_file():
+            inputs.append(src)
+        else:
+            parser.error(f"input {src} does not exist")
+    one_image = len(sources) == 1 and sources[0].is_file()
+    if one_image and not dst.is_dir():
+        outputs = [dst]
+    elif not one_image and dst.exists() and not dst.is_dir():
+        parser.error(f"output {dst} is a file; several inputs go to a folder")
     else:
-        parser.error(f"input {src} does not exist")
-    if args.packed and (args.device != "cpu" or args.dtype != "float32"):
+        outputs = [dst / f"{p.stem}.png" for p in inputs]
+    if args.packed and (args.device not in (None, "cpu") or args.dtype != "float32"):
         parser.error("--packed runs on the CPU in float32: use --device cpu --dtype float32")
     problem = check_outputs(inputs, outputs, args.overwrite) or check_readable(inputs)
     if problem:
         parser.error(problem)
 
+    import torch  # slow to import: only after every usage check passed
+
     from pipeline.sr_pipeline import BiDiffSRPipeline
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.packed else "cpu")
+
     try:
-        pipe = BiDiffSRPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype],
+        pipe = BiDiffSRPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
                                                 packed_kernels=args.packed).to(args.device)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: cannot load --model {args.model}: {err}", file=sys.stderr)

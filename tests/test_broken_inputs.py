@@ -355,3 +355,34 @@ def test_a_decompression_bomb_is_named_not_a_traceback(sandbox: Path, tmp_path, 
                           str(sandbox / "finished" / "publish")])
     said = capsys.readouterr().err
     assert "cannot read" in said and "decompression bomb" in said.lower() and "Traceback" not in said
+
+
+def test_a_file_added_to_a_published_folder_is_never_deleted_by_a_rerun(sandbox: Path, tmp_path, capsys):
+    run = tmp_path / "finished"
+    shutil.copytree(sandbox / "finished", run)
+    (run / "publish" / "my_notes.txt").write_text("mine")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(BASE.format(S=sandbox, out=run, unet=TINY_UNET_TOML))
+    assert run_main([str(recipe)]) == 2
+    said = capsys.readouterr().err
+    assert "holds files no publish wrote (my_notes.txt)" in said and "move them out first" in said
+    assert (run / "publish" / "my_notes.txt").read_text() == "mine"
+
+
+def test_upscale_takes_several_inputs_and_a_folder(sandbox: Path, tmp_path):
+    argv = [str(sandbox / "lr2.png"), str(sandbox / "val" / "0.png"), str(tmp_path / "out"), "--model",
+            str(sandbox / "finished" / "publish"), "--steps", "1"]
+    assert upscale_cli.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "lr2.png"]
+
+
+def test_upscale_usage_errors_come_before_torch_is_imported(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pipeline.upscale import main\ntry:\n    main(['nowhere.png', 'out.png', '--model', 'm'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert "input nowhere.png does not exist" in result.stderr and result.stdout.strip() == "False"

@@ -363,3 +363,35 @@ def test_save_pretrained_writes_a_folder_both_loaders_read_and_calls_take_diffus
     for keyword in ({"variant": "fp16"}, {"device_map": "auto"}, {"use_safetensors": False}, {"low_cpu": True}):
         with pytest.raises(TypeError, match="does not take"):
             BiDiffSRPipeline.from_pretrained(folder, **keyword)
+
+
+def test_push_passes_branch_message_pr_and_token_to_the_hub(published, monkeypatch, capsys):
+    from pipeline import cli, publish
+
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id))
+
+        def create_branch(self, repo_id, branch, **kwargs):
+            calls.append(("create_branch", branch))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload", kwargs["revision"], kwargs["commit_message"], kwargs["create_pr"]))
+            return type("Info", (), {"commit_url": "http://hub/c", "pr_url": "http://hub/pr/1" if kwargs["create_pr"]
+                                     else None})()
+
+    monkeypatch.setattr(publish, "HfApi", RecordingApi)
+    _, folder = published
+    assert cli.main(["push", str(folder), "me/m", "--revision", "v2", "--commit-message", "second try",
+                     "--token", "hf_x"]) == 0
+    assert calls == [("token", "hf_x"), ("create_repo", "me/m"), ("create_branch", "v2"),
+                     ("upload", "v2", "second try", False)]
+    calls.clear()
+    assert cli.main(["push", str(folder), "me/m", "--create-pr", "--token", "hf_x"]) == 0
+    assert calls[-1] == ("upload", None, "Upload BiDistill student", True)
+    assert "http://hub/pr/1" in capsys.readouterr().out

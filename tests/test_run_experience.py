@@ -145,3 +145,22 @@ def test_evaluate_skips_an_unavailable_lpips_as_training_does(tmp_path, monkeypa
                        "--out", str(tmp_path / "ev")])
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["lpips_skipped"] == "no backbone: offline" and metrics["metrics"] == ["psnr", "ssim"]
+
+
+def test_a_launcher_that_runs_fewer_processes_than_asked_is_named(tmp_path, monkeypatch, capsys):
+    from pipeline.trainer import Trainer
+
+    monkeypatch.setenv("MASTER_PORT", "29500")  # what `accelerate launch --cpu --num_processes 2` leaves, in 1 process
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    Trainer(load_recipe(ROOT / "recipes" / "tiny.toml", [f'run.output_dir="{tmp_path / "run"}"']))
+    assert "runs one" in capsys.readouterr().out
+
+
+def test_a_shipped_recipe_is_found_by_name_from_anywhere(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)  # not the repository: an installed package's user
+    assert cli_main(["train", "tiny", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["builtin"] == "skimage"
+    assert cli_main(["train", "no_such_recipe"]) == 2
+    assert "recipe file does not exist" in capsys.readouterr().err

@@ -134,3 +134,30 @@ def test_fingerprints_cover_precision_autocast_the_training_images_and_student_i
     older = {**base, "data": {k: v for k, v in base["data"].items() if k != "content"},
              "models": {k: v for k, v in base["models"].items() if k != "student_init_sha256"}}
     check_fingerprint(older, changes["image"], "an older stage", "stages[0]")
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """ENOSPC while a checkpoint is written (simulated: the checksum write fails once): one line saying what is intact,
+    the half-written checkpoint is not used, and the same command resumes and finishes."""
+    import errno
+
+    from pipeline import trainer as trainer_module
+
+    recipe = write_recipe(tmp_path, "full", steps=6, every=2)
+    real, calls = trainer_module.write_checksums, []
+
+    def disk_full_on_the_second_checkpoint(folder):
+        calls.append(folder)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        return real(folder)
+
+    monkeypatch.setattr(trainer_module, "write_checksums", disk_full_on_the_second_checkpoint)
+    assert run_main([str(recipe)]) == 1
+    said = capsys.readouterr().err
+    assert "No space left on device" in said and "run the same command again to resume" in said
+    assert "Traceback" not in said
+    monkeypatch.setattr(trainer_module, "write_checksums", real)
+    assert run_main([str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "resuming stage 0 (direct) at step 2" in out and (tmp_path / "full" / "publish").is_dir()
