@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # a read-only or full disk: what was written whole stays, nothing half-written does
-        print(f"error: cannot write {err.filename or recipe.run.output_dir}: {err.strerror or err}; what earlier "
-              "steps saved is intact: fix this and run the same command again to resume", file=sys.stderr)
+        print(f"error: {err.filename or recipe.run.output_dir}: {err.strerror or err}; what earlier steps saved is "
+              "intact: fix this and run the same command again to resume", file=sys.stderr)
         return 1
     return 0
 
