@@ -5,6 +5,7 @@
     bidistill upscale lr.png sr.png --model runs/quickstart/publish
     bidistill import bidiffsr BI_DiffSR_x4.pth --config test_BI_DiffSR_x4.yml --out imported/bidiffsr_x4
     bidistill push runs/quickstart/publish owner/name [--private] [--revision B] [--commit-message M] [--create-pr]
+    bidistill fetch-data owner/sr-benchmarks --out data/benchmarks [--subfolder Set5]
     bidistill complexity
 
 Each subcommand is the module it names (`bidistill train` = `python pipeline/run.py`, `bidistill evaluate` =
@@ -23,6 +24,7 @@ COMMANDS = {  # subcommand -> ("module:function" taking argv, what it does)
     "upscale": ("pipeline.upscale:main", "super-resolve images with a published student"),
     "import": ("pipeline.import_official:main", "convert a released BI-DiffSR student or SR3 teacher checkpoint"),
     "push": ("pipeline.cli:push", "upload a published folder to the Hugging Face Hub"),
+    "fetch-data": ("pipeline.fetch_data:main", "download benchmark / training images from a Hub dataset repository"),
     "complexity": ("students.complexity:main", "Params / OPs of students by the papers' counting rule"),
 }
 

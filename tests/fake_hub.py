@@ -1,6 +1,7 @@
 """A small in-memory model hub on 127.0.0.1, enough for the real huggingface_hub and diffusers code paths that
 publishing and loading use: create_repo, upload_folder (preupload + ndjson commit, regular uploads), model_info /
-revision listing, and file resolution (HEAD / GET). Requests are bounded to the test's own server."""
+revision listing, and file resolution (HEAD / GET); dataset repos (`datasets`: read-only, info, listing and
+resolution, for `snapshot_download(..., repo_type="dataset")`). Requests are bounded to the test's own server."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class FakeHub:
     def __init__(self, token: str = "hf_test_token"):
         self.token = token
         self.repos: dict[str, dict[str, bytes]] = {}
+        self.datasets: dict[str, dict[str, bytes]] = {}
         self.requests: list[str] = []
         hub = self
 
@@ -89,11 +91,16 @@ class FakeHub:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(f"{self.command} {path}")
                 parts = path.strip("/").split("/")
-                if parts[:2] == ["api", "models"] and len(parts) >= 4:
+                if parts[:1] == ["datasets"]:  # /datasets/<owner>/<name>/resolve/<rev>/<file>
+                    store, parts = hub.datasets, parts[1:]
+                else:
+                    store = hub.repos
+                if parts[:1] == ["api"] and parts[1:2] in (["models"], ["datasets"]) and len(parts) >= 4:
+                    store = hub.datasets if parts[1] == "datasets" else hub.repos
                     repo = f"{parts[2]}/{parts[3]}"
-                    if repo not in hub.repos:
+                    if repo not in store:
                         return self._json({"error": "Repository not found"}, 404)
-                    files = hub.repos[repo]
+                    files = store[repo]
                     if len(parts) >= 6 and parts[4] == "tree":  # recursive file listing (snapshot_download)
                         return self._json([{"type": "file", "path": name, "size": len(data),
                                             "oid": hashlib.sha1(data).hexdigest()} for name, data in sorted(files.items())])
@@ -101,7 +108,7 @@ class FakeHub:
                                        "siblings": [{"rfilename": f} for f in sorted(files)], "tags": []})
                 if len(parts) >= 5 and parts[2] == "resolve":
                     repo, name = f"{parts[0]}/{parts[1]}", "/".join(parts[4:])
-                    data = hub.repos.get(repo, {}).get(name)
+                    data = store.get(repo, {}).get(name)
                     if data is None:
                         return self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"})
                     return self._send(200, data, {"X-Repo-Commit": COMMIT,

@@ -395,3 +395,42 @@ def test_push_passes_branch_message_pr_and_token_to_the_hub(published, monkeypat
     assert cli.main(["push", str(folder), "me/m", "--create-pr", "--token", "hf_x"]) == 0
     assert calls[-1] == ("upload", None, "Upload BiDistill student", True)
     assert "http://hub/pr/1" in capsys.readouterr().out
+
+
+FETCH = """
+import sys
+from pipeline.fetch_data import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_fetch_data_downloads_a_datasets_images_whole_and_only_them(tmp_path):
+    import io
+
+    def png(seed):
+        buffer = io.BytesIO()
+        lr_image(8, 8, seed).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    with FakeHub() as hub:
+        hub.datasets["bench/sr"] = {"Set5/HR/baby.png": png(0), "Set5/HR/bird.png": png(1),
+                                    "Set5/LR_bicubic/X4/babyx4.png": png(2), "Set14/HR/comic.png": png(3),
+                                    "README.md": b"# benchmarks", "data.parquet": b"not wanted"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(ROOT),
+                   HF_HUB_DISABLE_TELEMETRY="1")
+
+        def fetch(*argv):
+            return subprocess.run([sys.executable, "-c", FETCH, *argv], env=env, capture_output=True, text=True,
+                                  timeout=120)
+
+        done = fetch("bench/sr", "--out", str(tmp_path / "data"), "--subfolder", "Set5")
+        assert done.returncode == 0, done.stderr
+        files = sorted(str(p.relative_to(tmp_path / "data")) for p in (tmp_path / "data").rglob("*") if p.is_file())
+        assert files == ["Set5/HR/baby.png", "Set5/HR/bird.png", "Set5/LR_bicubic/X4/babyx4.png"]
+        assert f"{tmp_path / 'data' / 'Set5' / 'HR'}  (2 images)" in done.stdout
+        again = fetch("bench/sr", "--out", str(tmp_path / "data"))  # never mixed into a folder with files
+        assert again.returncode == 2 and "already exists and is not empty" in again.stderr
+        missing = fetch("bench/none", "--out", str(tmp_path / "other"))
+        assert missing.returncode == 1 and "cannot fetch bench/none" in missing.stderr
+        assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))
