@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from safetensors.torch import load_file
 from torch import Tensor
@@ -116,7 +117,13 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
     references = all(image.hr is not None for image in images)
     if not references and any(image.hr is not None for image in images):
         raise ValueError("evaluate either images with HR references or LR images without: not a mix")
-    for image in images:
+    console = console or Console()
+    progress = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, disable=not console.is_terminal)
+    task = progress.add_task("images", total=len(images))
+    progress.start()  # a bar in a terminal (a no-op when disabled)
+    started = time.perf_counter()
+    for done, image in enumerate(images, 1):
         hr = image.hr[None].to(device) if references else None
         lr = image.lr[None].to(device)
         cond = upsample_cond(lr, scale)
@@ -146,6 +153,12 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
         if len(grid_rows) < grid_images:
             grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in grid_methods]
                              + ([hr[0].cpu()] if hr is not None else []))
+        progress.update(task, completed=done)
+        if not console.is_terminal:  # logs and batch jobs: a plain line per image, with rate and ETA
+            elapsed = time.perf_counter() - started
+            console.print(f"evaluated {done}/{len(images)} images ({image.name}) {elapsed / done:.2f} s/image, "
+                          f"ETA {elapsed / done * (len(images) - done):.0f} s")
+    progress.stop()
     metrics = (["psnr", "ssim"] + (["lpips"] if lpips_model is not None else [])) if references else []
     mean = {m: {k: sum(s[m][k] for s in per_image) / len(per_image) for k in metrics} for m in methods}
     result = {"scale": scale, "num_images": len(images), "num_inference_steps": num_inference_steps, "seed": seed,
@@ -168,7 +181,7 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
         table.add_row(m, *(f"{mean[m][k]:.2f}" if k == "psnr" else f"{mean[m][k]:.4f}" for k in metrics),
                       *(["skipped"] if lpips_skipped else []),
                       f"{result['seconds_per_image'][m]:.2f}" if m in seconds else "-")
-    (console or Console()).print(table)
+    console.print(table)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

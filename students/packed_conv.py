@@ -14,7 +14,10 @@ convs keep their float path (`BIDiffSRUNet.use_packed_kernels` reports which).
 
 The kernel is a C++ extension built from this package's own source on first use (torch.utils.cpp_extension, with the
 compiler of the machine and `-O3 -march=native`) and cached by torch; no prebuilt registry package fits (see the
-README's "Real 1-bit speed").
+README's "Real 1-bit speed"). Builds that never break a user: with OpenMP first; a compiler without it (Apple's
+clang) gets a one-thread build and a warning; where nothing builds (no compiler), `BIDiffSRUNet.use_packed_kernels`
+warns once, naming why, and the float path runs (the same outputs). Without AVX2 (ARM, old x86) the source's scalar
+path is compiled; `BIDISTILL_PACKED_CFLAGS` adds compile flags (`-mno-avx2` forces that path, as a test does).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import functools
 import hashlib
 import os
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,9 +50,16 @@ def _cpu_tag() -> str:
     return hashlib.sha256("\n".join([platform.machine(), platform.processor(), *lines]).encode()).hexdigest()[:10]
 
 
+# -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run on one thread. The OpenMP runtime
+# resolves to the one torch already loaded (same soname), so torch.set_num_threads holds.
+BUILDS = (("", ["-O3", "-march=native", "-fopenmp"], ["-fopenmp"]),
+          ("_noomp", ["-O3", "-march=native"], []))
+
+
 @functools.cache
 def kernels():
-    """The compiled extension (built once per machine and source version, then loaded from torch's cache)."""
+    """The compiled extension (built once per machine, source version and flags, then loaded from torch's cache); a
+    PackedKernelsUnavailable saying why and what to install when no build works."""
     from torch.utils.cpp_extension import load
 
     try:  # torch calls `ninja` from PATH; the pip package's binary sits beside this interpreter, maybe off PATH
@@ -57,15 +68,23 @@ def kernels():
         os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
     except ImportError:
         pass
-    try:
-        # -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run on one thread. The
-        # OpenMP runtime resolves to the one torch already loaded (same soname), so torch.set_num_threads holds.
-        return load(name=f"bidistill_binary_conv_{_cpu_tag()}", sources=[str(SOURCE)],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as err:  # noqa: BLE001 - a compiler's failure comes in many types; say what to install
-        raise PackedKernelsUnavailable(
-            f"the packed 1-bit kernels could not be built from {SOURCE} (they need a C++ compiler and ninja, "
-            f"e.g. `apt install g++` and `pip install ninja`): {err}") from None
+    extra = os.environ.get("BIDISTILL_PACKED_CFLAGS", "").split()
+    tag = _cpu_tag() + (hashlib.sha256(" ".join(extra).encode()).hexdigest()[:6] if extra else "")
+    failures = []
+    for suffix, cflags, ldflags in BUILDS:
+        try:
+            module = load(name=f"bidistill_binary_conv_{tag}{suffix}", sources=[str(SOURCE)],
+                          extra_cflags=cflags + extra, extra_ldflags=ldflags, verbose=False)
+        except Exception as err:  # noqa: BLE001 - a compiler's failure comes in many types
+            failures.append(f"{' '.join(cflags + extra)}: {str(err).strip().splitlines()[-1] if str(err) else err}")
+            continue
+        if failures:
+            warnings.warn(f"the packed 1-bit kernels were built without OpenMP ({failures[0]}): they run on one "
+                          "thread", stacklevel=2)
+        return module
+    raise PackedKernelsUnavailable(
+        f"the packed 1-bit kernels could not be built from {SOURCE} (they need a C++ compiler and ninja, e.g. `apt "
+        f"install g++` and `pip install ninja`): {failures[-1]}")
 
 
 def pack_signs(x: Tensor) -> tuple[Tensor, Tensor | None]:

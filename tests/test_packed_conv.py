@@ -2,6 +2,8 @@
 (strides, 1x1 / 3x3, odd sizes, borders, more than one 64-bit word, exact zeros), on whole students, and through the
 packed file, the pipeline and the upscale command."""
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -124,3 +126,76 @@ def test_the_pipeline_and_the_upscale_command_run_packed(tiny_config, tmp_path, 
     with pytest.raises(SystemExit):
         upscale.main(args + ["--device", "cpu", "--dtype", "bfloat16", "--packed", "--overwrite"])
     assert "--packed runs on the CPU in float32" in capsys.readouterr().err
+
+
+def test_a_failed_build_falls_back_to_the_float_path_with_one_warning(tiny_config, monkeypatch):
+    """No compiler (or none that builds): a warning naming why, the float path, the same outputs; never a traceback."""
+    import torch.utils.cpp_extension
+
+    from students import packed_conv
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    packed_conv.kernels.cache_clear()
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    model = BIDiffSRUNet(**tiny_config).eval()
+    x = torch.randn(1, 3, 16, 16)
+    expected = model(x, x, torch.tensor([7]))
+    with pytest.warns(UserWarning, match="could not be built .*c\\+\\+: command not found.*the float path runs"):
+        kept = model.use_packed_kernels()
+    assert kept and all(m.packed_filters is None for m in model.modules() if hasattr(m, "packed_filters"))
+    assert torch.equal(model(x, x, torch.tensor([7])), expected)
+    packed_conv.kernels.cache_clear()  # the next test builds (or loads) the real kernels again
+
+
+def test_a_compiler_without_openmp_builds_one_thread_kernels_with_a_warning(monkeypatch):
+    import torch.utils.cpp_extension
+
+    from students import packed_conv
+
+    real, flags = torch.utils.cpp_extension.load, []
+
+    def no_openmp(**kwargs):
+        flags.append(kwargs["extra_cflags"])
+        if "-fopenmp" in kwargs["extra_cflags"]:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+        return real(**kwargs)
+
+    packed_conv.kernels.cache_clear()
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_openmp)
+    try:
+        with pytest.warns(UserWarning, match="built without OpenMP .*unsupported option '-fopenmp'.*one thread"):
+            module = packed_conv.kernels()
+        assert hasattr(module, "binary_conv2d") and flags == [BUILDS_OMP, BUILDS_PLAIN]
+    finally:
+        packed_conv.kernels.cache_clear()
+
+
+BUILDS_OMP, BUILDS_PLAIN = ["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"]
+
+
+def test_the_scalar_path_without_avx2_agrees_with_the_float_emulation(tiny_config, tmp_path):
+    """The source's non-AVX2 path (what ARM and old x86 compile), built here with -mno-avx2 in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import torch
+from conftest import TINY_STUDENT
+from students.bidiffsr import BIDiffSRUNet
+from students import packed_conv
+model = BIDiffSRUNet(**TINY_STUDENT).eval()
+x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+expected = model(x, x, torch.tensor([5]))
+model.use_packed_kernels()
+assert any(m.packed_filters is not None for m in model.modules() if hasattr(m, "packed_filters"))
+print((model(x, x, torch.tensor([5])) - expected).abs().max().item(), packed_conv.kernels().__file__)
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}", "BIDISTILL_PACKED_CFLAGS": "-mno-avx2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    difference, library = result.stdout.split()
+    assert float(difference) < 1e-4 and library != ""

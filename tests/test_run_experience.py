@@ -164,3 +164,12 @@ def test_a_shipped_recipe_is_found_by_name_from_anywhere(tmp_path, monkeypatch, 
     assert json.loads(capsys.readouterr().out)["data"]["builtin"] == "skimage"
     assert cli_main(["train", "no_such_recipe"]) == 2
     assert "recipe file does not exist" in capsys.readouterr().err
+
+
+def test_evaluation_reports_progress_per_image_when_not_in_a_terminal(tmp_path, capsys):
+    from pipeline import evaluate as evaluate_cli
+
+    evaluate_cli.main(["--val", str(SHARED / "data" / "Set5"), "--scale", "4", "--max-images", "2", "--crop", "32",
+                       "--no-lpips"])
+    out = capsys.readouterr().out
+    assert "evaluated 1/2 images (baby)" in out and "evaluated 2/2 images (bird)" in out and "ETA" in out
