@@ -60,6 +60,11 @@ def to_pil(img: Tensor) -> Image.Image:
     return Image.fromarray(img.permute(1, 2, 0).numpy())
 
 
+def float_to_pil(img: Tensor) -> Image.Image:
+    """(3, H, W) float in [0, 1] (clamped) -> 8-bit PIL RGB, rounded."""
+    return to_pil((img.detach().clamp(0, 1) * 255).round().byte().cpu())
+
+
 def load_hr_dataset(folder: str = "", hub: str = "", split: str = "train", image_column: str = "image"):
     """HR images as a `datasets.Dataset` with an undecoded image column (so file names stay available)."""
     import datasets
@@ -200,7 +205,8 @@ class StepBatchSampler(Sampler):
             m += 1
 
 
-def _read(file: Path) -> Tensor:
+def read_image(file: Path) -> Tensor:
+    """An image file -> (3, H, W) uint8 RGB; an unreadable one is a DataError naming it."""
     try:
         with Image.open(file) as image:
             return to_uint8_tensor(image)
@@ -221,7 +227,7 @@ def load_lr_images(lr_dir: str | Path, max_images: int = 0) -> list[ValImage]:
     files = image_files(lr_dir)
     if not files:
         raise DataError(f"LR folder {lr_dir} holds no images")
-    return [ValImage(f.stem, None, _read(f).float() / 255) for f in files[: max_images or None]]
+    return [ValImage(f.stem, None, read_image(f).float() / 255) for f in files[: max_images or None]]
 
 
 def load_validation(hr_dir: str | Path, scale: int, lr_dir: str | Path = "", max_images: int = 0,
@@ -236,7 +242,7 @@ def load_validation(hr_dir: str | Path, scale: int, lr_dir: str | Path = "", max
         files = files[:max_images]
     images = []
     for f in files:
-        hr = modcrop(_read(f), scale)
+        hr = modcrop(read_image(f), scale)
         lr_file = Path(lr_dir) / f"{f.stem}x{scale}.png" if lr_dir else None
         if crop:
             c = crop - crop % scale
@@ -250,7 +256,7 @@ def load_validation(hr_dir: str | Path, scale: int, lr_dir: str | Path = "", max
             raise DataError(f"{lr_dir} has no {lr_file.name}, the x{scale} LR of {f} (it holds {present}); name LR "
                             f"files <HR stem>x{scale}.png, or leave the LR folder out to make LR with MATLAB bicubic")
         elif lr_file is not None:
-            lr = _read(lr_file)
+            lr = read_image(lr_file)
             if lr.shape[-2] * scale != hr.shape[-2] or lr.shape[-1] * scale != hr.shape[-1]:
                 raise DataError(f"{lr_file} is {lr.shape[-1]}x{lr.shape[-2]}, which is not the x{scale} LR of "
                                  f"{f} ({hr.shape[-1]}x{hr.shape[-2]} after modcrop)")

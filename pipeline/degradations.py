@@ -33,10 +33,8 @@ import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -449,28 +447,24 @@ def degraded_validation(images: list, degradation: RealESRGANDegradation, seed: 
     """The validation images with LR made by `degradation`, each from its own fixed seed (`seed`, its name) on the
     CPU, so every run scores the same inputs; the LR images are written once as PNGs under `cache` (a folder per
     settings) and read back after."""
-    from pipeline.data import ValImage, seed_of
+    from pipeline.data import DataError, ValImage, float_to_pil, read_image, seed_of
 
     settings = json.dumps(asdict(degradation), sort_keys=True)
     folder = Path(cache) / f"realesrgan-{hashlib.sha256(settings.encode()).hexdigest()[:12]}-seed{seed}"
     out = []
     for image in images:
         file = folder / f"{image.name}x{degradation.scale}.png"
-        lr = _read_png(file)
+        try:
+            lr = read_image(file).float() / 255
+        except DataError:  # not made yet (or damaged): make it
+            lr = None
         if lr is None or lr.shape[-2:] != image.lr.shape[-2:]:
             s = seed_of(seed, image.name)
             lr = degradation(image.hr[None], torch.Generator().manual_seed(s), random.Random(s))[0]
             folder.mkdir(parents=True, exist_ok=True)
             tmp = file.with_name(f".{file.name}.partial.png")
-            Image.fromarray((lr * 255).round().byte().permute(1, 2, 0).numpy()).save(tmp)
+            float_to_pil(lr).save(tmp)
             tmp.replace(file)
         out.append(ValImage(image.name, image.hr, lr))
     return out
 
-
-def _read_png(file: Path) -> Tensor | None:
-    try:
-        with Image.open(file) as im:
-            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255
-    except OSError:
-        return None

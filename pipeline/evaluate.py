@@ -30,7 +30,7 @@ from rich.table import Table
 from safetensors.torch import load_file
 from torch import Tensor
 
-from pipeline.data import DataError, ValImage, load_lr_images, load_validation
+from pipeline.data import DataError, ValImage, float_to_pil, load_lr_images, load_validation
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
 from pipeline.resize import imresize_up, upsample_cond
 from pipeline.sr_pipeline import BiDiffSRPipeline, resolve_tiling, tiled_super_resolve
@@ -149,7 +149,9 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
         if hr is None and out_dir is not None:  # real LR inputs: the super-resolved images are the result
             for m in ("teacher", "student"):
                 if m in outputs:
-                    _save_png(outputs[m][0], Path(out_dir) / m / f"{image.name}.png")
+                    path = Path(out_dir) / m / f"{image.name}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    float_to_pil(outputs[m][0]).save(path)
         if len(grid_rows) < grid_images:
             grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in grid_methods]
                              + ([hr[0].cpu()] if hr is not None else []))
@@ -214,11 +216,6 @@ def _out_problem(out: Path) -> str:
 def _tiling(process: DiffusionProcess, scale: int, tile: int | None, overlap: int | None) -> dict:
     tile, overlap = resolve_tiling(process, scale, tile, overlap, 512)
     return {"tile": tile, "overlap": overlap}
-
-
-def _save_png(image: Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()).save(path)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
 from students.complexity import format_ops, format_params, measure_student
 from students.binarizers import get_binarizer
-from students.finite import nonfinite_tensors
+from students.finite import name_tensors, nonfinite_tensors
 from students.packing import save_packed
 
 PACKED_NAME = "student_1bit.safetensors"
@@ -172,8 +172,8 @@ def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str
                            "out first")
     bad = nonfinite_tensors(student)
     if bad:
-        raise PublishError(f"not publishing {folder}: the student holds NaN or infinite weights ({', '.join(bad[:3])}"
-                           f"{' ...' if len(bad) > 3 else ''}); its training diverged")
+        raise PublishError(f"not publishing {folder}: the student holds NaN or infinite weights "
+                           f"({name_tensors(bad)}); its training diverged")
     with folder_written_whole(folder) as tmp:
         BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)  # with its loader files
         if _binary(student):  # a full-precision twin (binarizer "none") has nothing to pack

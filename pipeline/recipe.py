@@ -503,15 +503,6 @@ def _check_training_folder(recipe: Recipe) -> None:
            f"sides (the largest allows {max(sides)}px at x{r.scale})")
 
 
-def _feature_names(student, side: int) -> set[str]:
-    """The res-block features a student taps, from one forward pass on the meta device (no memory, no compute)."""
-    import torch
-
-    x = torch.zeros(1, student.config.out_channels, side, side, device="meta")
-    y = torch.zeros(1, student.config.in_channels - student.config.out_channels, side, side, device="meta")
-    return set(student(x, y, torch.zeros(1, dtype=torch.long, device="meta"), return_features=True)[1])
-
-
 def _check_student_init(recipe: Recipe, student) -> None:
     """student.init before training: an intact saved student with readable, finite weights whose layout and
     timesteps are the recipe's student's (the same binarizer, or its full-precision twin, binarizer "none", which the
@@ -520,7 +511,7 @@ def _check_student_init(recipe: Recipe, student) -> None:
 
     from pipeline.checksums import CHECKSUMS, damage
     from students.bidiffsr import layout_difference
-    from students.finite import nonfinite_tensors
+    from students.finite import name_tensors, nonfinite_tensors
 
     folder = Path(recipe.student.init)
     try:
@@ -534,7 +525,7 @@ def _check_student_init(recipe: Recipe, student) -> None:
         bad = nonfinite_tensors(load_file(weights))
     except Exception as err:  # missing, truncated or not a safetensors file
         raise RecipeError(recipe.source, "student.init", f"cannot read {weights}: {err}") from None
-    _check(not bad, recipe, "student.init", f"{weights} holds NaN or infinite weights ({', '.join(bad[:3])})")
+    _check(not bad, recipe, "student.init", f"{weights} holds NaN or infinite weights ({name_tensors(bad)})")
     twin = saved.get("binarizer") == "none" and student.config.binarizer != "none"
     difference = layout_difference(student.config, saved)
     keys = ("num_train_timesteps",) if twin else ("num_train_timesteps", "binarizer", "timestep_groups")
@@ -722,7 +713,7 @@ def validate(recipe: Recipe) -> None:
             _check(recipe.student.init_from_teacher or bool(recipe.student.init), recipe, "student.init_from_teacher",
                    f"stages[{i}] uses SPD, whose channel-wise Gram matrices only carry signal when the student starts "
                    "from the teacher's weights (BiDM); set student.init_from_teacher = true")
-            known = _feature_names(student, patch // process.spatial_factor) if s.features else set()
+            known = student.feature_names() if s.features else []
             for name in s.features:
                 _check(name in known, recipe, f"{key}.features",
                        f"{name!r} is not a res-block feature of the student; it has {', '.join(sorted(known))}")

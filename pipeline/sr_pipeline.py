@@ -35,7 +35,7 @@ from torch import Tensor
 
 from pipeline.checksums import CHECKSUMS, damage
 from pipeline.loader_files import write_loaders
-from pipeline.data import to_rgb8
+from pipeline.data import float_to_pil, to_rgb8
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
 from students.finite import check_finite
@@ -270,7 +270,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
                                          progress=bar.update, lr=lr)
                 results.append(sr[0].clamp(0, 1).cpu())
         if output_type == "pil":
-            results = [Image.fromarray((r * 255).round().byte().permute(1, 2, 0).numpy()) for r in results]
+            results = [float_to_pil(r) for r in results]
         elif output_type == "np":
             shapes = {tuple(r.shape) for r in results}
             results = (np.stack([r.permute(1, 2, 0).numpy() for r in results]) if len(shapes) == 1

@@ -63,7 +63,7 @@ from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, f
                                  stage_fingerprints, write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
-from students.finite import nonfinite_tensors
+from students.finite import name_tensors, nonfinite_tensors
 from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
 from teachers.process import DiffusionProcess
 
@@ -77,7 +77,7 @@ def _nonfinite_checkpoint(folder: Path) -> str:
     """Why a checkpoint's model must not be resumed from ('' when its weights are all finite)."""
     weights = folder / "model.safetensors"
     bad = nonfinite_tensors(load_file(weights)) if weights.is_file() else []
-    return f"{weights} holds NaN or infinite weights ({', '.join(bad[:3])})" if bad else ""
+    return f"{weights} holds NaN or infinite weights ({name_tensors(bad)})" if bad else ""
 
 
 def _tracker_config(recipe: Recipe) -> dict:
@@ -267,16 +267,9 @@ class Trainer:
             why = student.layout_mismatch(teacher.unet)
             if why:  # the recipe check catches this up front; a hand-edited folder could still get here
                 raise ValueError(f"stage {stage.name!r}: SPD needs the student's full-precision twin as teacher: {why}")
-            names = list(stage.features) or list(self._feature_shapes(student, stage))
+            names = list(stage.features) or student.feature_names()
         return FeatureDistillStage(teacher, self.student_process, names, stage.spd_weight, stage.spd_patches,
                                    stage.output_weight, cross_timestep, stage.direct_weight)
-
-    def _feature_shapes(self, student: BIDiffSRUNet, stage: StageConfig) -> dict[str, tuple]:
-        patch = (stage.patch_size or self.recipe.data.patch_size) // self.process.spatial_factor
-        probe = torch.zeros(1, 3, patch, patch, device=self.accelerator.device)
-        t = torch.zeros(1, dtype=torch.long, device=self.accelerator.device)
-        with torch.no_grad():
-            return {k: tuple(v.shape) for k, v in student.to(probe.device)(probe, probe, t, return_features=True)[1].items()}
 
     def load_student_stage(self, folder: Path) -> BIDiffSRUNet:
         self.student_process = load_process(folder)
@@ -564,8 +557,7 @@ class Trainer:
         logged): checked before every checkpoint and before the stage is saved."""
         bad = nonfinite_tensors(model)
         if bad:
-            raise self._diverged(i, cfg, f"the weights became non-finite by step {step} ({', '.join(bad[:3])}"
-                                         f"{' ...' if len(bad) > 3 else ''})")
+            raise self._diverged(i, cfg, f"the weights became non-finite by step {step} ({name_tensors(bad)})")
 
     def _diverged(self, i: int, cfg: StageConfig, what: str) -> NonFiniteLoss:
         good = self._find_checkpoint(i, cfg) if self.recipe.run.resume != "never" else None  # finite weights only

@@ -376,6 +376,16 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
             config["timestep_groups"] = 1
         return {**config, "binarizer": "none", "cross_timestep_blocks": 0}
 
+    def feature_names(self) -> list[str]:
+        """The res-block features this network taps (`return_features`), in order, from one forward pass of a copy on
+        the meta device (no memory, no compute; the names do not depend on the input size)."""
+        with torch.device("meta"):
+            probe = type(self).from_config(self.config)
+        c, side = self.config, self.size_multiple
+        x = torch.zeros(1, c.out_channels, side, side, device="meta")
+        y = torch.zeros(1, c.in_channels - c.out_channels, side, side, device="meta")
+        return list(probe(x, y, torch.zeros(1, dtype=torch.long, device="meta"), return_features=True)[1])
+
     def layout_mismatch(self, other: nn.Module) -> str:
         """Why `other`'s features do not correspond to this model's channel for channel ('' when they do)."""
         if type(other) is not type(self):

@@ -18,10 +18,14 @@ def nonfinite_tensors(weights: nn.Module | dict[str, Tensor]) -> list[str]:
     return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
+def name_tensors(names: list[str]) -> str:
+    """The first three names, and how many more, for a message."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def check_finite(weights: nn.Module | dict[str, Tensor], what: str) -> None:
     """A ValueError naming `what` and its first non-finite tensors when there are any."""
     bad = nonfinite_tensors(weights)
     if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise ValueError(f"{what} holds NaN or infinite weights ({', '.join(bad[:3])}{more}); it is damaged or its "
+        raise ValueError(f"{what} holds NaN or infinite weights ({name_tensors(bad)}); it is damaged or its "
                          "training diverged")

@@ -68,12 +68,17 @@ def test_the_paper_size_branches_keep_2_max_nonzeros_and_rank_8():
     assert branches.sparse_values.numel() == 1280 and branches.rank == 8  # spec: a 320 -> 640 conv keeps 1280
 
 
-def test_a_bimacosr_inside_unit_starts_equal_to_its_full_precision_twin_unit():
+def unit_from_twin(binarizer: str) -> tuple[BinaryConv2d, BinaryConv2d, torch.Tensor]:
+    """(random full-precision twin unit, a `binarizer` unit started from it, an input), in float64."""
     twin = randomize(BinaryConv2d(12, 12, 3, BINARIZERS["none"])).double()
-    unit = BinaryConv2d(12, 12, 3, BINARIZERS["bimacosr_inside"]).double()
+    unit = BinaryConv2d(12, 12, 3, BINARIZERS[binarizer]).double()
     unit.load_state_dict(twin.state_dict(), strict=False)
     unit.start_from_full_precision()
-    x = torch.randn(2, 12, 8, 8, dtype=torch.float64)
+    return twin, unit, torch.randn(2, 12, 8, 8, dtype=torch.float64)
+
+
+def test_a_bimacosr_inside_unit_starts_equal_to_its_full_precision_twin_unit():
+    twin, unit, x = unit_from_twin("bimacosr_inside")
     binarized = unit(x)
     assert not torch.allclose(binarized, twin(x), atol=1e-3)
     assert torch.allclose(full_precision(unit)(x), twin(x), atol=1e-12)
@@ -89,11 +94,7 @@ def test_a_bimacosr_inside_student_starts_equal_to_its_twin(tiny_config):
 
 
 def test_the_official_bimacosr_unit_adds_its_branches_after_the_activation_on_the_raw_input():
-    twin = randomize(BinaryConv2d(12, 12, 3, BINARIZERS["none"])).double()
-    unit = BinaryConv2d(12, 12, 3, BINARIZERS["bimacosr"]).double()
-    unit.load_state_dict(twin.state_dict(), strict=False)
-    unit.start_from_full_precision()
-    x = torch.randn(2, 12, 8, 8, dtype=torch.float64)
+    twin, unit, x = unit_from_twin("bimacosr")
     group = torch.tensor([0, 3])
     u = unit.shift(x, group)
     a = u.abs().mean(dim=1, keepdim=True) * torch.sign(u)
