@@ -488,12 +488,18 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
     def use_packed_kernels(self) -> list[str]:
         """Run every binarized conv whose binarizer allows it on packed sign bits (CPU inference,
         `students.packed_conv`); returns the names of the binarized convs that keep their float path (their binarizer's
-        activations are not plain signs). Call it after the weights are final (it packs them)."""
+        activations are not plain signs). Call it after the weights are final (it packs them).
+
+        The model also moves to channels-last memory: the kernels read and write channels-last activations, and the
+        full-precision convs around them run 1.1-10x faster on CPU that way than on contiguous ones (see
+        `benchmarks/binary_speed.py`), so no layer converts between the two."""
         from students.packed_conv import PackedKernelsUnavailable
 
         binarized = [(name, m) for name, m in self.named_modules() if isinstance(m, BinaryConv2d) and m.binarizer.binary]
         try:
-            return [name for name, module in binarized if not module.use_packed_kernel()]
+            kept = [name for name, module in binarized if not module.use_packed_kernel()]
+            self.to(memory_format=torch.channels_last)
+            return kept
         except PackedKernelsUnavailable as err:  # no compiler here: the float path gives the same outputs
             for _, module in binarized:
                 module.packed_filters = None

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from students.timestep import TimestepRPReLU, TimestepShift
+from students.timestep import TimestepRPReLU, TimestepShift, select_rows
 
 if TYPE_CHECKING:
     from students.binarizers import Binarizer
@@ -262,6 +262,14 @@ class BinaryConv2d(BinarizedWeight, nn.Module):
             self.packed_filters = PackedFilters(self.binary_weight(), self.bias, self.stride, self.kernel_size // 2)
         return True
 
+    def _packed_unit(self, x: Tensor, group: Tensor | None) -> Tensor:
+        """The whole unit in the packed kernel: TaR shift while packing, RPReLU and identity shortcut in its output
+        loop (what `forward` computes step by step, in the same float order)."""
+        return self.packed_filters(
+            x, shift=None if self.shift is None else select_rows(self.shift.bias, group),
+            activation=None if self.activation is None else self.activation.tables(group),
+            residual=x if self.has_shortcut else None, residual_first=self.binarizer.shortcut_before_activation)
+
     @torch.no_grad()
     def start_from_full_precision(self) -> None:
         """After the full-precision weights were loaded into `weight`: split them as the binarizer needs (BiMaCoSR:
@@ -270,6 +278,9 @@ class BinaryConv2d(BinarizedWeight, nn.Module):
             self.weight.copy_(self.branches.absorb(self.weight))
 
     def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
+        if self.packed_filters is not None and self.scale_map is None and self.branches is None \
+                and self.shortcut_scale is None:
+            return self._packed_unit(x, group)
         u = self.shift(x, group) if self.shift is not None else x
         if self.packed_filters is not None:
             y = self.packed_filters(u)

@@ -5,8 +5,9 @@ signs of the activations and of the weights are packed along channels, 64 per wo
 alpha_o (K - 2 popcount(a XOR w)) (`students/csrc/binary_conv.cpp`), so a 3x3 tap over 64 channels is one XOR and one
 popcount instead of 64 multiply-adds. The result equals the float emulation up to float summation order: the signs are
 the same bits (torch.sign's exact zeros kept in a second bit plane), and zero padding is skipped, as a float conv of
-zero-padded +-1 values computes. Everything around the conv (shift, alpha, bias, scale map, branches, RPReLU,
-shortcut) runs as before.
+zero-padded +-1 values computes. The unit's TaR shift is added while packing, and its RPReLU and identity shortcut
+are applied in the kernel's output loop (the same float steps, in the same order, as unfused), so a BI-DiffSR unit
+reads and writes its activations once; a scale map or matrix branches run after the kernel as before.
 
 It serves binarizers whose forward is sign(u) x (scale_o sign(W)): BI-DiffSR, BBCU, ReActNet, BNN, IR-Net and BiDM.
 XNOR-Net's and BiMaCoSR's activations carry a per-pixel scale inside the kernel window and DoReFa's are {0, 1}: those
@@ -52,8 +53,9 @@ def _cpu_tag() -> str:
 
 # -fopenmp: at::parallel_for is inline OpenMP code; without it the kernels run on one thread. The OpenMP runtime
 # resolves to the one torch already loaded (same soname), so torch.set_num_threads holds.
-BUILDS = (("", ["-O3", "-march=native", "-fopenmp"], ["-fopenmp"]),
-          ("_noomp", ["-O3", "-march=native"], []))
+# -ffp-contract=off: the fused epilogue rounds each step as torch does unfused (no multiply-add becomes an FMA).
+BUILDS = (("", ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"], ["-fopenmp"]),
+          ("_noomp", ["-O3", "-march=native", "-ffp-contract=off"], []))
 
 
 @functools.cache
@@ -87,15 +89,25 @@ def kernels():
         f"install g++` and `pip install ninja`): {failures[-1]}")
 
 
-def pack_signs(x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """(N, C, H, W) float -> sign bits (N, H, W, ceil(C / 64)) int64 and the non-zero plane (None without zeros)."""
-    bits, nonzero = kernels().pack_signs(x.detach())
+def pack_signs(x: Tensor, shift: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """(N, C, H, W) float, and optionally a per-channel shift (1 or N, C) added first -> the sign bits of x + shift
+    (N, H, W, ceil(C / 64)) int64 and the non-zero plane (None without zeros)."""
+    bits, nonzero = kernels().pack_signs(x.detach(), shift)
     return bits, (nonzero if nonzero is not None and nonzero.numel() else None)
 
 
+def _table(rows: Tensor | None) -> Tensor | None:
+    return None if rows is None else rows.detach().float().contiguous()
+
+
 class PackedFilters:
-    """A binarized conv's weight W_b = scale_o * sign pattern (and its bias), packed for `binary_conv2d`; called on
-    the conv's (shifted) float32 input u, returns conv(sign(u), W_b) + bias (N, O, Ho, Wo), in channels-last memory."""
+    """A binarized conv's weight W_b = scale_o * sign pattern (and its bias), packed for `binary_conv2d`.
+
+    Called on the unit's float32 input x, returns conv(sign(x + shift), W_b) + bias (N, O, Ho, Wo) in channels-last
+    memory, followed by what the unit does next when given, fused into the kernel's output loop instead of separate
+    passes over memory: `activation` (the RPReLU's shift_in, slope and shift_out tables) and `residual` (added before
+    the activation when `residual_first`, after it otherwise). Per-channel tables are (1 or N, C).
+    """
 
     def __init__(self, binary_weight: Tensor, bias: Tensor | None, stride: int, padding: int):
         w = binary_weight.detach().float().cpu()
@@ -110,12 +122,16 @@ class PackedFilters:
         self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
         self.channels, self.stride, self.padding = w.shape[1], stride, padding
 
-    def __call__(self, u: Tensor) -> Tensor:
-        if u.device.type != "cpu" or u.dtype != torch.float32:
-            raise ValueError(f"packed 1-bit kernels run on the CPU in float32; this input is {u.dtype} on {u.device}")
-        bits, nonzero = pack_signs(u)
+    def __call__(self, x: Tensor, shift: Tensor | None = None,
+                 activation: tuple[Tensor, Tensor, Tensor] | None = None, residual: Tensor | None = None,
+                 residual_first: bool = False) -> Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise ValueError(f"packed 1-bit kernels run on the CPU in float32; this input is {x.dtype} on {x.device}")
+        bits, nonzero = pack_signs(x, _table(shift))
+        shift_in, slope, shift_out = (None, None, None) if activation is None else map(_table, activation)
         return kernels().binary_conv2d(bits, nonzero, self.bits, self.nonzero, self.scale, self.bias, self.channels,
-                                       self.stride, self.padding)
+                                       self.stride, self.padding, shift_in, slope, shift_out,
+                                       None if residual is None else residual.detach(), residual_first)
 
 
 if __name__ == "__main__":  # `python -m students.packed_conv`: build the kernels ahead of their first use

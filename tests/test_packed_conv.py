@@ -53,6 +53,28 @@ def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride
     torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("binarizer", ["bidiffsr", "reactnet", "bbcu"])
+def test_the_fused_unit_equals_the_packed_conv_followed_by_the_unit_step_by_step(binarizer, memory_format):
+    """Shift while packing, RPReLU and shortcut in the kernel's output loop: bit for bit what the unfused packed path
+    computes, with a per-sample timestep group per sample (three samples, four groups) and exact zeros."""
+    unit = randomized(BinaryConv2d(70, 70, 3, BINARIZERS[binarizer], shift_groups=4, activation_groups=4))
+    x = torch.randn(3, 70, 7, 6)
+    x[1, :, 2, 2] = 0.0
+    x = x.contiguous(memory_format=memory_format)
+    group = torch.tensor([3, 0, 2])
+    with torch.no_grad():
+        unit.use_packed_kernel()
+        fused = unit(x, group)
+        y = unit.packed_filters(unit.shift(x, group))
+        if unit.binarizer.shortcut_before_activation:
+            y = y + x
+        y = unit.activation(y, group)
+        if not unit.binarizer.shortcut_before_activation:
+            y = y + x
+    assert unit.has_shortcut and torch.equal(fused, y)
+
+
 @pytest.mark.parametrize("zeros_in", ["activations", "weights", "both"])
 def test_exact_zeros_are_kept(zeros_in):
     unit = randomized(BinaryConv2d(70, 20, 3, BINARIZERS["bnn"]))  # BNN: no shift, so zeros in x reach the sign
@@ -167,16 +189,16 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels_with_a_warning(monk
     try:
         with pytest.warns(UserWarning, match="built without OpenMP .*unsupported option '-fopenmp'.*one thread"):
             module = packed_conv.kernels()
-        assert hasattr(module, "binary_conv2d") and flags == [BUILDS_OMP, BUILDS_PLAIN]
+        assert hasattr(module, "binary_conv2d") and flags == [cflags for _, cflags, _ in packed_conv.BUILDS]
+        assert "-fopenmp" in flags[0] and "-fopenmp" not in flags[1]
     finally:
         packed_conv.kernels.cache_clear()
 
 
-BUILDS_OMP, BUILDS_PLAIN = ["-O3", "-march=native", "-fopenmp"], ["-O3", "-march=native"]
-
-
-def test_the_scalar_path_without_avx2_agrees_with_the_float_emulation(tiny_config, tmp_path):
-    """The source's non-AVX2 path (what ARM and old x86 compile), built here with -mno-avx2 in a fresh process."""
+@pytest.mark.parametrize("cflags", ["-mno-avx2", "-mno-avx512f"])
+def test_the_paths_without_avx512_agree_with_the_float_emulation(tiny_config, tmp_path, cflags):
+    """The source's scalar path (what ARM and old x86 compile; -mno-avx2) and its AVX2 path (x86 without AVX-512's
+    vector popcount; -mno-avx512f), each built here in a fresh process."""
     import subprocess
     import sys
     from pathlib import Path
@@ -194,7 +216,7 @@ assert any(m.packed_filters is not None for m in model.modules() if hasattr(m, "
 print((model(x, x, torch.tensor([5])) - expected).abs().max().item(), packed_conv.kernels().__file__)
 """
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}", "BIDISTILL_PACKED_CFLAGS": "-mno-avx2"}
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}", "BIDISTILL_PACKED_CFLAGS": cflags}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     difference, library = result.stdout.split()

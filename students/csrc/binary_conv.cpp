@@ -8,8 +8,10 @@
 //
 // The valid taps of an output pixel form a rectangle of the kernel, and for each kernel row the words of its valid
 // taps are contiguous both in the packed activation (N, H, W, words) and in the packed filter (O, KH, KW, words), so
-// the inner loop streams two contiguous runs of words with no gather. Output channels go 16 at a time (four AVX2
-// vectors of 64-bit words against one broadcast activation word); the output is written channels-last.
+// the inner loop streams two contiguous runs of words with no gather. Output channels go 16 at a time against one
+// broadcast activation word: two AVX-512 vectors with the vector popcount (VPOPCNTDQ) where the CPU has it, else four
+// AVX2 vectors with a table-lookup popcount, else scalar popcounts (ARM, old x86); the output is written
+// channels-last.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -18,7 +20,7 @@
 #include <cstdint>
 #include <vector>
 
-#ifdef __AVX2__
+#if defined(__AVX2__) || defined(__AVX512VPOPCNTDQ__)
 #include <immintrin.h>
 #endif
 
@@ -38,7 +40,33 @@ inline uint64_t low_bits(int64_t count) { return count >= 64 ? ~uint64_t(0) : ((
 template <bool kActMask, bool kFiltMask>
 inline void count_block(const uint64_t* a, const uint64_t* az, int64_t a_step, const uint64_t* ft, const uint64_t* fz,
                         int64_t f_step, int64_t runs, int64_t words, uint64_t* differ, uint64_t* valid) {
-#ifdef __AVX2__
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+  __m512i total[2], vtotal[2];
+  for (int v = 0; v < 2; ++v) total[v] = vtotal[v] = _mm512_setzero_si512();
+  for (int64_t r = 0; r < runs; ++r) {
+    const uint64_t* ar = a + r * a_step;
+    const uint64_t* fr = ft + r * f_step;
+    for (int64_t j = 0; j < words; ++j) {
+      const __m512i av = _mm512_set1_epi64(static_cast<long long>(ar[j]));
+      for (int v = 0; v < 2; ++v) {
+        __m512i x = _mm512_xor_si512(av, _mm512_loadu_si512(fr + j * kBlock + 8 * v));
+        if (kFiltMask) {
+          __m512i m = _mm512_loadu_si512(fz + r * f_step + j * kBlock + 8 * v);
+          if (kActMask) m = _mm512_and_si512(m, _mm512_set1_epi64(static_cast<long long>(az[r * a_step + j])));
+          x = _mm512_and_si512(x, m);
+          vtotal[v] = _mm512_add_epi64(vtotal[v], _mm512_popcnt_epi64(m));
+        } else if (kActMask) {
+          x = _mm512_and_si512(x, _mm512_set1_epi64(static_cast<long long>(az[r * a_step + j])));
+        }
+        total[v] = _mm512_add_epi64(total[v], _mm512_popcnt_epi64(x));
+      }
+    }
+  }
+  for (int v = 0; v < 2; ++v) {
+    _mm512_storeu_si512(differ + 8 * v, total[v]);
+    if (kFiltMask) _mm512_storeu_si512(valid + 8 * v, vtotal[v]);
+  }
+#elif defined(__AVX2__)
   const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
@@ -118,11 +146,61 @@ torch::Tensor block_filters(const torch::Tensor& filt) {
   return out;
 }
 
+// What a binarized unit does to the conv's output, applied to each output row while it is still in cache instead of
+// in separate passes over memory: [+ residual] -> RPReLU (+ shift_in, PReLU slope, + shift_out) -> [+ residual], each
+// step one float rounding in the order torch computes them unfused (built with -ffp-contract=off, so no step merges
+// into an FMA). The per-channel tables have one row per sample or one row for all (row_step 0); the residual is
+// channels-last, laid out as the output.
+struct Epilogue {
+  const float* shift_in = nullptr;  // null: no activation
+  const float* slope = nullptr;
+  const float* shift_out = nullptr;
+  int64_t row_step = 0;
+  const float* residual = nullptr;
+  bool residual_first = false;  // added before the activation (ReActNet) or after it (BI-DiffSR, BBCU)
+};
+
+template <bool kAct, int kResidual>  // kResidual: 0 none, 1 before the activation, 2 after it
+void finish_row(float* __restrict__ out, const float* __restrict__ res, const float* __restrict__ shift_in,
+                const float* __restrict__ slope, const float* __restrict__ shift_out, int64_t pixels, int64_t o) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    float* v = out + p * o;
+    const float* r = kResidual ? res + p * o : nullptr;
+    for (int64_t c = 0; c < o; ++c) {
+      float y = v[c];
+      if (kResidual == 1) y = y + r[c];
+      if (kAct) {
+        y = y + shift_in[c];
+        y = y > 0.0f ? y : y * slope[c];
+        y = y + shift_out[c];
+      }
+      if (kResidual == 2) y = y + r[c];
+      v[c] = y;
+    }
+  }
+}
+
+void finish(const Epilogue& e, float* out, int64_t b, int64_t oy, int64_t ho, int64_t wo, int64_t o) {
+  const int64_t at = (b * ho + oy) * wo * o, row = b * e.row_step;
+  const float* res = e.residual ? e.residual + at : nullptr;
+  const float *si = e.shift_in ? e.shift_in + row : nullptr, *sl = e.slope ? e.slope + row : nullptr,
+              *so = e.shift_out ? e.shift_out + row : nullptr;
+  const int kind = res ? (e.residual_first ? 1 : 2) : 0;
+  if (si) {
+    if (kind == 0) finish_row<true, 0>(out + at, res, si, sl, so, wo, o);
+    else if (kind == 1) finish_row<true, 1>(out + at, res, si, sl, so, wo, o);
+    else finish_row<true, 2>(out + at, res, si, sl, so, wo, o);
+  } else if (kind != 0) {
+    finish_row<false, 2>(out + at, res, si, sl, so, wo, o);
+  }
+}
+
 template <bool kActMask, bool kFiltMask>
 void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const uint64_t* fz,
-              const float* scale, const float* bias, float* out, int64_t n, int64_t h, int64_t w, int64_t wd,
-              int64_t o, int64_t kh, int64_t kw, int64_t channels, int64_t stride, int64_t padding, int64_t ho,
-              int64_t wo) {
+              const float* scale, const float* bias, const Epilogue& epilogue, float* out, int64_t n, int64_t h,
+              int64_t w, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t channels, int64_t stride,
+              int64_t padding, int64_t ho, int64_t wo) {
+  const bool fused = epilogue.shift_in || epilogue.residual;
   const int64_t row = kh * kw * wd, blocks = (o + kBlock - 1) / kBlock;
   at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
     alignas(32) uint64_t differ[kBlock], valid[kBlock];
@@ -157,20 +235,37 @@ void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const u
           for (int64_t c = 0; c < stop; ++c) {
             const int64_t count = kFiltMask ? static_cast<int64_t>(valid[c]) : unmasked;
             const float dot = static_cast<float>(count - 2 * static_cast<int64_t>(differ[c]));
-            dst[c] = bias ? dot * s[c] + bias[blk * kBlock + c] : dot * s[c];
+            float v = dot * s[c];
+            if (bias) v = v + bias[blk * kBlock + c];
+            dst[c] = v;
           }
         }
       }
+      if (fused) finish(epilogue, out, b, oy, ho, wo, o);
     }
   });
 }
 
-// NCHW float (any memory format) -> (bits, nonzero bits or an empty tensor when there is no exact zero), both
-// (N, H, W, words) int64. A channels-last input is read pixel by pixel; a contiguous one channel plane by plane,
-// row by row, setting one bit per pixel, so neither needs a copy.
-std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
+// A per-channel float32 table with one row per sample or one row for all: its data and row step (0 or C).
+const float* table_rows(const c10::optional<torch::Tensor>& table, int64_t n, int64_t c, const char* name,
+                        int64_t* row_step) {
+  if (!table.has_value() || !table->defined()) return nullptr;
+  TORCH_CHECK(table->scalar_type() == torch::kFloat && table->is_contiguous() && table->dim() == 2 &&
+                  table->size(1) == c && (table->size(0) == 1 || table->size(0) == n),
+              name, ": expects a contiguous float32 (1 or N, C) table");
+  *row_step = table->size(0) == 1 ? 0 : c;
+  return table->data_ptr<float>();
+}
+
+// NCHW float (any memory format), with an optional per-channel shift added first (the TaR shift, a (1 or N, C)
+// table) -> (bits, nonzero bits or an empty tensor when there is no exact zero), both (N, H, W, words) int64: the
+// signs of x + shift, the same float sums torch makes. A channels-last input is read pixel by pixel; a contiguous one
+// channel plane by plane, row by row, setting one bit per pixel, so neither needs a copy.
+std::vector<torch::Tensor> pack_signs(const torch::Tensor& input, const c10::optional<torch::Tensor>& shift) {
   TORCH_CHECK(input.dim() == 4, "pack_signs: expects an (N, C, H, W) tensor");
   TORCH_CHECK(input.scalar_type() == torch::kFloat, "pack_signs: expects float32");
+  int64_t shift_step = 0;
+  const float* shifts = table_rows(shift, input.size(0), input.size(1), "pack_signs shift", &shift_step);
   const bool channels_last = !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
   const auto x = channels_last ? input : input.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), wd = words_for(c);
@@ -190,12 +285,13 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
       uint64_t* zrow = z + (img * h + y) * w * wd;
       if (channels_last) {
         const float* line = src + (img * h + y) * w * c;
+        const float* sh = shifts ? shifts + img * shift_step : nullptr;
         for (int64_t px = 0; px < w; ++px) {
           for (int64_t k = 0; k < wd; ++k) {
             const int64_t stop = std::min<int64_t>(64, c - 64 * k);
             uint64_t p = 0, m = 0;
             for (int64_t j = 0; j < stop; ++j) {
-              const float v = line[px * c + 64 * k + j];
+              const float v = sh ? line[px * c + 64 * k + j] + sh[64 * k + j] : line[px * c + 64 * k + j];
               p |= static_cast<uint64_t>(v > 0.0f) << j;
               m |= static_cast<uint64_t>(v != 0.0f) << j;
             }
@@ -214,9 +310,12 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
           for (int64_t px = 0; px < count; ++px) pos[px] = nz[px] = 0;
           for (int64_t j = 0; j < stop; ++j) {
             const float* v = src + ((img * c + 64 * k + j) * h + y) * w + px0;
+            const float sh = shifts ? shifts[img * shift_step + 64 * k + j] : 0.0f;
             for (int64_t px = 0; px < count; ++px) {
-              pos[px] |= static_cast<uint64_t>(v[px] > 0.0f) << j;
-              nz[px] |= static_cast<uint64_t>(v[px] != 0.0f) << j;
+              // adding 0.0f when there is no shift leaves every value's sign as it is (-0.0f + 0.0f is +0: a zero)
+              const float u = v[px] + sh;
+              pos[px] |= static_cast<uint64_t>(u > 0.0f) << j;
+              nz[px] |= static_cast<uint64_t>(u != 0.0f) << j;
             }
           }
           for (int64_t px = 0; px < count; ++px) {
@@ -237,11 +336,15 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input) {
 
 // Packed activations (N, H, W, words) and filters in `block_filters` layout (blocks, KH, KW, words, kBlock), with
 // optional non-zero planes of the same shapes (undefined tensors when there are no zeros), per-channel scale (O) and
-// optional bias (O) -> scale * dot + bias as float32 (N, O, Ho, Wo) in channels-last memory.
+// optional bias (O) -> scale * dot + bias as float32 (N, O, Ho, Wo) in channels-last memory, then the unit's
+// epilogue: an RPReLU given by its three (1 or N, O) tables (all or none) and a residual (N, O, Ho, Wo) added before
+// or after it.
 torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch::Tensor>& act_nonzero,
                             const torch::Tensor& filt, const c10::optional<torch::Tensor>& filt_nonzero,
                             const torch::Tensor& scale, const c10::optional<torch::Tensor>& bias, int64_t channels,
-                            int64_t stride, int64_t padding) {
+                            int64_t stride, int64_t padding, const c10::optional<torch::Tensor>& shift_in,
+                            const c10::optional<torch::Tensor>& slope, const c10::optional<torch::Tensor>& shift_out,
+                            const c10::optional<torch::Tensor>& residual, bool residual_first) {
   const int64_t o = scale.numel();
   TORCH_CHECK(act.dim() == 4 && filt.dim() == 5 && act.size(3) == filt.size(3),
               "binary_conv2d: activation and filter words differ");
@@ -267,8 +370,27 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
   const float* s = scale.data_ptr<float>();
   const float* bi = has_bias ? bias->data_ptr<float>() : nullptr;
   float* dst = out.data_ptr<float>();
+  Epilogue epilogue;
+  int64_t steps[3] = {0, 0, 0};
+  epilogue.shift_in = table_rows(shift_in, n, o, "binary_conv2d shift_in", &steps[0]);
+  epilogue.slope = table_rows(slope, n, o, "binary_conv2d slope", &steps[1]);
+  epilogue.shift_out = table_rows(shift_out, n, o, "binary_conv2d shift_out", &steps[2]);
+  TORCH_CHECK((epilogue.shift_in == nullptr) == (epilogue.slope == nullptr) &&
+                  (epilogue.slope == nullptr) == (epilogue.shift_out == nullptr) && steps[0] == steps[1] &&
+                  steps[1] == steps[2],
+              "binary_conv2d: the activation's three tables come together, with as many rows each");
+  epilogue.row_step = steps[0];
+  torch::Tensor res;
+  if (residual.has_value() && residual->defined()) {
+    res = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    TORCH_CHECK(res.scalar_type() == torch::kFloat && res.dim() == 4 && res.size(0) == n && res.size(1) == o &&
+                    res.size(2) == ho && res.size(3) == wo,
+                "binary_conv2d: expects a float32 residual of the output's shape");
+    epilogue.residual = res.data_ptr<float>();
+    epilogue.residual_first = residual_first;
+  }
 #define BIDISTILL_CONVOLVE(A, F) \
-  convolve<A, F>(a, az, ft, fz, s, bi, dst, n, h, w, wd, o, kh, kw, channels, stride, padding, ho, wo)
+  convolve<A, F>(a, az, ft, fz, s, bi, epilogue, dst, n, h, w, wd, o, kh, kw, channels, stride, padding, ho, wo)
   if (act_mask && filt_mask) BIDISTILL_CONVOLVE(true, true);
   else if (act_mask) BIDISTILL_CONVOLVE(true, false);
   else if (filt_mask) BIDISTILL_CONVOLVE(false, true);
@@ -280,7 +402,9 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("pack_signs", &pack_signs, "pack the signs of an NCHW tensor along channels, 64 per word");
+  m.def("pack_signs", &pack_signs, "pack the signs of an NCHW tensor (plus a per-channel shift) along channels, 64 per "
+        "word");
   m.def("block_filters", &block_filters, "packed filters in the kernel's layout: 16 output channels per word");
-  m.def("binary_conv2d", &binary_conv2d, "binary convolution of packed signs: scale * dot + bias, channels-last");
+  m.def("binary_conv2d", &binary_conv2d,
+        "binary convolution of packed signs: scale * dot + bias, then the unit's RPReLU and residual, channels-last");
 }
