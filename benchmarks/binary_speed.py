@@ -2,10 +2,14 @@
 (`students/packed_conv.py`), side by side in one run.
 
 1. Every distinct binarized conv of the paper configuration at a 3x256x256 output, batch 1: the float path (sign of
-   the input, conv with the +-alpha weight) against the packed path (pack the signs, popcount kernel, alpha), median
+   the input, conv with the +-alpha weight; the faster of a contiguous and a channels-last input) against the packed
+   path (pack the signs of a channels-last input, as the packed student hands it, popcount kernel, alpha), median
    of `--repeats` timings each, and the ratio; the outputs are checked equal (max |difference|).
-2. The whole student forward at 3x256x256: float vs packed, and the share of the packed forward spent outside the
-   binarized units (full-precision convs, attention, norms: what bounds the end-to-end gain).
+2. The whole student forward at 3x256x256: the float path in PyTorch's default (contiguous) memory and in
+   channels-last (the faster here, and the baseline of every ratio), the packed path (channels-last, as
+   `use_packed_kernels` sets), and the share of the packed forward spent in its full-precision convs and outside the
+   binarized units (what bounds the end-to-end gain); the same for a student with every decoder level binarized
+   (`fp_resolutions = []`), which shows what the full-precision levels cost.
 3. A super-resolution to a 256x256 output on the DDPM process: 50 DDIM steps and one step, float vs packed.
 4. The published pipeline's per-image cost for a 128x128 LR image (512x512 output: 9 overlapping 256x256 tiles),
    with the tiles in batches of 8 (the accelerator default) and one by one (the CPU default of
@@ -35,6 +39,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.timing import median_seconds  # noqa: E402
 
+from pipeline.progress import Progress  # noqa: E402
 from pipeline.sr_pipeline import super_resolve, tiled_super_resolve  # noqa: E402
 from students.bidiffsr import BIDiffSRUNet  # noqa: E402
 from students.binary import BinaryConv2d  # noqa: E402
@@ -80,60 +85,47 @@ def main(argv=None) -> None:
                 "max |diff|"):
         layers.add_column(col, justify="right")
     total_float = total_packed = 0.0
-    for (cin, cout, k, stride, h, w), count in sorted(layer_shapes(model, args.size).items(), key=lambda kv: -kv[0][4]):
+    shapes = sorted(layer_shapes(model, args.size).items(), key=lambda kv: -kv[0][4])
+    # one measurement per conv shape, two whole forwards, four super-resolutions
+    progress = Progress("measured", total=len(shapes) + 6, unit="measurement", console=console, every=0).start()
+    for (cin, cout, k, stride, h, w), count in shapes:
         weight = torch.randn(cout, cin, k, k)
         wb = weight.abs().mean(dim=(1, 2, 3), keepdim=True) * torch.sign(weight)
-        u = torch.randn(1, cin, h, w)
+        u = torch.randn(1, cin, h, w).contiguous(memory_format=torch.channels_last)
         packed = PackedFilters(wb, None, stride, k // 2)
-        float_s = median_seconds(lambda: F.conv2d(torch.sign(u), wb, stride=stride, padding=k // 2), args.repeats)
+        float_s = min(median_seconds(lambda: F.conv2d(torch.sign(v), wb, stride=stride, padding=k // 2), args.repeats)
+                      for v in (u.contiguous(), u))
         packed_s = median_seconds(lambda: packed(u), args.repeats)
         diff = (F.conv2d(torch.sign(u), wb, stride=stride, padding=k // 2) - packed(u)).abs().max().item()
         total_float += count * float_s
         total_packed += count * packed_s
         layers.add_row(f"{cin} -> {cout}", f"{k}x{k} / {stride}", f"{h}x{w}", str(count), f"{float_s * 1e3:.2f}",
                        f"{packed_s * 1e3:.2f}", f"{float_s / packed_s:.1f}x", f"{diff:.1e}")
+        progress.advance(note=f"{cin} -> {cout} {k}x{k} at {h}x{w}")
     layers.add_row("all binarized convs", "", "", "", f"{total_float * 1e3:.1f}", f"{total_packed * 1e3:.1f}",
                    f"{total_float / total_packed:.1f}x", "")
     console.print(layers)
 
     x, cond, t = torch.randn(1, 3, args.size, args.size), torch.rand(1, 3, args.size, args.size), torch.tensor([999])
-    packed_model = BIDiffSRUNet().eval()
-    packed_model.load_state_dict(model.state_dict())
-    packed_model.use_packed_kernels()
-    inside = [0.0]
-
-    def timed_units(m: BIDiffSRUNet) -> list:
-        starts = {}
-
-        def pre(module, inputs):
-            starts[module] = time.perf_counter()
-
-        def post(module, inputs, output):
-            inside[0] += time.perf_counter() - starts.pop(module)
-
-        return [h for u in m.modules() if isinstance(u, BinaryConv2d)
-                for h in (u.register_forward_pre_hook(pre), u.register_forward_hook(post))]
-
+    forwards = {}
     with torch.no_grad():
-        float_fwd = median_seconds(lambda: model(x, cond, t), args.repeats)
-        packed_fwd = median_seconds(lambda: packed_model(x, cond, t), args.repeats)
-        reference = model(x, cond, t)
-        diff = (reference - packed_model(x, cond, t)).abs().max().item()
-        spread = reference.std().item()
-        handles = timed_units(packed_model)
-        inside[0] = 0.0
-        start = time.perf_counter()
-        packed_model(x, cond, t)
-        share_fp = 1 - inside[0] / (time.perf_counter() - start)
-        for h in handles:
-            h.remove()
-        inside[0] = 0.0
-        handles = timed_units(model)
-        start = time.perf_counter()
-        model(x, cond, t)
-        share_fp_float = 1 - inside[0] / (time.perf_counter() - start)
-        for h in handles:
-            h.remove()
+        for label, config in (("paper configuration", {}), ("every decoder level binarized", {"fp_resolutions": []})):
+            float_model = BIDiffSRUNet(**config).eval()
+            packed_model = BIDiffSRUNet(**config).eval()
+            packed_model.load_state_dict(float_model.state_dict())
+            packed_model.use_packed_kernels()
+            contiguous_s = median_seconds(lambda: float_model(x, cond, t), args.repeats)
+            float_model.to(memory_format=torch.channels_last)
+            float_s = median_seconds(lambda: float_model(x, cond, t), args.repeats)
+            packed_s = median_seconds(lambda: packed_model(x, cond, t), args.repeats)
+            reference = float_model(x, cond, t)
+            diff = (reference - packed_model(x, cond, t)).abs().max().item()
+            shares = [time_shares(m, lambda m=m: m(x, cond, t)) for m in (float_model, packed_model)]
+            forwards[label] = (contiguous_s, float_s, packed_s, diff, reference.std().item(), shares)
+            progress.advance(note=f"forward, {label}")
+            if not config:
+                model, paper_packed = float_model, packed_model
+    packed_model = paper_packed
 
     process = DDPMProcess()
     cond_sr = torch.rand(1, 3, args.size, args.size)
@@ -147,6 +139,7 @@ def main(argv=None) -> None:
             super_resolve(m, process, cond_sr, steps, noise=noise)
             seconds.append(time.perf_counter() - start)
         sr_rows.append((label, *seconds))
+        progress.advance(note=label)
     cond_image = torch.rand(1, 3, 2 * args.size, 2 * args.size)
     for tile_batch, how in ((8, "batches of 8"), (1, "one by one, the CPU default")):
         seconds = []
@@ -157,18 +150,54 @@ def main(argv=None) -> None:
             seconds.append((time.perf_counter() - start) * args.steps)
         sr_rows.append((f"{args.steps}-step image, {2 * args.size}x{2 * args.size} output, 9 tiles {how} "
                         f"(1 step x {args.steps})", *seconds))
+        progress.advance(note=f"9 tiles {how}")
+    progress.close()
 
-    whole = Table(title="Whole student (paper configuration)")
-    for col in ("", "float s", "packed s", "speed-up"):
+    whole = Table(title=f"Whole student forward, 3x{args.size}x{args.size}, batch 1 (float baseline: channels-last)")
+    for col in ("", "float contiguous s", "float s", "packed s", "speed-up", "packed: FP convs / outside units",
+                "max |diff| (outputs' std)"):
         whole.add_column(col, justify="right")
-    whole.add_row(f"forward 3x{args.size}x{args.size}", f"{float_fwd:.3f}", f"{packed_fwd:.3f}",
-                  f"{float_fwd / packed_fwd:.2f}x")
-    for label, f, p in sr_rows:
-        whole.add_row(label, f"{f:.1f}", f"{p:.1f}", f"{f / p:.2f}x")
+    for label, (contiguous_s, float_s, packed_s, diff, spread, shares) in forwards.items():
+        whole.add_row(label, f"{contiguous_s:.3f}", f"{float_s:.3f}", f"{packed_s:.3f}", f"{float_s / packed_s:.2f}x",
+                      f"{shares[1][0]:.0%} / {shares[1][1]:.0%}", f"{diff:.1e} ({spread:.2f})")
     console.print(whole)
-    console.print(f"forward outputs: max |float - packed| = {diff:.1e} (outputs' std {spread:.2f}; a sign that float "
-                  f"rounding puts on the other side of 0 flips a whole +-1); time outside the binarized units: "
-                  f"{share_fp:.0%} of the packed forward ({share_fp_float:.0%} of the float one)")
+    sr = Table(title="Super-resolution, paper configuration (float: channels-last)")
+    for col in ("", "float s", "packed s", "speed-up"):
+        sr.add_column(col, justify="right")
+    for label, f, p in sr_rows:
+        sr.add_row(label, f"{f:.1f}", f"{p:.1f}", f"{f / p:.2f}x")
+    console.print(sr)
+    float_fp, float_outside = forwards["paper configuration"][5][0]
+    console.print(f"In the float paper forward the full-precision convs take {float_fp:.0%} and everything outside the "
+                  f"binarized units {float_outside:.0%}: with free binary convs the whole forward could be at most "
+                  f"{1 / float_outside:.1f}x faster. Outputs differ only where float rounding puts a sign on the other "
+                  "side of 0 (a whole +-1 flips).")
+
+
+def time_shares(model: BIDiffSRUNet, forward) -> tuple[float, float]:
+    """Shares of one forward's wall time spent in the full-precision convs and outside the binarized units."""
+    spent = {"fp": 0.0, "binary": 0.0}
+    starts = {}
+
+    def pre(module, inputs):
+        starts[module] = time.perf_counter()
+
+    def post_to(key):
+        def post(module, inputs, output):
+            spent[key] += time.perf_counter() - starts.pop(module)
+        return post
+
+    handles = []
+    for m in model.modules():
+        key = "binary" if isinstance(m, BinaryConv2d) else "fp" if isinstance(m, torch.nn.Conv2d) else None
+        if key:  # the paper binarizer's units hold no conv of their own, so nothing is counted twice
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post_to(key))]
+    start = time.perf_counter()
+    forward()
+    total = time.perf_counter() - start
+    for h in handles:
+        h.remove()
+    return spent["fp"] / total, 1 - spent["binary"] / total
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.progress import Progress
 from students.bidiffsr import BIDiffSRUNet
 from teachers.sr3 import SR3UNet
 
@@ -86,13 +87,16 @@ def main() -> None:
                         f"{' (tiny models)' if args.tiny else ''}")
     for col in ("model", "train steps/s", "train img/s", "inference fwd/s", "inference img/s", "peak GPU MiB"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for name, model in models.items():
-        train, infer, peak = time_model(model, args.size, args.batch, args.steps, device, dtype)
-        table.add_row(name, f"{train:.2f}", f"{train * args.batch:.1f}", f"{infer:.2f}", f"{infer * args.batch:.1f}",
-                      "-" if peak != peak else f"{peak:,.0f}")
-    Console().print(table)
-    Console().print("Binarized convs run as float convolutions of +-alpha weights here (training-time emulation); "
-                    "the 1-bit speed-up needs XNOR/popcount kernels on the target device.")
+    console = Console()
+    with Progress("measured", total=len(models), unit="model", console=console, every=0) as progress:
+        for name, model in models.items():
+            train, infer, peak = time_model(model, args.size, args.batch, args.steps, device, dtype)
+            table.add_row(name, f"{train:.2f}", f"{train * args.batch:.1f}", f"{infer:.2f}",
+                          f"{infer * args.batch:.1f}", "-" if peak != peak else f"{peak:,.0f}")
+            progress.advance(note=name)
+    console.print(table)
+    console.print("Binarized convs run as float convolutions of +-alpha weights here (training-time emulation); "
+                  "the packed 1-bit kernels' CPU speed is benchmarks/binary_speed.py's.")
 
 
 if __name__ == "__main__":

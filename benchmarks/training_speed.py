@@ -31,6 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.timing import median_seconds  # noqa: E402
+from pipeline.progress import Progress  # noqa: E402
 
 import students.bidiffsr as bidiffsr_module  # noqa: E402
 from students.bidiffsr import BIDiffSRUNet  # noqa: E402
@@ -91,6 +92,8 @@ def main(argv=None) -> None:
     for col in ("variant", "s / step", "vs ours") + (("peak GiB",) if device.type == "cuda" else ()):
         table.add_column(col, justify="right")
     baseline = None
+    console = Console()
+    progress = Progress("measured", total=len(variants), unit="variant", console=console, every=0).start()
     for label, v in variants:
         model = BIDiffSRUNet()
         model.load_state_dict(state)
@@ -110,7 +113,9 @@ def main(argv=None) -> None:
         if device.type == "cuda":
             row.append(f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}")
         table.add_row(*row)
-    Console().print(table)
+        progress.advance(note=label)
+    progress.close()
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from safetensors.torch import load_file
 from torch import Tensor
 
 from pipeline.data import DataError, ValImage, float_to_pil, load_lr_images, load_validation
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
+from pipeline.progress import Progress
 from pipeline.resize import imresize_up, upsample_cond
 from pipeline.sr_pipeline import BiDiffSRPipeline, resolve_tiling, tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
@@ -118,49 +118,41 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
     if not references and any(image.hr is not None for image in images):
         raise ValueError("evaluate either images with HR references or LR images without: not a mix")
     console = console or Console()
-    progress = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, disable=not console.is_terminal)
-    task = progress.add_task("images", total=len(images))
-    progress.start()  # a bar in a terminal (a no-op when disabled)
-    started = time.perf_counter()
-    for done, image in enumerate(images, 1):
-        hr = image.hr[None].to(device) if references else None
-        lr = image.lr[None].to(device)
-        cond = upsample_cond(lr, scale)
-        outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1), "condition": cond.clamp(0, 1)}
-        if teacher is not None:
-            with _timed(seconds, "teacher", device), teacher.autocast():
-                outputs["teacher"] = tiled_super_resolve(
-                    teacher.unet, teacher.process, cond, num_inference_steps, generator=generators["teacher"],
-                    **_tiling(teacher.process, scale, tile_size, tile_overlap), lr=lr)
-        if student is not None:
-            with _timed(seconds, "student", device):
-                outputs["student"] = tiled_super_resolve(
-                    student, student_process, cond, num_inference_steps, generator=generators["student"],
-                    **_tiling(student_process, scale, tile_size, tile_overlap), lr=lr)
-        scores = {"image": image.name}
-        for m in methods:
-            scores[m] = {}
-            if hr is not None:
-                scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
-            if hr is not None and lpips_model is not None:
-                scores[m]["lpips"] = float(lpips_distance(lpips_model, outputs[m], hr, scale))
-        per_image.append(scores)
-        if hr is None and out_dir is not None:  # real LR inputs: the super-resolved images are the result
-            for m in ("teacher", "student"):
-                if m in outputs:
-                    path = Path(out_dir) / m / f"{image.name}.png"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    float_to_pil(outputs[m][0]).save(path)
-        if len(grid_rows) < grid_images:
-            grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in grid_methods]
-                             + ([hr[0].cpu()] if hr is not None else []))
-        progress.update(task, completed=done)
-        if not console.is_terminal:  # logs and batch jobs: a plain line per image, with rate and ETA
-            elapsed = time.perf_counter() - started
-            console.print(f"evaluated {done}/{len(images)} images ({image.name}) {elapsed / done:.2f} s/image, "
-                          f"ETA {elapsed / done * (len(images) - done):.0f} s")
-    progress.stop()
+    # a bar in a terminal; in logs a line per image with rate and ETA
+    with Progress("evaluated", total=len(images), unit="image", console=console, every=0) as progress:
+        for image in images:
+            hr = image.hr[None].to(device) if references else None
+            lr = image.lr[None].to(device)
+            cond = upsample_cond(lr, scale)
+            outputs = {"bicubic": imresize_up(lr, scale).float().clamp(0, 1), "condition": cond.clamp(0, 1)}
+            if teacher is not None:
+                with _timed(seconds, "teacher", device), teacher.autocast():
+                    outputs["teacher"] = tiled_super_resolve(
+                        teacher.unet, teacher.process, cond, num_inference_steps, generator=generators["teacher"],
+                        **_tiling(teacher.process, scale, tile_size, tile_overlap), lr=lr)
+            if student is not None:
+                with _timed(seconds, "student", device):
+                    outputs["student"] = tiled_super_resolve(
+                        student, student_process, cond, num_inference_steps, generator=generators["student"],
+                        **_tiling(student_process, scale, tile_size, tile_overlap), lr=lr)
+            scores = {"image": image.name}
+            for m in methods:
+                scores[m] = {}
+                if hr is not None:
+                    scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
+                if hr is not None and lpips_model is not None:
+                    scores[m]["lpips"] = float(lpips_distance(lpips_model, outputs[m], hr, scale))
+            per_image.append(scores)
+            if hr is None and out_dir is not None:  # real LR inputs: the super-resolved images are the result
+                for m in ("teacher", "student"):
+                    if m in outputs:
+                        path = Path(out_dir) / m / f"{image.name}.png"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        float_to_pil(outputs[m][0]).save(path)
+            if len(grid_rows) < grid_images:
+                grid_rows.append([lr[0].cpu()] + [outputs[m][0].cpu() for m in grid_methods]
+                                 + ([hr[0].cpu()] if hr is not None else []))
+            progress.advance(note=image.name)
     metrics = (["psnr", "ssim"] + (["lpips"] if lpips_model is not None else [])) if references else []
     mean = {m: {k: sum(s[m][k] for s in per_image) / len(per_image) for k in metrics} for m in methods}
     result = {"scale": scale, "num_images": len(images), "num_inference_steps": num_inference_steps, "seed": seed,

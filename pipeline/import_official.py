@@ -47,6 +47,7 @@ from pipeline.importers import CheckpointError, read_checkpoint  # noqa: F401  (
 from pipeline.importers.bidiffsr import bidiffsr_config, convert_bidiffsr, import_bidiffsr  # noqa: F401
 from pipeline.importers.resshift import import_resshift
 from pipeline.importers.sr3 import import_sr3
+from pipeline.progress import Phase
 
 KINDS = ("bidiffsr", "sr3", "resshift")
 
@@ -71,18 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} exists; choose a new folder (nothing is overwritten)")
     if args.kind != "resshift" and (args.autoencoder or args.one_step):
         parser.error("--autoencoder and --one-step belong to the resshift kind")
-    notes = []
     try:
-        if args.kind == "bidiffsr":
-            folder = import_bidiffsr(args.checkpoint, args.out, args.config)
-            loads = f"BiDiffSRPipeline.from_pretrained({str(folder)!r})"
-        elif args.kind == "sr3":
-            folder = import_sr3(args.checkpoint, args.out, args.config, args.scale)
-            loads = f"teachers.load_teacher({str(folder)!r}), or teacher.path in a recipe"
-        else:
-            folder, notes = import_resshift(args.checkpoint, args.out, args.autoencoder, args.config, args.one_step,
-                                            args.scale)
-            loads = f"teachers.load_teacher({str(folder)!r}), or teacher.path in a recipe"
+        with Phase(f"importing {args.kind} {args.checkpoint}"):  # a spinner in a terminal, start / done lines in logs
+            folder, loads, notes = _import(args)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -90,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     print(f"imported {args.kind} {args.checkpoint} -> {folder} ({loads})")
     return 0
+
+
+def _import(args) -> tuple[Path, str, list[str]]:
+    """(the written folder, how to load it, notes) for the parsed command line."""
+    notes = []
+    if args.kind == "bidiffsr":
+        folder = import_bidiffsr(args.checkpoint, args.out, args.config)
+        return folder, f"BiDiffSRPipeline.from_pretrained({str(folder)!r})", notes
+    if args.kind == "sr3":
+        folder = import_sr3(args.checkpoint, args.out, args.config, args.scale)
+    else:
+        folder, notes = import_resshift(args.checkpoint, args.out, args.autoencoder, args.config, args.one_step,
+                                        args.scale)
+    return folder, f"teachers.load_teacher({str(folder)!r}), or teacher.path in a recipe", notes
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ This module path is recorded in published model_index.json files: keep it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -229,7 +230,8 @@ class BiDiffSRPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, image: Image.Image | np.ndarray | Tensor | list, num_inference_steps: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None, tile_size: int | None = None,
-                 tile_overlap: int | None = None, output_type: str = "pil", return_dict: bool = True):
+                 tile_overlap: int | None = None, output_type: str = "pil", return_dict: bool = True,
+                 progress: Callable[[int, int], object] | None = None):
         """Super-resolve LR images: a PIL image, a file path, an (h, w, 3) uint8 or [0, 1] float array, a (B, 3, h, w)
         or (3, h, w) tensor in [0, 1], or a list of these. `num_inference_steps` defaults to the process's (DDPM: 50;
         ResShift: all its steps; one-step students make one evaluation whatever it says); `seed` (or `generator`) makes
@@ -238,7 +240,8 @@ class BiDiffSRPipeline(DiffusionPipeline):
         (B, 3, H, W) float tensor in [0, 1]; a list of (3, H, W) ones when sizes differ) or "np" (a (B, H, W, 3) float
         array in [0, 1], likewise). Returns
         `SRPipelineOutput(images)`, or `(images,)` when `return_dict` is False. The progress bar counts network
-        evaluations over all tiles and steps."""
+        evaluations over all tiles and steps; `progress`, when given, is called with (evaluations done, total) after
+        each one instead (the upscale command's plain lines)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
@@ -262,12 +265,18 @@ class BiDiffSRPipeline(DiffusionPipeline):
         total = sum(batches) * num_evaluations(self.scheduler, num_inference_steps)
         self.unet.eval()
         results = []
-        with self.progress_bar(total=total) as bar:
+        done = [0]
+
+        def report():
+            done[0] += 1
+            progress(done[0], total)
+
+        with contextlib.nullcontext() if progress else self.progress_bar(total=total) as bar:
             for lr in lrs:
                 lr = lr[None].to(device)
                 sr = tiled_super_resolve(self.unet, self.scheduler, upsample_cond(lr, scale), num_inference_steps,
                                          generator=generator, tile=tile_size, overlap=tile_overlap,
-                                         progress=bar.update, lr=lr)
+                                         progress=report if progress else bar.update, lr=lr)
                 results.append(sr[0].clamp(0, 1).cpu())
         if output_type == "pil":
             results = [float_to_pil(r) for r in results]

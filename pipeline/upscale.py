@@ -6,8 +6,9 @@
 IN is an image or a folder of images (several may be given, e.g. a shell glob), OUT a file for one image, else a
 folder; `--model` a published folder or a Hub id.
 It never overwrites an input, refuses two inputs that would write one output (`pic.jpg` and `pic.png`), keeps
-existing outputs unless `--overwrite`, and writes each image under a temporary name before renaming it. A progress
-bar counts the network evaluations of each image (tiles x steps).
+existing outputs unless `--overwrite`, and writes each image under a temporary name before renaming it. Progress
+counts the network evaluations of each image (tiles x steps) on stderr: a bar in a terminal, a line with rate and
+ETA every 10 s (and at the end) in logs.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                              "students/packed_conv.py): the same images, real 1-bit arithmetic")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch  # slow to import: only after every usage check passed
 
+    from rich.console import Console
+
+    from pipeline.progress import Progress
     from pipeline.sr_pipeline import BiDiffSRPipeline
 
     if args.threads:
@@ -101,15 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --steps {args.steps}: {err}", file=sys.stderr)
             return 2
     for n, (path, out) in enumerate(zip(inputs, outputs), 1):
-        pipe.set_progress_bar_config(disable=args.quiet, desc=f"{n}/{len(inputs)} {path.name}", leave=False)
         try:
             image = Image.open(path)
             image.load()  # reads and closes the file
         except UNREADABLE as err:
             print(f"error: cannot read {path}: {err}", file=sys.stderr)
             return 1
-        sr = pipe(image, num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,
-                  tile_overlap=args.overlap).images[0]
+        # network evaluations over tiles and steps: a bar in a terminal, a line every 10 s in logs
+        with Progress(f"{n}/{len(inputs)} {path.name}", total=0, unit="eval", enabled=not args.quiet,
+                      console=Console(stderr=True)) as progress:
+            sr = pipe(image, num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,
+                      tile_overlap=args.overlap, progress=lambda done, total: progress.update(done, total=total)).images[0]
         tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")  # the suffix picks the format
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
