@@ -16,7 +16,7 @@ _EXPORTS = {
     "RecipeError": "pipeline.recipe",
     "load_recipe": "pipeline.recipe",
     "Trainer": "pipeline.trainer",
-    "load_student": "pipeline.evaluate",
+    "load_student": "pipeline.loading",
     "load_validation": "pipeline.data",
     "psnr_y": "pipeline.metrics",
     "ssim_y": "pipeline.metrics",

@@ -25,7 +25,7 @@ COMMANDS = {  # subcommand -> ("module:function" taking argv, what it does)
     "import": ("pipeline.import_official:main", "convert a released BI-DiffSR student or SR3 teacher checkpoint"),
     "push": ("pipeline.cli:push", "upload a published folder to the Hugging Face Hub"),
     "fetch-data": ("pipeline.fetch_data:main", "download benchmark / training images from a Hub dataset repository"),
-    "complexity": ("students.complexity:main", "Params / OPs of students by the papers' counting rule"),
+    "complexity": ("pipeline.complexity:main", "Params / OPs of students by the papers' counting rule"),
 }
 
 

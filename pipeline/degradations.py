@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.data import DataError, ValImage, float_to_pil, read_image, seed_of
+from pipeline.importers import read_yaml
+
 KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 MIN_PATCH = 64  # HR pixels: the second blur (15 taps) must still fit a patch shrunk to 0.15 by the first resize
@@ -432,8 +435,6 @@ DEGRADATIONS = ("bicubic", "realesrgan")
 def build_degradation(recipe) -> RealESRGANDegradation | None:
     """The recipe's Real-ESRGAN settings (its `data.degradation_options` file's, else the release defaults), or None
     for bicubic LR."""
-    from pipeline.importers import read_yaml
-
     d = recipe.data
     if d.degradation != "realesrgan":
         return None
@@ -447,8 +448,6 @@ def degraded_validation(images: list, degradation: RealESRGANDegradation, seed: 
     """The validation images with LR made by `degradation`, each from its own fixed seed (`seed`, its name) on the
     CPU, so every run scores the same inputs; the LR images are written once as PNGs under `cache` (a folder per
     settings) and read back after."""
-    from pipeline.data import DataError, ValImage, float_to_pil, read_image, seed_of
-
     settings = json.dumps(asdict(degradation), sort_keys=True)
     folder = Path(cache) / f"realesrgan-{hashlib.sha256(settings.encode()).hexdigest()[:12]}-seed{seed}"
     out = []

@@ -26,40 +26,20 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import load_file
 from torch import Tensor
 
 from pipeline.data import DataError, ValImage, float_to_pil, load_lr_images, load_validation
+from pipeline.loading import load_student
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
 from pipeline.progress import Progress
 from pipeline.resize import imresize_up, upsample_cond
-from pipeline.sr_pipeline import BiDiffSRPipeline, resolve_tiling, tiled_super_resolve
+from pipeline.sr_pipeline import resolve_tiling, tiled_super_resolve
 from students.bidiffsr import BIDiffSRUNet
-from students.finite import check_finite
-from teachers.base import Teacher, load_teacher
-from teachers.process import DiffusionProcess, load_process
+from teachers import Teacher, load_teacher
+from teachers.process import DiffusionProcess
 
 
 AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def load_student(path: str | Path) -> tuple[BIDiffSRUNet, DiffusionProcess]:
-    """(student, its process) from a published folder, a saved student folder or a training checkpoint
-    (config.json + model.safetensors), the last two with the process's scheduler_config.json beside."""
-    path = Path(path)
-    if (path / "model_index.json").is_file() and (path / "unet").is_dir():  # a published (or imported) folder
-        pipe = BiDiffSRPipeline.from_pretrained(path)
-        return pipe.unet, pipe.scheduler
-    if (path / "diffusion_pytorch_model.safetensors").is_file():
-        model = BIDiffSRUNet.from_pretrained(path)
-    elif (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        model = BIDiffSRUNet.from_config(BIDiffSRUNet.load_config(path))
-        model.load_state_dict(load_file(path / "model.safetensors"))
-    else:
-        raise ValueError(f"{path} is neither a saved student (diffusion_pytorch_model.safetensors + config.json) "
-                         "nor a training checkpoint (model.safetensors + config.json)")
-    check_finite(model, f"the student in {path}")
-    return model, load_process(path)
 
 
 def _tile(img: Tensor, size: int) -> Tensor:

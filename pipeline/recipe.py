@@ -247,6 +247,8 @@ def parse_recipe(raw: dict, source: str = "<recipe>", check: bool = True) -> Rec
     if not isinstance(stages_raw, list):
         raise RecipeError(source, "stages", "must be an array of tables ([[stages]])")
     recipe.stages = [_build(StageConfig, s, source, f"stages[{i}]") for i, s in enumerate(stages_raw)]
+    for stage in recipe.stages:  # resolved here, so that validation only reads the recipe
+        stage.name = stage.name or stage.type
     if check:
         validate(recipe)
     return recipe
@@ -509,7 +511,7 @@ def _check_student_init(recipe: Recipe, student) -> None:
     binarized student then starts from)."""
     from safetensors.torch import load_file
 
-    from pipeline.checksums import CHECKSUMS, damage
+    from students.checksums import CHECKSUMS, damage
     from students.bidiffsr import layout_difference
     from students.finite import name_tensors, nonfinite_tensors
 
@@ -557,6 +559,8 @@ def _warn_degradation_mismatch(recipe: Recipe) -> None:
 
 
 def validate(recipe: Recipe) -> None:
+    """Check every value of the recipe and what it refers to (files, the Hub, the models it would build), raising a
+    RecipeError naming the key at fault; it never changes the recipe."""
     from pipeline.degradations import DEGRADATIONS, MIN_PATCH, DegradationError, build_degradation
     from pipeline.importers import CheckpointError
     from students.bidiffsr import BIDiffSRUNet
@@ -666,7 +670,6 @@ def validate(recipe: Recipe) -> None:
     for i, s in enumerate(recipe.stages):
         key = f"stages[{i}]"
         _check(s.type in STAGE_TYPES, recipe, f"{key}.type", f"must be one of {STAGE_TYPES}, got {s.type!r}")
-        s.name = s.name or s.type
         _check(_NAME.fullmatch(s.name) is not None, recipe, f"{key}.name",
                f"must be 1-100 letters, digits, '_', '-' or '.' (not starting with '.'), got {s.name!r}: it names "
                "folders")

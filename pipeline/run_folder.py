@@ -24,8 +24,9 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.checksums import sha256_file
+from pipeline.data import training_image_files
 from pipeline.degradations import build_degradation
+from students.checksums import sha256_file
 
 MARKER = ".bidistill-run.json"
 LOCK = ".bidistill.lock"
@@ -116,8 +117,6 @@ def _public(config) -> dict:
 def training_images_digest(folder: str | Path) -> str:
     """A digest of the image files under a training folder: names, sizes and modification times (an image replaced
     at the same path changes it; the bytes are not read, so it costs nothing on large data sets)."""
-    from pipeline.data import training_image_files
-
     entries = [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
                for p in training_image_files(folder)]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]

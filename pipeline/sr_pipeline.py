@@ -34,13 +34,13 @@ from huggingface_hub import snapshot_download
 from PIL import Image
 from torch import Tensor
 
-from pipeline.checksums import CHECKSUMS, damage
+from students.checksums import CHECKSUMS, damage
 from pipeline.loader_files import write_loaders
 from pipeline.data import float_to_pil, to_rgb8
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
 from students.finite import check_finite
-from teachers.base import pad_to_multiple
+from students.shapes import pad_to_multiple
 from teachers.process import DiffusionProcess, load_process, num_evaluations, sample
 
 

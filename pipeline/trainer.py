@@ -54,17 +54,18 @@ from pipeline.degradations import build_degradation, degraded_validation
 from pipeline.data import (PatchDataset, StepBatchSampler, seed_of, load_hr_dataset, load_lr_images, load_validation,
                            make_pairs)
 from pipeline.evaluate import AUTOCAST, evaluate
+from pipeline.loading import load_student
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import files_not_published, push_folder, write_model_folder
 from pipeline.resize import upsample_cond
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
-from pipeline.checksums import damage, sha256_file, write_checksums
+from students.checksums import damage, sha256_file, write_checksums
 from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, flat_dict, read_fingerprint,
                                  stage_fingerprints, write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
 from students.finite import name_tensors, nonfinite_tensors
-from teachers import Teacher, build_teacher_denoiser, load_process, load_teacher
+from teachers import Teacher, build_teacher_denoiser, load_teacher
 from teachers.process import DiffusionProcess
 
 
@@ -272,8 +273,8 @@ class Trainer:
                                    stage.output_weight, cross_timestep, stage.direct_weight)
 
     def load_student_stage(self, folder: Path) -> BIDiffSRUNet:
-        self.student_process = load_process(folder)
-        return BIDiffSRUNet.from_pretrained(folder)
+        student, self.student_process = load_student(folder)
+        return student
 
     # ---- the run -----------------------------------------------------------------------------------------------
     def run(self) -> dict | None:

@@ -31,8 +31,10 @@ from torch import Tensor, nn
 
 from students.binarizers import get_binarizer
 from students.binary import BinarizedWeight, BinaryConv2d, BinaryLinear, FPConv2d
+from students.checksums import CHECKSUMS, damage  # publishing writes them; the model only checks them
+from students.packed_conv import PackedKernelsUnavailable
+from students.shapes import pad_to_multiple, per_sample_timesteps
 from students.timestep import timestep_group
-from teachers.base import pad_to_multiple, per_sample_timesteps
 
 ConvBuilder = Callable[..., nn.Module]
 LinearBuilder = Callable[[int, int, bool], nn.Module]
@@ -225,8 +227,6 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BIDiffSRUNet":
         """diffusers' loading, after checking the weights against the checksums of the published folder when the
         path is one's `unet/` (diffusers' generic `DiffusionPipeline.from_pretrained` loads it through here)."""
-        from pipeline.checksums import CHECKSUMS, damage  # publishing writes them; the model only checks them
-
         path = Path(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
         if path.is_dir() and (path.parent / CHECKSUMS).is_file():
             why = damage(path.parent, prefix=f"{path.name}/")
@@ -493,8 +493,6 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         The model also moves to channels-last memory: the kernels read and write channels-last activations, and the
         full-precision convs around them run 1.1-10x faster on CPU that way than on contiguous ones (see
         `benchmarks/binary_speed.py`), so no layer converts between the two."""
-        from students.packed_conv import PackedKernelsUnavailable
-
         binarized = [(name, m) for name, m in self.named_modules() if isinstance(m, BinaryConv2d) and m.binarizer.binary]
         try:
             kept = [name for name, module in binarized if not module.use_packed_kernel()]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from students.packed_conv import PackedFilters
 from students.timestep import TimestepRPReLU, TimestepShift, select_rows
 
 if TYPE_CHECKING:
@@ -256,8 +257,6 @@ class BinaryConv2d(BinarizedWeight, nn.Module):
         this binarizer's forward is not sign x sign. Changing the weights afterwards needs another call."""
         if not self.binarizer.sign_activations:
             return False
-        from students.packed_conv import PackedFilters
-
         with torch.no_grad():
             self.packed_filters = PackedFilters(self.binary_weight(), self.bias, self.stride, self.kernel_size // 2)
         return True

@@ -13,6 +13,7 @@ Saved teachers record their components by module path (`["teachers.sr3", "SR3UNe
 those paths.
 """
 
+from students.bidiffsr import BIDiffSRUNet
 from teachers.base import Teacher, load_teacher
 from teachers.ddpm import DDPMProcess
 from teachers.process import (PROCESSES, DiffusionProcess, build_process, load_process, noisy_batch, sample,
@@ -28,8 +29,6 @@ TEACHER_KINDS = ("sr3", "twin")
 def build_teacher_denoiser(kind: str, unet_config: dict, student_config: dict):
     """A fresh denoiser of a teacher kind: `sr3` from `unet_config`; `twin` from the student's config with
     binarization off (its widths are the student's by construction, so `unet_config` must be empty)."""
-    from students.bidiffsr import BIDiffSRUNet
-
     if kind == "sr3":
         return SR3UNet(**unet_config)
     if kind == "twin":

@@ -17,24 +17,17 @@ It is frozen after loading; `predict`, `features` and `sample` run under `no_gra
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
+from diffusers.utils import logging as diffusers_logging
 from torch import Tensor
 
-from teachers.process import DiffusionProcess, pad_to_multiple, sample, training_loss  # noqa: F401  (re-exported)
-
-
-def per_sample_timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tensor:
-    """t as a (B,) long tensor: a scalar is repeated, a (B,) or (B, 1) tensor kept; anything else is an error."""
-    t = torch.as_tensor(t, device=device).reshape(-1)
-    if t.numel() == 1:
-        return t.expand(batch)
-    if t.numel() != batch:
-        raise ValueError(f"t has {t.numel()} timesteps for a batch of {batch}; pass one per sample (or one in all)")
-    return t
+import students.bidiffsr  # noqa: F401  the twin teachers' denoiser, for diffusers' loading
+from students.finite import check_finite
+from students.shapes import pad_to_multiple, per_sample_timesteps  # noqa: F401  (re-exported: their old home)
+from teachers.process import DiffusionProcess, read_class_name, sample, training_loss  # noqa: F401  (re-exported)
 
 
 class Teacher(DiffusionPipeline):
@@ -106,24 +99,17 @@ class Teacher(DiffusionPipeline):
 
 def load_teacher(path: str | Path) -> Teacher:
     """Load a teacher folder written by `save_pretrained`; anything else is a clear error naming the path."""
-    from diffusers.utils import logging as diffusers_logging
-
     path = Path(path)
     index = path / "model_index.json"
     if not path.is_dir():
         raise FileNotFoundError(f"teacher folder {path} does not exist")
     if not index.is_file():
         raise ValueError(f"{path} is not a teacher folder: it has no model_index.json (write one with save_pretrained)")
-    try:
-        class_name = json.loads(index.read_text())["_class_name"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{index} is not a valid teacher index: {err}") from None
+    class_name = read_class_name(index, "teacher index")
     if class_name != Teacher.__name__:
         raise ValueError(f"{index} names {class_name!r}, which is not a teacher folder (expected {Teacher.__name__!r})")
-    import students.bidiffsr  # noqa: F401  diffusers loads only components whose module is already imported
-    from students.finite import check_finite
-    import teachers  # noqa: F401  (the processes, SR3UNet and SwinUNet)
-
+    # diffusers loads only components whose module is already imported: the processes, SR3UNet and SwinUNet are
+    # (importing this module runs `teachers/__init__`, which imports them all), the twin's BIDiffSRUNet is above
     diffusers_logging.disable_progress_bar()
     try:
         teacher = Teacher.from_pretrained(path).freeze()

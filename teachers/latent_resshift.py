@@ -35,7 +35,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  diffusers finds loaders by this name
 from torch import Tensor
 
-from teachers.process import pad_to_multiple
+from students.shapes import pad_to_multiple
 from teachers.resshift import ResShiftProcess
 
 AUTOENCODER_FOLDER = "autoencoder"

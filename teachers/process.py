@@ -29,6 +29,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from students.shapes import pad_to_multiple
+
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 PROCESSES: dict[str, type["DiffusionProcess"]] = {}
@@ -181,15 +183,6 @@ class DiffusionProcess(SchedulerMixin, ConfigMixin):
         return self.num_train_timesteps
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Reflect-pad (B, C, H, W) on the bottom/right to multiples of `multiple` (replicate where reflect cannot)."""
-    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
 def per_sample(table: Tensor, t: Tensor | int, like: Tensor) -> Tensor:
     """table[t] shaped (B or 1, 1, 1, 1) in `like`'s dtype and device: one schedule value per sample."""
     t = torch.as_tensor(t, device=like.device).reshape(-1)
@@ -222,11 +215,15 @@ def load_process(folder: str | Path) -> DiffusionProcess:
     file = Path(folder) / DiffusionProcess.config_name
     if not file.is_file():
         raise FileNotFoundError(f"{folder} holds no diffusion process ({DiffusionProcess.config_name} is missing)")
+    return process_class(read_class_name(file, "process config")).from_pretrained(str(folder))
+
+
+def read_class_name(file: Path, what: str) -> str:
+    """The `_class_name` a diffusers config or model index names; a ValueError naming `file` (a `what`) otherwise."""
     try:
-        class_name = json.loads(file.read_text())["_class_name"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"{file} is not a valid process config: {err}") from None
-    return process_class(class_name).from_pretrained(str(folder))
+        return json.loads(file.read_text())["_class_name"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{file} is not a valid {what}: {err}") from None
 
 
 @dataclass

@@ -23,7 +23,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from torch import Tensor, nn
 
-from teachers.base import pad_to_multiple, per_sample_timesteps
+from students.shapes import pad_to_multiple, per_sample_timesteps
 
 
 class SR3UNet(ModelMixin, ConfigMixin):

@@ -25,7 +25,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
-from teachers.base import per_sample_timesteps
+from students.shapes import per_sample_timesteps
 
 
 class GroupNorm32(nn.GroupNorm):

@@ -21,7 +21,7 @@ from pipeline import evaluate as evaluate_cli
 from pipeline import upscale as upscale_cli
 from conftest import TINY_UNET_TOML
 from pipeline.run import main as run_main
-from pipeline.checksums import write_checksums
+from students.checksums import write_checksums
 from pipeline.run_folder import RunFolder
 
 BASE = """

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from students import complexity
+from pipeline import complexity as complexity_command
 from students.bidiffsr import BIDiffSRUNet
 from students.binary import BinaryConv2d
 from students.complexity import format_ops, format_params, measure, measure_student
@@ -121,7 +121,7 @@ def test_unknown_parametric_module_is_an_error():
 
 
 def test_cli_prints_the_paper_row(capsys):
-    complexity.main([])
+    complexity_command.main([])
     out = capsys.readouterr().out
     assert "BI-DiffSR (paper config)" in out and "4.58M" in out and "36.67G" in out
 

@@ -59,3 +59,24 @@ def test_not_a_packed_file(tmp_path):
     save_file({"a": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(ValueError, match="is not a packed BiDistill student"):
         unpack_student(tmp_path / "x.safetensors")
+
+
+def test_one_loader_reads_the_published_folder_and_its_packed_file(tiny_config, tmp_path):
+    from pipeline.loading import load_student
+    from pipeline.publish import write_model_folder
+    from teachers import DDPMProcess
+
+    torch.manual_seed(0)
+    folder = write_model_folder(BIDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
+    x, cond, t = torch.randn(2, 3, 16, 16), torch.rand(2, 3, 16, 16), torch.tensor([3, 900])
+    outputs = []
+    for path, packed in ((folder, False), (folder / "student_1bit.safetensors", False),
+                         (folder / "student_1bit.safetensors", True)):
+        student, process = load_student(path, packed_kernels=packed)
+        assert isinstance(process, DDPMProcess)
+        with torch.no_grad():
+            outputs.append(student.eval()(x, cond, t))
+    assert torch.equal(outputs[0], outputs[1])  # the packed file holds the same binarized weights
+    torch.testing.assert_close(outputs[2], outputs[0], rtol=1e-4, atol=1e-4)  # packed kernels: summation order
+    with pytest.raises(ValueError, match="neither a saved student"):
+        load_student(tmp_path)

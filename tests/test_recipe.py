@@ -54,6 +54,17 @@ def test_valid_recipe_parses_into_types(write):
     assert r.stages[0].betas == [0.9, 0.99] and r.run.seed == 10 and r.student.unet["base_channels"] == 16
 
 
+def test_validation_only_reads_the_recipe(write):
+    from pipeline.recipe import validate
+
+    recipe = load_recipe(write(TEACHER_STAGE + SPD_STAGE + "spd_weight = 0.0\noutput_weight = 1.0\n"
+                               "[teacher]\nkind = \"twin\"\n"), check=False)
+    assert [s.name for s in recipe.stages] == ["direct", "t", "fd"]  # names resolve when the recipe is built
+    before = recipe.to_dict()
+    validate(recipe)
+    assert recipe.to_dict() == before
+
+
 def test_overrides_use_dotted_paths(write):
     r = load_recipe(write(), ["stages.0.steps=7", "run.seed=3", "run.name=hello", "stages.0.lr=0.5"])
     assert (r.stages[0].steps, r.run.seed, r.run.name, r.stages[0].lr) == (7, 3, "hello", 0.5)

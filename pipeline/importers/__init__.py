@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
+from safetensors.torch import load_file
 from torch import Tensor
+
+from pipeline.atomic import folder_written_whole
 
 WRAPPERS = ("params_ema", "params", "state_dict", "model", "module")
 
@@ -23,8 +27,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             data = load_file(path)
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -103,8 +105,6 @@ def convert(state: dict[str, Tensor], model, pairs: list[tuple[str, str, str]], 
 def save_teacher(teacher, out: str | Path) -> Path:
     """Write an imported teacher's folder whole (`pipeline.atomic`): an interrupted import leaves no half-written
     folder under the name."""
-    from pipeline.atomic import folder_written_whole
-
     with folder_written_whole(out) as tmp:
         teacher.save_pretrained(tmp)
     return Path(out)
@@ -112,8 +112,6 @@ def save_teacher(teacher, out: str | Path) -> Path:
 
 def read_yaml(path: str | Path, section: str) -> dict:
     """A released YAML option file, which must have `section` at its top level; errors name the file."""
-    import yaml
-
     path = Path(path)
     try:
         options = yaml.safe_load(path.read_text())

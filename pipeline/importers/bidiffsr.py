@@ -14,6 +14,9 @@ from pathlib import Path
 from torch import Tensor
 
 from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, read_yaml, sr3_stem
+from pipeline.publish import write_model_folder
+from students.bidiffsr import BIDiffSRUNet
+from teachers import DDPMProcess
 
 
 def _binary_conv(official: str, ours: str, groups: int) -> list[tuple[str, str, str]]:
@@ -129,8 +132,6 @@ def bidiffsr_config(state: dict[str, Tensor], options: dict | None = None) -> tu
 
 def convert_bidiffsr(state: dict[str, Tensor], config: dict, source: str = "checkpoint"):
     """A BIDiffSRUNet holding the released weights; strict: unused, missing or misshapen keys are errors."""
-    from students.bidiffsr import BIDiffSRUNet
-
     try:
         model = BIDiffSRUNet(**config)
     except (ValueError, TypeError) as err:
@@ -140,9 +141,6 @@ def convert_bidiffsr(state: dict[str, Tensor], config: dict, source: str = "chec
 
 def import_bidiffsr(checkpoint: str | Path, out: str | Path, config_file: str | Path | None = None) -> Path:
     """Convert a released BI-DiffSR generator and write a published student folder at `out`; returns it."""
-    from pipeline.publish import write_model_folder
-    from teachers import DDPMProcess
-
     options = read_yaml(config_file, "network_g") if config_file else None
     state = read_checkpoint(checkpoint)
     config, notes = bidiffsr_config(state, options)

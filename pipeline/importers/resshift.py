@@ -19,6 +19,7 @@ import torch
 from diffusers import VQModel
 
 from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, read_yaml, save_teacher
+from teachers import LatentResShiftProcess, Teacher
 from teachers.swin_unet import SwinUNet
 
 # autoencoder_vq_f4.pth (configs/realsr_swinunet_realesrgan256.yaml, `autoencoder`)
@@ -182,8 +183,6 @@ def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | 
                     scale: int = 0) -> tuple[Path, list[str]]:
     """Convert a released ResShift (or, with `one_step`, SinSR) denoiser and its VQ autoencoder into a teacher folder
     (`load_teacher(out)`); returns (folder, notes about assumed settings)."""
-    from teachers import LatentResShiftProcess, Teacher
-
     if not autoencoder:
         raise CheckpointError("a ResShift import needs the autoencoder the model was trained on (--autoencoder, e.g. "
                               "autoencoder_vq_f4.pth): the denoiser works on its latents")

@@ -4,11 +4,13 @@ signed data, noise-level time input and the ancestral sampler)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, save_teacher, sr3_stem
+from teachers import DDPMProcess, SR3UNet, Teacher
 
 
 # Buffers the released GaussianDiffusion saves beside its denoiser: the noise schedule, rebuilt from the config.
@@ -100,8 +102,6 @@ def sr3_settings(options: dict) -> tuple[dict, dict, int]:
 
 def import_sr3(checkpoint: str | Path, out: str | Path, config_file: str | Path | None, scale: int = 0) -> Path:
     """Convert a released SR3 generator (`I..._E..._gen.pth`) into a teacher folder (`load_teacher(out)`)."""
-    from teachers import DDPMProcess, SR3UNet, Teacher
-
     if not config_file:
         raise CheckpointError("an SR3 import needs the release's JSON config (--config), e.g. sr_sr3_16_128.json: the "
                               "checkpoint's shapes do not give its attention resolutions or noise schedule")
@@ -126,8 +126,6 @@ def import_sr3(checkpoint: str | Path, out: str | Path, config_file: str | Path 
 
 def _read_json_with_comments(path: str | Path) -> dict:
     """The released configs carry // comments; they are cut at '//' line by line, as the official reader does."""
-    import json
-
     path = Path(path)
     try:
         text = "".join(line.split("//")[0] + "\n" for line in path.read_text().splitlines())

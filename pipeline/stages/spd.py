@@ -9,7 +9,6 @@ use L_h = H / p rows and L_w = W / p columns per patch.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
