@@ -1,5 +1,5 @@
-"""The GPU check: one script to run whenever a GPU is at hand (about 5 minutes on one; `--smoke` runs tiny models
-on the CPU in seconds, as the tests do).
+"""The GPU check: one script to run whenever a GPU is at hand (sized for a few minutes on one; `--smoke` runs tiny
+models on the CPU in seconds, as the tests do).
 
 For the paper configuration (BI-DiffSR x4 student, its DDPM process, the recipe's batch of 4 at 256x256):
 

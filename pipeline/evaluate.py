@@ -119,7 +119,8 @@ def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = 
             for m in methods:
                 scores[m] = {}
                 if hr is not None:
-                    scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)), "ssim": float(ssim_y(outputs[m], hr, scale))}
+                    scores[m] = {"psnr": float(psnr_y(outputs[m], hr, scale)),
+                                 "ssim": float(ssim_y(outputs[m], hr, scale))}
                 if hr is not None and lpips_model is not None:
                     scores[m]["lpips"] = float(lpips_distance(lpips_model, outputs[m], hr, scale))
             per_image.append(scores)

@@ -21,11 +21,11 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
 from pipeline.atomic import folder_written_whole
-from students.checksums import CHECKSUMS, UNCHECKED, write_checksums
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from students.bidiffsr import BIDiffSRUNet
-from students.complexity import format_ops, format_params, measure_student
 from students.binarizers import get_binarizer
+from students.checksums import CHECKSUMS, UNCHECKED, write_checksums
+from students.complexity import format_ops, format_params, measure_student
 from students.finite import name_tensors, nonfinite_tensors
 from students.packing import save_packed
 

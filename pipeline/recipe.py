@@ -28,7 +28,6 @@ from typing import Any
 from pipeline.builtin_data import BUILTINS
 
 STAGE_TYPES = ("teacher", "direct", "feature_distill", "one_step")
-TEACHER_KINDS = ("sr3", "twin")
 PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 TRACKERS = ("tensorboard", "wandb")
@@ -565,7 +564,7 @@ def validate(recipe: Recipe) -> None:
     from pipeline.importers import CheckpointError
     from students.bidiffsr import BIDiffSRUNet
     from students.binarizers import get_binarizer
-    from teachers import SR3UNet
+    from teachers import TEACHER_KINDS, SR3UNet
 
     r, d, t = recipe.run, recipe.data, recipe.teacher
     _check(r.scale in (2, 3, 4, 8), recipe, "run.scale", f"must be 2, 3, 4 or 8, got {r.scale}")

@@ -34,11 +34,11 @@ from huggingface_hub import snapshot_download
 from PIL import Image
 from torch import Tensor
 
-from students.checksums import CHECKSUMS, damage
-from pipeline.loader_files import write_loaders
 from pipeline.data import float_to_pil, to_rgb8
+from pipeline.loader_files import write_loaders
 from pipeline.resize import upsample_cond
 from students.bidiffsr import BIDiffSRUNet
+from students.checksums import CHECKSUMS, damage
 from students.finite import check_finite
 from students.shapes import pad_to_multiple
 from teachers.process import DiffusionProcess, load_process, num_evaluations, sample

@@ -50,20 +50,20 @@ from torch.utils.data import DataLoader
 
 from pipeline.atomic import folder_written_whole, partial_sibling, replace_folder
 from pipeline.builtin_data import export_skimage
+from pipeline.data import (PatchDataset, StepBatchSampler, load_hr_dataset, load_lr_images, load_validation, make_pairs,
+                           seed_of)
 from pipeline.degradations import build_degradation, degraded_validation
-from pipeline.data import (PatchDataset, StepBatchSampler, seed_of, load_hr_dataset, load_lr_images, load_validation,
-                           make_pairs)
 from pipeline.evaluate import AUTOCAST, evaluate
 from pipeline.loading import load_student
 from pipeline.metrics import LPIPSUnavailable, load_lpips
 from pipeline.publish import files_not_published, push_folder, write_model_folder
-from pipeline.resize import upsample_cond
 from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
-from students.checksums import damage, sha256_file, write_checksums
+from pipeline.resize import upsample_cond
 from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, flat_dict, read_fingerprint,
                                  stage_fingerprints, write_fingerprint)
 from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
 from students.bidiffsr import BIDiffSRUNet
+from students.checksums import damage, sha256_file, write_checksums
 from students.finite import name_tensors, nonfinite_tensors
 from teachers import Teacher, build_teacher_denoiser, load_teacher
 from teachers.process import DiffusionProcess

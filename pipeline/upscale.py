@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         with Progress(f"{n}/{len(inputs)} {path.name}", total=0, unit="eval", enabled=not args.quiet,
                       console=Console(stderr=True)) as progress:
             sr = pipe(image, num_inference_steps=args.steps, seed=args.seed, tile_size=args.tile,
-                      tile_overlap=args.overlap, progress=lambda done, total: progress.update(done, total=total)).images[0]
+                      tile_overlap=args.overlap,
+                      progress=lambda done, total: progress.update(done, total=total)).images[0]
         tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")  # the suffix picks the format
         try:
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -491,7 +491,7 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         activations are not plain signs). Call it after the weights are final (it packs them).
 
         The model also moves to channels-last memory: the kernels read and write channels-last activations, and the
-        full-precision convs around them run 1.1-10x faster on CPU that way than on contiguous ones (see
+        full-precision convs around them run 1.1-11x faster on CPU that way than on contiguous ones (see
         `benchmarks/binary_speed.py`), so no layer converts between the two."""
         binarized = [(name, m) for name, m in self.named_modules() if isinstance(m, BinaryConv2d) and m.binarizer.binary]
         try:

@@ -58,8 +58,8 @@ class TimestepRPReLU(nn.Module):
 
     def forward(self, y: Tensor, group: Tensor | None) -> Tensor:
         y = y + _select(self.shift_in, group)
-        # nn.PReLU's own kernel (slope at y = 0, where exact zeros are common), with a per-sample (B, C, 1, 1) slope that
-        # F.prelu does not take: the same values and gradients as torch.where(y > 0, y, slope * y) at a tenth of its
-        # time on CPU, where torch.where is a scalar loop
+        # nn.PReLU's own kernel (slope at y = 0, where exact zeros are common), with a per-sample (B, C, 1, 1)
+        # slope that F.prelu does not take: the same values and gradients as torch.where(y > 0, y, slope * y) at a
+        # tenth of its time on CPU, where torch.where is a scalar loop
         y = torch._prelu_kernel(y, _select(self.slope, group))
         return y + _select(self.shift_out, group)
