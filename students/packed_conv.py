@@ -23,7 +23,6 @@ path is compiled; `BIDISTILL_PACKED_CFLAGS` adds compile flags (`-mno-avx2` forc
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import platform
@@ -58,10 +57,20 @@ BUILDS = (("", ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"], ["-fop
           ("_noomp", ["-O3", "-march=native", "-ffp-contract=off"], []))
 
 
-@functools.cache
+_loaded = None  # the extension, once loaded in this process
+
+
 def kernels():
-    """The compiled extension (built once per machine, source version and flags, then loaded from torch's cache); a
-    PackedKernelsUnavailable saying why and what to install when no build works."""
+    """The compiled extension (built once per machine, source version and flags, then loaded from torch's cache, once
+    per process: a second torch load of the same name rebuilds it under a new version); a PackedKernelsUnavailable
+    saying why and what to install when no build works."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded
+
+
+def _load():
     from torch.utils.cpp_extension import load
 
     try:  # torch calls `ninja` from PATH; the pip package's binary sits beside this interpreter, maybe off PATH

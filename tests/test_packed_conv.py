@@ -159,7 +159,7 @@ def test_a_failed_build_falls_back_to_the_float_path_with_one_warning(tiny_confi
     def no_compiler(**kwargs):
         raise RuntimeError("Error building extension: c++: command not found")
 
-    packed_conv.kernels.cache_clear()
+    monkeypatch.setattr(packed_conv, "_loaded", None)  # put back after the test, so nothing loads twice
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     model = BIDiffSRUNet(**tiny_config).eval()
     x = torch.randn(1, 3, 16, 16)
@@ -168,7 +168,6 @@ def test_a_failed_build_falls_back_to_the_float_path_with_one_warning(tiny_confi
         kept = model.use_packed_kernels()
     assert kept and all(m.packed_filters is None for m in model.modules() if hasattr(m, "packed_filters"))
     assert torch.equal(model(x, x, torch.tensor([7])), expected)
-    packed_conv.kernels.cache_clear()  # the next test builds (or loads) the real kernels again
 
 
 def test_a_compiler_without_openmp_builds_one_thread_kernels_with_a_warning(monkeypatch):
@@ -184,15 +183,25 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels_with_a_warning(monk
             raise RuntimeError("clang: error: unsupported option '-fopenmp'")
         return real(**kwargs)
 
-    packed_conv.kernels.cache_clear()
+    monkeypatch.setattr(packed_conv, "_loaded", None)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_openmp)
-    try:
-        with pytest.warns(UserWarning, match="built without OpenMP .*unsupported option '-fopenmp'.*one thread"):
-            module = packed_conv.kernels()
-        assert hasattr(module, "binary_conv2d") and flags == [cflags for _, cflags, _ in packed_conv.BUILDS]
-        assert "-fopenmp" in flags[0] and "-fopenmp" not in flags[1]
-    finally:
-        packed_conv.kernels.cache_clear()
+    with pytest.warns(UserWarning, match="built without OpenMP .*unsupported option '-fopenmp'.*one thread"):
+        module = packed_conv.kernels()
+    assert hasattr(module, "binary_conv2d") and flags == [cflags for _, cflags, _ in packed_conv.BUILDS]
+    assert "-fopenmp" in flags[0] and "-fopenmp" not in flags[1]
+
+
+def test_the_kernels_load_once_per_process(monkeypatch):
+    """torch rebuilds an extension loaded twice under one name in one process, so a second load must never happen."""
+    import torch.utils.cpp_extension
+
+    from students import packed_conv
+
+    calls = []
+    monkeypatch.setattr(packed_conv, "_loaded", None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kwargs: calls.append(kwargs) or object())
+    first = packed_conv.kernels()
+    assert packed_conv.kernels() is first and len(calls) == 1
 
 
 @pytest.mark.parametrize("cflags", ["-mno-avx2", "-mno-avx512f"])
