@@ -124,8 +124,7 @@ def main(argv=None) -> None:
             forwards[label] = (contiguous_s, float_s, packed_s, diff, reference.std().item(), shares)
             progress.advance(note=f"forward, {label}")
             if not config:
-                model, paper_packed = float_model, packed_model
-    packed_model = paper_packed
+                paper_models = (float_model, packed_model)  # the super-resolution rows run these
 
     process = DDPMProcess()
     cond_sr = torch.rand(1, 3, args.size, args.size)
@@ -134,7 +133,7 @@ def main(argv=None) -> None:
                          (f"one step, {args.size}x{args.size} output", 1)):
         noise = torch.randn(1, 3, args.size, args.size)
         seconds = []
-        for m in (model, packed_model):
+        for m in paper_models:
             start = time.perf_counter()
             super_resolve(m, process, cond_sr, steps, noise=noise)
             seconds.append(time.perf_counter() - start)
@@ -143,7 +142,7 @@ def main(argv=None) -> None:
     cond_image = torch.rand(1, 3, 2 * args.size, 2 * args.size)
     for tile_batch, how in ((8, "batches of 8"), (1, "one by one, the CPU default")):
         seconds = []
-        for m in (model, packed_model):
+        for m in paper_models:
             start = time.perf_counter()
             tiled_super_resolve(m, process, cond_image, 1, tile=args.size, overlap=args.size // 8,
                                 tile_batch=tile_batch)

@@ -33,7 +33,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the repository, and the relea
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from benchmarks.timing import median_seconds, synchronize  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
+from pipeline.resize import upsample_cond  # noqa: E402
 from pipeline.sr_pipeline import num_tiles, tiled_super_resolve  # noqa: E402
 from pipeline.stages import FeatureDistillStage  # noqa: E402
 from released_bidiffsr import ReleasedUNet  # noqa: E402
@@ -50,11 +52,6 @@ SMOKE = dict(size=32, batch=2, lr_size=16, tile=32, overlap=8, tile_batch=8,
                           fp_resolutions=(32,)),
              released=dict(inner=16, norm_groups=4, mults=(1, 2), res_blocks=1, image_size=32, fp_res=(32,)))
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device: torch.device) -> None:
@@ -76,13 +73,14 @@ def batch_on(device: torch.device, batch: int, size: int, seed: int) -> dict[str
     g = torch.Generator().manual_seed(seed)
     hr = torch.rand(batch, 3, size, size, generator=g)
     lr = torch.nn.functional.avg_pool2d(hr, 4)
-    cond = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    cond = upsample_cond(lr, 4)
     return {k: v.to(device) for k, v in {"hr": hr, "lr": lr, "cond": cond}.items()}
 
 
 def training_rate(model: torch.nn.Module, process: DDPMProcess, batch: dict, steps: int, device: torch.device,
                   dtype: torch.dtype | None) -> tuple[float, str]:
-    """(steps/s over `steps` after two warm-up steps, peak MiB) of the training step on `model`."""
+    """(steps/s from the median of `steps` timed steps after two warm-up steps, peak MiB) of the training step on
+    `model`."""
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     generator = torch.Generator(device).manual_seed(0)
@@ -97,14 +95,7 @@ def training_rate(model: torch.nn.Module, process: DDPMProcess, batch: dict, ste
         optimizer.zero_grad(set_to_none=True)
 
     reset_peak(device)
-    for _ in range(2):
-        step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    rate = steps / (time.perf_counter() - start)
+    rate = 1 / median_seconds(step, steps, warmup=2, device=device)
     model.cpu()
     return rate, peak_mib(device)
 
@@ -172,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = Progress("measured", total=7, unit="measurement", console=console, every=0).start()
 
     train = Table(title=f"Training step, batch {setup['batch']} at {setup['size']}x{setup['size']}, "
-                        f"rate over {args.steps} steps after 2 warm-up steps")
+                        f"median of {args.steps} steps after 2 warm-up steps")
     for col in ("network", "precision", "steps/s", "images/s", "peak MiB"):
         train.add_column(col, justify="left" if col in ("network", "precision") else "right")
     for label, build in (("ours (BIDiffSRUNet)", lambda: BIDiffSRUNet(**setup["student"])),

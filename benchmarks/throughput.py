@@ -2,33 +2,33 @@
 
     python benchmarks/throughput.py [--size 256] [--batch 4] [--steps 10] [--precision bf16] [--tiny]
 
-For each model: one training step (forward, L1 backward, Adam) and one inference forward (no_grad), timed over
-`--steps` after two warm-up steps; peak GPU memory where there is a GPU. `--tiny` uses the quickstart sizes,
+For each model: one training step (forward, L1 backward, Adam) and one inference forward (no_grad), the median of
+`--steps` timings after two warm-up steps; peak GPU memory where there is a GPU. `--tiny` uses the quickstart sizes,
 which suit a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.table import Table
 
-from pipeline.progress import Progress
-from students.bidiffsr import BIDiffSRUNet
-from teachers.sr3 import SR3UNet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.timing import median_seconds  # noqa: E402
+from pipeline.progress import Progress  # noqa: E402
+from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from teachers.sr3 import SR3UNet  # noqa: E402
 
 TINY_STUDENT = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, norm_groups=4, image_size=48,
                     fp_resolutions=(48, 24))
 TINY_TEACHER = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, norm_groups=4)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_model(model, size: int, batch: int, steps: int, device: torch.device, dtype) -> tuple[float, float, float]:
@@ -55,14 +55,7 @@ def time_model(model, size: int, batch: int, steps: int, device: torch.device, d
     rates = []
     for fn in (train_step, infer):
         model.train(fn is train_step)
-        for _ in range(2):
-            fn()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        _sync(device)
-        rates.append(steps / (time.perf_counter() - start))
+        rates.append(1 / median_seconds(fn, steps, warmup=2, device=device))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return rates[0], rates[1], peak
 

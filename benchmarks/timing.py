@@ -9,19 +9,21 @@ from typing import Callable
 import torch
 
 
+def synchronize(device: torch.device | None) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a no-op elsewhere)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
                    device: torch.device | None = None) -> float:
-    def synchronize():
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        synchronize()
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
 from pipeline.sr_pipeline import BiDiffSRPipeline
@@ -12,9 +13,6 @@ from students.bidiffsr import BIDiffSRUNet
 from students.finite import check_finite
 from students.packing import unpack_student
 from teachers.process import DiffusionProcess, load_process
-
-STUDENT_WEIGHTS = "diffusion_pytorch_model.safetensors"
-
 
 def load_student(path: str | Path, packed_kernels: bool = False) -> tuple[BIDiffSRUNet, DiffusionProcess]:
     """(student, its process) from a published folder, a saved student folder (a finished stage), a training
@@ -28,13 +26,13 @@ def load_student(path: str | Path, packed_kernels: bool = False) -> tuple[BIDiff
     if (path / "model_index.json").is_file() and (path / "unet").is_dir():  # a published (or imported) folder
         pipe = BiDiffSRPipeline.from_pretrained(path, packed_kernels=packed_kernels)
         return pipe.unet, pipe.scheduler
-    if (path / STUDENT_WEIGHTS).is_file():
+    if (path / SAFETENSORS_WEIGHTS_NAME).is_file():
         model = BIDiffSRUNet.from_pretrained(path)
     elif (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         model = BIDiffSRUNet.from_config(BIDiffSRUNet.load_config(path))
         model.load_state_dict(load_file(path / "model.safetensors"))
     else:
-        raise ValueError(f"{path} is neither a saved student ({STUDENT_WEIGHTS} + config.json) nor a training "
+        raise ValueError(f"{path} is neither a saved student ({SAFETENSORS_WEIGHTS_NAME} + config.json) nor a training "
                          "checkpoint (model.safetensors + config.json) nor a published folder or its packed file")
     check_finite(model, f"the student in {path}")
     if packed_kernels:

@@ -508,10 +508,11 @@ def _check_student_init(recipe: Recipe, student) -> None:
     """student.init before training: an intact saved student with readable, finite weights whose layout and
     timesteps are the recipe's student's (the same binarizer, or its full-precision twin, binarizer "none", which the
     binarized student then starts from)."""
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import load_file
 
-    from students.checksums import CHECKSUMS, damage
     from students.bidiffsr import layout_difference
+    from students.checksums import CHECKSUMS, damage
     from students.finite import name_tensors, nonfinite_tensors
 
     folder = Path(recipe.student.init)
@@ -521,7 +522,7 @@ def _check_student_init(recipe: Recipe, student) -> None:
         raise RecipeError(recipe.source, "student.init", f"cannot read {folder}/config.json: {err}") from None
     why = damage(folder) if (folder / CHECKSUMS).is_file() else ""
     _check(not why, recipe, "student.init", f"{folder} is damaged: {why}")
-    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights = folder / SAFETENSORS_WEIGHTS_NAME
     try:
         bad = nonfinite_tensors(load_file(weights))
     except Exception as err:  # missing, truncated or not a safetensors file

@@ -24,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+
 from pipeline.data import training_image_files
 from pipeline.degradations import build_degradation
 from students.checksums import sha256_file
@@ -150,7 +152,7 @@ def stage_fingerprints(recipe, process, student_config: dict, precision: str = "
             "teacher": teacher, "student": _public(student_config), "student_init": s.init,
             "init_from_teacher": s.init_from_teacher}
         if s.init and stage.type != "teacher":
-            models["student_init_sha256"] = sha256_file(Path(s.init) / "diffusion_pytorch_model.safetensors")
+            models["student_init_sha256"] = sha256_file(Path(s.init) / SAFETENSORS_WEIGHTS_NAME)
         fingerprint = {**common, "stage": settings, "models": models, "previous_stage": previous}
         previous = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         out.append(fingerprint)

@@ -39,6 +39,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from PIL import Image
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn,
@@ -84,9 +85,6 @@ def _nonfinite_checkpoint(folder: Path) -> str:
 def _tracker_config(recipe: Recipe) -> dict:
     """The recipe as flat scalars for the trackers (lists as JSON text)."""
     return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat_dict(recipe.to_dict()).items()}
-
-
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 class StepsPerSecond(ProgressColumn):
@@ -364,7 +362,7 @@ class Trainer:
     def last_evaluation(self) -> dict | None:
         """The earlier evaluation of exactly this student (eval/metrics.json records the weights' sha256), so that a
         rerun without evaluation keeps the model card's table."""
-        file, weights = self.out / "eval" / "metrics.json", self.out / "student" / WEIGHTS
+        file, weights = self.out / "eval" / "metrics.json", self.out / "student" / SAFETENSORS_WEIGHTS_NAME
         try:
             metrics = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError):
@@ -419,7 +417,7 @@ class Trainer:
         if self.degradation is not None and not d.val_lr_only:
             images = degraded_validation(images, self.degradation, e.seed, self.out / "eval" / "lr")
         # the saved student's hash ties the metrics to these weights (see last_evaluation)
-        record = {"student_sha256": sha256_file(self.out / "student" / WEIGHTS)} if student is not None else {}
+        record = {"student_sha256": sha256_file(self.out / "student" / SAFETENSORS_WEIGHTS_NAME)} if student is not None else {}
         if teacher is not None and e.teacher:
             record["teacher_autocast"] = self.recipe.teacher.autocast
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
