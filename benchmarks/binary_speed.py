@@ -6,25 +6,29 @@
    path (pack the signs of a channels-last input, as the packed student hands it, popcount kernel, alpha), median
    of `--repeats` timings each, and the ratio; the outputs are checked equal (max |difference|).
 2. The whole student forward at 3x256x256: the float path in PyTorch's default (contiguous) memory and in
-   channels-last (the faster here, and the baseline of every ratio), the packed path (channels-last, as
-   `use_packed_kernels` sets), and the share of the packed forward spent in its full-precision convs and outside the
-   binarized units (what bounds the end-to-end gain); the same for a student with every decoder level binarized
-   (`fp_resolutions = []`), which shows what the full-precision levels cost.
+   channels-last (the faster here, and the baseline of every ratio), the float path with the full-precision parts in
+   their inference forms (`merge_for_inference`, which the packed path also takes: what the packed kernels alone
+   gain is the ratio to this), the packed path (channels-last, as `use_packed_kernels` sets), and the share of the
+   packed forward spent in its full-precision convs and outside the binarized units (what bounds the end-to-end
+   gain); the same for a student with every decoder level binarized (`fp_resolutions = []`), which shows what the
+   full-precision levels cost.
 3. A super-resolution to a 256x256 output on the DDPM process: 50 DDIM steps and one step, float vs packed.
 4. The published pipeline's per-image cost for a 128x128 LR image (512x512 output: 9 overlapping 256x256 tiles),
    with the tiles in batches of 8 (the accelerator default) and one by one (the CPU default of
    `python -m pipeline.upscale`): one network evaluation over all tiles is timed, and the image's time is that times
    `--steps` (the evaluations are all the work; blending is negligible).
 
-    python benchmarks/binary_speed.py [--size 256] [--repeats 5] [--steps 50] [--threads 0]
+    python benchmarks/binary_speed.py [--size 256] [--repeats 5] [--steps 50] [--threads 0] [--default-allocator]
 
-Timings are of this machine (2 cores here); the paper configuration's weights are random (speed does not depend on
-them). Outputs of the two paths agree up to float summation order.
+Timings are of this machine (2 cores here), with freed memory kept for reuse (`pipeline.allocator`, as every command
+runs); the paper configuration's weights are random (speed does not depend on them). Outputs of the two paths agree
+up to float summation order.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -39,6 +43,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.timing import median_seconds  # noqa: E402
 
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.sr_pipeline import super_resolve, tiled_super_resolve  # noqa: E402
 from students.bidiffsr import BIDiffSRUNet  # noqa: E402
@@ -71,9 +76,13 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (what keeping freed memory gives)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        keep_freed_memory()
     console = Console()
     kernels()  # build (or load) the extension before timing anything
     torch.manual_seed(0)
@@ -117,11 +126,14 @@ def main(argv=None) -> None:
             contiguous_s = median_seconds(lambda: float_model(x, cond, t), args.repeats)
             float_model.to(memory_format=torch.channels_last)
             float_s = median_seconds(lambda: float_model(x, cond, t), args.repeats)
+            merged_model = copy.deepcopy(float_model)
+            merged_model.merge_for_inference()
+            merged_s = median_seconds(lambda: merged_model(x, cond, t), args.repeats)
             packed_s = median_seconds(lambda: packed_model(x, cond, t), args.repeats)
             reference = float_model(x, cond, t)
             diff = (reference - packed_model(x, cond, t)).abs().max().item()
             shares = [time_shares(m, lambda m=m: m(x, cond, t)) for m in (float_model, packed_model)]
-            forwards[label] = (contiguous_s, float_s, packed_s, diff, reference.std().item(), shares)
+            forwards[label] = (contiguous_s, float_s, merged_s, packed_s, diff, reference.std().item(), shares)
             progress.advance(note=f"forward, {label}")
             if not config:
                 paper_models = (float_model, packed_model)  # the super-resolution rows run these
@@ -153,11 +165,12 @@ def main(argv=None) -> None:
     progress.close()
 
     whole = Table(title=f"Whole student forward, 3x{args.size}x{args.size}, batch 1 (float baseline: channels-last)")
-    for col in ("", "float contiguous s", "float s", "packed s", "speed-up", "packed: FP convs / outside units",
-                "max |diff| (outputs' std)"):
+    for col in ("", "float contiguous s", "float s", "float, FP merged s", "packed s", "speed-up",
+                "packing alone", "packed: FP convs / outside units", "max |diff| (outputs' std)"):
         whole.add_column(col, justify="right")
-    for label, (contiguous_s, float_s, packed_s, diff, spread, shares) in forwards.items():
-        whole.add_row(label, f"{contiguous_s:.3f}", f"{float_s:.3f}", f"{packed_s:.3f}", f"{float_s / packed_s:.2f}x",
+    for label, (contiguous_s, float_s, merged_s, packed_s, diff, spread, shares) in forwards.items():
+        whole.add_row(label, f"{contiguous_s:.3f}", f"{float_s:.3f}", f"{merged_s:.3f}", f"{packed_s:.3f}",
+                      f"{float_s / packed_s:.2f}x", f"{merged_s / packed_s:.2f}x",
                       f"{shares[1][0]:.0%} / {shares[1][1]:.0%}", f"{diff:.1e} ({spread:.2f})")
     console.print(whole)
     sr = Table(title="Super-resolution, paper configuration (float: channels-last)")
@@ -166,7 +179,7 @@ def main(argv=None) -> None:
     for label, f, p in sr_rows:
         sr.add_row(label, f"{f:.1f}", f"{p:.1f}", f"{f / p:.2f}x")
     console.print(sr)
-    float_fp, float_outside = forwards["paper configuration"][5][0]
+    float_fp, float_outside = forwards["paper configuration"][6][0]
     console.print(f"In the float paper forward the full-precision convs take {float_fp:.0%} and everything outside the "
                   f"binarized units {float_outside:.0%}: with free binary convs the whole forward could be at most "
                   f"{1 / float_outside:.1f}x faster. Outputs differ only where float rounding puts a sign on the other "

@@ -22,6 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.timing import median_seconds  # noqa: E402
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from students.bidiffsr import BIDiffSRUNet  # noqa: E402
 from teachers.sr3 import SR3UNet  # noqa: E402
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="quickstart-sized models (CPU friendly)")
     args = parser.parse_args()
+    keep_freed_memory()
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     models = {

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.data import DataError, ValImage, float_to_pil, load_lr_images, load_validation
 from pipeline.loading import load_student
 from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_y, ssim_y
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run the teacher's network under autocast (the official ResShift / SinSR command lines "
                              "sample in fp16 on a GPU); recorded in metrics.json")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     for flag, value, least in (("--max-images", args.max_images, 0), ("--crop", args.crop, 0),
                                ("--scale", args.scale, 1)):
         if value < least:

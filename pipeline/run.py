@@ -14,6 +14,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable without an install
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.recipe import RecipeError, load_recipe  # noqa: E402
 from recipes import shipped_recipe  # noqa: E402
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="check the recipe and the output folder, print what would run, and exit without "
                              "writing anything")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if not Path(args.recipe).exists() and shipped_recipe(args.recipe) is not None:
         args.recipe = str(shipped_recipe(args.recipe))  # an installed package's own recipes, by name
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.image_files import UNREADABLE, image_files
 
 DTYPES = ("bfloat16", "float16", "float32")  # torch dtypes by name: torch is imported only once the usage is right
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.threads < 0:

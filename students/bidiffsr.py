@@ -64,10 +64,11 @@ class ResBlock(nn.Module):
         self.conv2 = conv(channels, channels, 3, binary)
 
     def forward(self, x: Tensor, temb: Tensor, group: Tensor | None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)), group)
-        h = h + self.time_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))), group)
-        return h + x
+        # Swish in place on the norm's fresh output: one pass over memory less (autograd allows it: silu_ keeps
+        # what its backward needs)
+        h = self.conv1(F.silu(self.norm1(x), inplace=True), group, channel_add=self.time_proj(F.silu(temb)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)), group)
+        return h.add_(x)  # into the conv's fresh output (its backward does not need it)
 
 
 MATERIALISED_ATTENTION_MAX = 4096  # positions: a 64 MB float32 attention matrix, the most we let torch materialise
@@ -153,8 +154,31 @@ class SplitFusion(nn.Module):
         self.shuffle = shuffle
         self.conv_a = conv(channels, channels, 1, binary)
         self.conv_b = conv(channels, channels, 1, binary)
+        self.merged = None  # (W_dec, W_skip, bias) once `merge_for_inference` ran
+
+    @torch.no_grad()
+    def merge_for_inference(self) -> bool:
+        """Full-precision branches become one 1x1 conv of dec plus one of skip, added in place, with the channel
+        shuffle folded into their weights: no concatenations of strided channel slices (the same sums, in another
+        order). False, and nothing changed, for binarized branches. Call it after the weights are final."""
+        if not (type(self.conv_a) is FPConv2d and type(self.conv_b) is FPConv2d):
+            return False
+        w_a, w_b = self.conv_a.weight, self.conv_b.weight
+        if self.shuffle:  # conv_a reads (dec odd, skip even), conv_b (dec even, skip odd)
+            half = w_a.shape[1] // 2
+            w_dec, w_skip = torch.empty_like(w_a), torch.empty_like(w_a)
+            w_dec[:, 1::2], w_dec[:, 0::2] = w_a[:, :half], w_b[:, :half]
+            w_skip[:, 0::2], w_skip[:, 1::2] = w_a[:, half:], w_b[:, half:]
+        else:
+            w_dec, w_skip = w_a, w_b
+        self.merged = (w_dec.clone(), w_skip.clone(), self.conv_a.bias + self.conv_b.bias)
+        return True
 
     def forward(self, dec: Tensor, skip: Tensor, group: Tensor | None) -> Tensor:
+        if self.merged is not None:
+            w_dec, w_skip, bias = self.merged
+            out = F.conv2d(skip, w_skip, bias)
+            return out.add_(F.conv2d(dec, w_dec))
         if self.shuffle:
             f1 = torch.cat([dec[:, 1::2], skip[:, 0::2]], dim=1)
             f2 = torch.cat([dec[:, 0::2], skip[:, 1::2]], dim=1)
@@ -482,20 +506,28 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
             if level.up is not None:
                 x = level.up(x, group)
 
-        out = self.conv_out(F.silu(self.norm_out(x)))[:, :, :h, :w]
+        out = self.conv_out(F.silu(self.norm_out(x), inplace=True))[:, :, :h, :w]
         return (out, features) if return_features else out
+
+    def merge_for_inference(self) -> int:
+        """Inference forms of full-precision parts: CS-Fusion's two full-precision 1x1 convs become one conv of the
+        decoder map plus one of the skip (`SplitFusion.merge_for_inference`), the same function with its sums in
+        another order. Returns how many modules changed; call it after the weights are final."""
+        return sum(m.merge_for_inference() for m in self.modules() if isinstance(m, SplitFusion))
 
     def use_packed_kernels(self) -> list[str]:
         """Run every binarized conv whose binarizer allows it on packed sign bits (CPU inference,
         `students.packed_conv`); returns the names of the binarized convs that keep their float path (their binarizer's
         activations are not plain signs). Call it after the weights are final (it packs them).
 
-        The model also moves to channels-last memory: the kernels read and write channels-last activations, and the
+        With the kernels built, the full-precision parts take their inference forms (`merge_for_inference`), and the
+        model moves to channels-last memory: the kernels read and write channels-last activations, and the
         full-precision convs around them run 1.1-11x faster on CPU that way than on contiguous ones (see
         `benchmarks/binary_speed.py`), so no layer converts between the two."""
         binarized = [(name, m) for name, m in self.named_modules() if isinstance(m, BinaryConv2d) and m.binarizer.binary]
         try:
             kept = [name for name, module in binarized if not module.use_packed_kernel()]
+            self.merge_for_inference()
             self.to(memory_format=torch.channels_last)
             return kept
         except PackedKernelsUnavailable as err:  # no compiler here: the float path gives the same outputs

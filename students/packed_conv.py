@@ -6,8 +6,9 @@ alpha_o (K - 2 popcount(a XOR w)) (`students/csrc/binary_conv.cpp`), so a 3x3 ta
 popcount instead of 64 multiply-adds. The result equals the float emulation up to float summation order: the signs are
 the same bits (torch.sign's exact zeros kept in a second bit plane), and zero padding is skipped, as a float conv of
 zero-padded +-1 values computes. The unit's TaR shift is added while packing, and its RPReLU and identity shortcut
-are applied in the kernel's output loop (the same float steps, in the same order, as unfused), so a BI-DiffSR unit
-reads and writes its activations once; a scale map or matrix branches run after the kernel as before.
+are applied in the kernel's output loop (the same float steps, in the same order, as unfused), with the res-block's
+time embedding after them, so a BI-DiffSR unit reads and writes its activations once; a scale map or matrix
+branches run after the kernel as before.
 
 It serves binarizers whose forward is sign(u) x (scale_o sign(W)): BI-DiffSR, BBCU, ReActNet, BNN, IR-Net and BiDM.
 XNOR-Net's and BiMaCoSR's activations carry a per-pixel scale inside the kernel window and DoReFa's are {0, 1}: those
@@ -114,8 +115,9 @@ class PackedFilters:
 
     Called on the unit's float32 input x, returns conv(sign(x + shift), W_b) + bias (N, O, Ho, Wo) in channels-last
     memory, followed by what the unit does next when given, fused into the kernel's output loop instead of separate
-    passes over memory: `activation` (the RPReLU's shift_in, slope and shift_out tables) and `residual` (added before
-    the activation when `residual_first`, after it otherwise). Per-channel tables are (1 or N, C).
+    passes over memory: `activation` (the RPReLU's shift_in, slope and shift_out tables), `residual` (added before
+    the activation when `residual_first`, after it otherwise) and `channel_add` (added last: a res-block's time
+    embedding). Per-channel tables are (1 or N, C).
     """
 
     def __init__(self, binary_weight: Tensor, bias: Tensor | None, stride: int, padding: int):
@@ -133,14 +135,15 @@ class PackedFilters:
 
     def __call__(self, x: Tensor, shift: Tensor | None = None,
                  activation: tuple[Tensor, Tensor, Tensor] | None = None, residual: Tensor | None = None,
-                 residual_first: bool = False) -> Tensor:
+                 residual_first: bool = False, channel_add: Tensor | None = None) -> Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32:
             raise ValueError(f"packed 1-bit kernels run on the CPU in float32; this input is {x.dtype} on {x.device}")
         bits, nonzero = pack_signs(x, _table(shift))
         shift_in, slope, shift_out = (None, None, None) if activation is None else map(_table, activation)
         return kernels().binary_conv2d(bits, nonzero, self.bits, self.nonzero, self.scale, self.bias, self.channels,
                                        self.stride, self.padding, shift_in, slope, shift_out,
-                                       None if residual is None else residual.detach(), residual_first)
+                                       None if residual is None else residual.detach(), residual_first,
+                                       _table(channel_add))
 
 
 if __name__ == "__main__":  # `python -m students.packed_conv`: build the kernels ahead of their first use

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from students.bidiffsr import BIDiffSRUNet, CPDown, CPUp, SplitFusion
+from students.binarizers import get_binarizer
 from students.binary import BinaryConv2d, FPConv2d
 
 
@@ -109,6 +110,32 @@ def test_cp_down_up_and_cs_fusion_layouts():
     fusion(dec, skip, None)
     assert fusion.conv_a.seen.flatten().tolist() == [1.0, 3.0, 10.0, 12.0]  # odd dec, even skip
     assert fusion.conv_b.seen.flatten().tolist() == [0.0, 2.0, 11.0, 13.0]  # even dec, odd skip
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_merged_full_precision_fusion_computes_the_same_function(shuffle):
+    """Inference form of a full-precision CS-Fusion (or split) fusion: one conv of dec plus one of skip, the shuffle in
+    the weights; the same outputs up to float summation order. Binarized fusions are left alone."""
+    fusion = SplitFusion(6, conv_builder, binary=False, shuffle=shuffle)
+    dec = torch.randn(2, 6, 5, 4).to(memory_format=torch.channels_last)
+    skip = torch.randn(2, 6, 5, 4)
+    with torch.no_grad():
+        reference = fusion(dec, skip, None)
+        assert fusion.merge_for_inference()
+        torch.testing.assert_close(fusion(dec, skip, None), reference, rtol=1e-5, atol=1e-6)
+    binarized = SplitFusion(6, lambda cin, cout, k, binary: BinaryConv2d(cin, cout, k, get_binarizer("bidiffsr")),
+                            binary=True, shuffle=shuffle)
+    assert not binarized.merge_for_inference() and binarized.merged is None
+
+
+def test_a_model_merges_exactly_its_full_precision_fusions(tiny_config):
+    model = BIDiffSRUNet(**tiny_config).eval()
+    x, cond, t = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.tensor([7, 1800])
+    with torch.no_grad():
+        reference = model(x, cond, t)
+        fp_fusions = sum(len(lvl.fusions) for lvl in model.decoder if lvl.full_precision)
+        assert fp_fusions and model.merge_for_inference() == fp_fusions
+        torch.testing.assert_close(model(x, cond, t), reference, rtol=1e-4, atol=1e-4)
 
 
 class _Recorder(torch.nn.Module):

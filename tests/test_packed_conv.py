@@ -40,7 +40,7 @@ def test_pack_signs_layout_and_zero_plane():
 
 @pytest.mark.parametrize("cin, cout, k, stride, h, w", [
     (16, 16, 3, 1, 9, 7), (8, 24, 3, 2, 10, 9), (70, 33, 1, 1, 5, 6), (64, 64, 3, 1, 8, 8), (130, 8, 3, 2, 7, 7),
-    (3, 5, 3, 1, 1, 1)])
+    (3, 5, 3, 1, 1, 1), (20, 40, 3, 2, 6, 23), (130, 17, 1, 2, 3, 19)])  # the last two: groups of pixels at stride 2
 @pytest.mark.parametrize("binarizer", SIGN_BINARIZERS)
 def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride, h, w):
     unit = randomized(BinaryConv2d(cin, cout, k, BINARIZERS[binarizer], stride=stride))
@@ -56,23 +56,27 @@ def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("binarizer", ["bidiffsr", "reactnet", "bbcu"])
 def test_the_fused_unit_equals_the_packed_conv_followed_by_the_unit_step_by_step(binarizer, memory_format):
-    """Shift while packing, RPReLU and shortcut in the kernel's output loop: bit for bit what the unfused packed path
-    computes, with a per-sample timestep group per sample (three samples, four groups) and exact zeros."""
+    """Shift while packing, RPReLU, shortcut and the res-block's time embedding in the kernel's output loop: bit for
+    bit what the unfused packed path computes, with a per-sample timestep group per sample (three samples, four groups)
+    and exact zeros."""
     unit = randomized(BinaryConv2d(70, 70, 3, BINARIZERS[binarizer], shift_groups=4, activation_groups=4))
     x = torch.randn(3, 70, 7, 6)
     x[1, :, 2, 2] = 0.0
     x = x.contiguous(memory_format=memory_format)
-    group = torch.tensor([3, 0, 2])
+    group, temb = torch.tensor([3, 0, 2]), torch.randn(3, 70)
     with torch.no_grad():
+        reference = unit(x, group, channel_add=temb)
         unit.use_packed_kernel()
-        fused = unit(x, group)
+        fused = unit(x, group, channel_add=temb)
         y = unit.packed_filters(unit.shift(x, group))
         if unit.binarizer.shortcut_before_activation:
             y = y + x
         y = unit.activation(y, group)
         if not unit.binarizer.shortcut_before_activation:
             y = y + x
+        y = y + temb[:, :, None, None]
     assert unit.has_shortcut and torch.equal(fused, y)
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("zeros_in", ["activations", "weights", "both"])
@@ -100,6 +104,25 @@ def test_channels_last_inputs_pack_like_contiguous_ones():
     x[1, 3, 2, 2] = 0.0
     for got, expected in zip(pack_signs(x.to(memory_format=torch.channels_last)), pack_signs(x)):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("half", ["first", "second"])
+def test_channel_slices_of_channels_last_tensors_are_read_in_place(half):
+    """CP-Down's units take x[:, :C/2] and x[:, C/2:] of a channels-last map as input and shortcut: packed and added
+    at their strides (no copy), with the same results as a contiguous copy of the slice."""
+    unit = randomized(BinaryConv2d(35, 35, 3, BINARIZERS["bidiffsr"], shift_groups=2, activation_groups=2))
+    x = torch.randn(2, 70, 6, 5).to(memory_format=torch.channels_last)
+    x[1, 3, 3, 3] = x[1, 40, 2, 1] = 0.0  # exact zeros in both halves
+    part = x[:, :35] if half == "first" else x[:, 35:]
+    assert not part.is_contiguous() and not part.is_contiguous(memory_format=torch.channels_last)
+    for got, expected in zip(pack_signs(part), pack_signs(part.contiguous())):
+        assert torch.equal(got, expected)
+    group = torch.tensor([1, 0])
+    with torch.no_grad():
+        reference = unit(part, group)
+        unit.use_packed_kernel()
+        assert torch.equal(unit(part, group), unit(part.contiguous(), group))
+        torch.testing.assert_close(unit(part, group), reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("binarizer", ["xnor", "dorefa", "bimacosr"])

@@ -10,8 +10,8 @@
 // taps are contiguous both in the packed activation (N, H, W, words) and in the packed filter (O, KH, KW, words), so
 // the inner loop streams two contiguous runs of words with no gather. Output channels go 16 at a time against one
 // broadcast activation word: two AVX-512 vectors with the vector popcount (VPOPCNTDQ) where the CPU has it, else four
-// AVX2 vectors with a table-lookup popcount, else scalar popcounts (ARM, old x86); the output is written
-// channels-last.
+// AVX2 vectors with a table-lookup popcount, else scalar popcounts (ARM, old x86); with AVX-512, output pixels whose
+// window lies inside the input go four at a time, sharing each filter load. The output is written channels-last.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <vector>
 
-#if defined(__AVX2__) || defined(__AVX512VPOPCNTDQ__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -147,25 +147,30 @@ torch::Tensor block_filters(const torch::Tensor& filt) {
 }
 
 // What a binarized unit does to the conv's output, applied to each output row while it is still in cache instead of
-// in separate passes over memory: [+ residual] -> RPReLU (+ shift_in, PReLU slope, + shift_out) -> [+ residual], each
+// in separate passes over memory: [+ residual] -> RPReLU (+ shift_in, PReLU slope, + shift_out) -> [+ residual] ->
+// [+ a per-channel addend (the res-block's time embedding)], each
 // step one float rounding in the order torch computes them unfused (built with -ffp-contract=off, so no step merges
 // into an FMA). The per-channel tables have one row per sample or one row for all (row_step 0); the residual is
-// channels-last, laid out as the output.
+// channels-last (or a channel slice of a channels-last tensor): channels contiguous, pixels at its own strides.
 struct Epilogue {
   const float* shift_in = nullptr;  // null: no activation
   const float* slope = nullptr;
   const float* shift_out = nullptr;
   int64_t row_step = 0;
+  const float* channel_add = nullptr;  // null: none
+  int64_t add_row_step = 0;
   const float* residual = nullptr;
+  int64_t residual_pixel = 0, residual_row = 0, residual_image = 0;  // its strides, in floats
   bool residual_first = false;  // added before the activation (ReActNet) or after it (BI-DiffSR, BBCU)
 };
 
-template <bool kAct, int kResidual>  // kResidual: 0 none, 1 before the activation, 2 after it
-void finish_row(float* __restrict__ out, const float* __restrict__ res, const float* __restrict__ shift_in,
-                const float* __restrict__ slope, const float* __restrict__ shift_out, int64_t pixels, int64_t o) {
+template <bool kAct, int kResidual, bool kAdd>  // kResidual: 0 none, 1 before the activation, 2 after it
+void finish_row(float* __restrict__ out, const float* __restrict__ res, int64_t res_step,
+                const float* __restrict__ shift_in, const float* __restrict__ slope,
+                const float* __restrict__ shift_out, const float* __restrict__ add, int64_t pixels, int64_t o) {
   for (int64_t p = 0; p < pixels; ++p) {
     float* v = out + p * o;
-    const float* r = kResidual ? res + p * o : nullptr;
+    const float* r = kResidual ? res + p * res_step : nullptr;
     for (int64_t c = 0; c < o; ++c) {
       float y = v[c];
       if (kResidual == 1) y = y + r[c];
@@ -175,23 +180,80 @@ void finish_row(float* __restrict__ out, const float* __restrict__ res, const fl
         y = y + shift_out[c];
       }
       if (kResidual == 2) y = y + r[c];
+      if (kAdd) y = y + add[c];
       v[c] = y;
     }
   }
 }
 
+template <bool kAct, int kResidual>
+void finish_with(const float* res, int64_t rs, const float* si, const float* sl, const float* so, const float* add,
+                 float* out, int64_t wo, int64_t o) {
+  if (add) finish_row<kAct, kResidual, true>(out, res, rs, si, sl, so, add, wo, o);
+  else finish_row<kAct, kResidual, false>(out, res, rs, si, sl, so, add, wo, o);
+}
+
 void finish(const Epilogue& e, float* out, int64_t b, int64_t oy, int64_t ho, int64_t wo, int64_t o) {
-  const int64_t at = (b * ho + oy) * wo * o, row = b * e.row_step;
-  const float* res = e.residual ? e.residual + at : nullptr;
+  const int64_t at = (b * ho + oy) * wo * o, row = b * e.row_step, rs = e.residual_pixel;
+  const float* res = e.residual ? e.residual + b * e.residual_image + oy * e.residual_row : nullptr;
   const float *si = e.shift_in ? e.shift_in + row : nullptr, *sl = e.slope ? e.slope + row : nullptr,
               *so = e.shift_out ? e.shift_out + row : nullptr;
+  const float* add = e.channel_add ? e.channel_add + b * e.add_row_step : nullptr;
   const int kind = res ? (e.residual_first ? 1 : 2) : 0;
   if (si) {
-    if (kind == 0) finish_row<true, 0>(out + at, res, si, sl, so, wo, o);
-    else if (kind == 1) finish_row<true, 1>(out + at, res, si, sl, so, wo, o);
-    else finish_row<true, 2>(out + at, res, si, sl, so, wo, o);
+    if (kind == 0) finish_with<true, 0>(res, rs, si, sl, so, add, out + at, wo, o);
+    else if (kind == 1) finish_with<true, 1>(res, rs, si, sl, so, add, out + at, wo, o);
+    else finish_with<true, 2>(res, rs, si, sl, so, add, out + at, wo, o);
   } else if (kind != 0) {
-    finish_row<false, 2>(out + at, res, si, sl, so, wo, o);
+    finish_with<false, 2>(res, rs, si, sl, so, add, out + at, wo, o);
+  } else if (add) {
+    finish_with<false, 0>(res, rs, si, sl, so, add, out + at, wo, o);
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+#define BIDISTILL_PIXEL_GROUPS 1
+constexpr int64_t kPixels = 4;  // output pixels that share each load of a filter block (unmasked, all taps inside)
+
+// count_block for kPixels output pixels at once, without masks: pixel p's runs start p * pixel_step words after a,
+// and differ[p * kBlock + c] receives its counts. Each filter vector is loaded once for all of them: a filter block
+// of a wide layer (294 KB at 512 channels) streams from L2 for every pixel otherwise, which bounds the one-pixel loop.
+inline void count_pixels(const uint64_t* a, int64_t pixel_step, int64_t a_step, const uint64_t* ft, int64_t f_step,
+                         int64_t runs, int64_t words, uint64_t* differ) {
+  __m512i total[kPixels][2];
+  for (int p = 0; p < kPixels; ++p) total[p][0] = total[p][1] = _mm512_setzero_si512();
+  for (int64_t r = 0; r < runs; ++r) {
+    const uint64_t* ar = a + r * a_step;
+    const uint64_t* fr = ft + r * f_step;
+    for (int64_t j = 0; j < words; ++j) {
+      const __m512i f0 = _mm512_loadu_si512(fr + j * kBlock), f1 = _mm512_loadu_si512(fr + j * kBlock + 8);
+      for (int p = 0; p < kPixels; ++p) {
+        const __m512i av = _mm512_set1_epi64(static_cast<long long>(ar[p * pixel_step + j]));
+        total[p][0] = _mm512_add_epi64(total[p][0], _mm512_popcnt_epi64(_mm512_xor_si512(av, f0)));
+        total[p][1] = _mm512_add_epi64(total[p][1], _mm512_popcnt_epi64(_mm512_xor_si512(av, f1)));
+      }
+    }
+  }
+  for (int p = 0; p < kPixels; ++p) {
+    _mm512_storeu_si512(differ + p * kBlock, total[p][0]);
+    _mm512_storeu_si512(differ + p * kBlock + 8, total[p][1]);
+  }
+}
+#else
+#define BIDISTILL_PIXEL_GROUPS 0
+#endif
+
+// One output pixel's block of channels from its counts: scale * (count - 2 differ) + bias, count the valid (masked)
+// positions per channel or `unmasked` for all.
+template <bool kFiltMask>
+inline void write_block(float* dst, const uint64_t* differ, const uint64_t* valid, int64_t unmasked,
+                        const float* scale, const float* bias, int64_t stop) {
+  for (int64_t c = 0; c < stop; ++c) {
+    const int64_t count = kFiltMask ? static_cast<int64_t>(valid[c]) : unmasked;
+    const float dot = static_cast<float>(count - 2 * static_cast<int64_t>(differ[c]));
+    float v = dot * scale[c];
+    if (bias) v = v + bias[c];
+    dst[c] = v;
   }
 }
 
@@ -200,46 +262,61 @@ void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const u
               const float* scale, const float* bias, const Epilogue& epilogue, float* out, int64_t n, int64_t h,
               int64_t w, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t channels, int64_t stride,
               int64_t padding, int64_t ho, int64_t wo) {
-  const bool fused = epilogue.shift_in || epilogue.residual;
+  const bool fused = epilogue.shift_in || epilogue.residual || epilogue.channel_add;
   const int64_t row = kh * kw * wd, blocks = (o + kBlock - 1) / kBlock;
+  // the columns whose kernel window lies inside the input: [inner_begin, inner_end)
+  const int64_t inner_begin = std::min<int64_t>(wo, (padding + stride - 1) / stride);
+  const int64_t inner_end = std::max<int64_t>(inner_begin, std::min<int64_t>(wo, (w - kw + padding) / stride + 1));
   at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
-    alignas(32) uint64_t differ[kBlock], valid[kBlock];
+    alignas(64) uint64_t differ[kBlock], valid[kBlock];
+#if BIDISTILL_PIXEL_GROUPS
+    alignas(64) uint64_t differ_pixels[kPixels * kBlock];
+#endif
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / ho, oy = job % ho;
       const int64_t y0 = oy * stride - padding;
       const int64_t ky0 = std::max<int64_t>(0, -y0), ky1 = std::min<int64_t>(kh, h - y0);
-      for (int64_t ox = 0; ox < wo; ++ox) {
+      const int64_t runs = std::max<int64_t>(0, ky1 - ky0);
+      for (int64_t ox = 0; ox < wo;) {
         const int64_t x0 = ox * stride - padding;
+        float* px = out + ((b * ho + oy) * wo + ox) * o;
+#if BIDISTILL_PIXEL_GROUPS
+        if (!kActMask && !kFiltMask && ox >= inner_begin && ox + kPixels <= inner_end) {
+          const int64_t src = ((b * h + y0 + ky0) * w + x0) * wd, unmasked = runs * kw * channels;
+          for (int64_t blk = 0; blk < blocks; ++blk) {
+            count_pixels(a + src, stride * wd, w * wd, ft + (blk * row + ky0 * kw * wd) * kBlock, kw * wd * kBlock,
+                         runs, kw * wd, differ_pixels);
+            const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
+            for (int64_t p = 0; p < kPixels; ++p)
+              write_block<false>(px + p * o + blk * kBlock, differ_pixels + p * kBlock, nullptr, unmasked,
+                                 scale + blk * kBlock, bias ? bias + blk * kBlock : nullptr, stop);
+          }
+          ox += kPixels;
+          continue;
+        }
+#endif
         const int64_t kx0 = std::max<int64_t>(0, -x0), kx1 = std::min<int64_t>(kw, w - x0);
-        const int64_t runs = std::max<int64_t>(0, ky1 - ky0), run_words = std::max<int64_t>(0, kx1 - kx0) * wd;
+        const int64_t run_words = std::max<int64_t>(0, kx1 - kx0) * wd;
         // K per valid tap, times the valid taps: what the dot product counts when nothing is masked
         int64_t unmasked = runs * (run_words / wd) * channels;
-        int64_t act_valid = 0;
         if (kActMask && !kFiltMask) {
+          int64_t act_valid = 0;
           for (int64_t ky = ky0; ky < ky0 + runs; ++ky) {
             const uint64_t* z = az + ((b * h + y0 + ky) * w + x0 + kx0) * wd;
             for (int64_t j = 0; j < run_words; ++j) act_valid += __builtin_popcountll(z[j]);
           }
           unmasked = act_valid;
         }
-        float* px = out + ((b * ho + oy) * wo + ox) * o;
         const int64_t src = ((b * h + y0 + ky0) * w + x0 + kx0) * wd;
         for (int64_t blk = 0; blk < blocks; ++blk) {
           const int64_t fsrc = (blk * row + (ky0 * kw + kx0) * wd) * kBlock;
           count_block<kActMask, kFiltMask>(a + src, kActMask ? az + src : nullptr, w * wd, ft + fsrc,
                                            kFiltMask ? fz + fsrc : nullptr, kw * wd * kBlock, runs,
                                            run_words, differ, valid);
-          const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
-          float* dst = px + blk * kBlock;
-          const float* s = scale + blk * kBlock;
-          for (int64_t c = 0; c < stop; ++c) {
-            const int64_t count = kFiltMask ? static_cast<int64_t>(valid[c]) : unmasked;
-            const float dot = static_cast<float>(count - 2 * static_cast<int64_t>(differ[c]));
-            float v = dot * s[c];
-            if (bias) v = v + bias[blk * kBlock + c];
-            dst[c] = v;
-          }
+          write_block<kFiltMask>(px + blk * kBlock, differ, valid, unmasked, scale + blk * kBlock,
+                                 bias ? bias + blk * kBlock : nullptr, std::min<int64_t>(kBlock, o - blk * kBlock));
         }
+        ++ox;
       }
       if (fused) finish(epilogue, out, b, oy, ho, wo, o);
     }
@@ -257,18 +334,61 @@ const float* table_rows(const c10::optional<torch::Tensor>& table, int64_t n, in
   return table->data_ptr<float>();
 }
 
+// The sign bits of `count` (<= 64) consecutive floats plus their shifts (none when null): bit j of *positive is
+// x_j + shift_j > 0, of *nonzero x_j + shift_j != 0 (NaN counts as non-zero and not positive, as in the scalar
+// comparisons). Sixteen (AVX-512) or eight (AVX2) channels per compare.
+inline void sign_word(const float* x, const float* shift, int64_t count, uint64_t* positive, uint64_t* nonzero) {
+  uint64_t p = 0, m = 0;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  const __m512 zero = _mm512_setzero_ps();
+  for (; j < count; j += 16) {
+    const __mmask16 lanes = count - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (count - j)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(lanes, x + j);
+    if (shift) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(lanes, shift + j));
+    p |= static_cast<uint64_t>(_mm512_mask_cmp_ps_mask(lanes, v, zero, _CMP_GT_OQ)) << j;
+    m |= static_cast<uint64_t>(_mm512_mask_cmp_ps_mask(lanes, v, zero, _CMP_NEQ_UQ)) << j;
+  }
+#elif defined(__AVX2__)
+  const __m256 zero = _mm256_setzero_ps();
+  for (; j + 8 <= count; j += 8) {
+    __m256 v = _mm256_loadu_ps(x + j);
+    if (shift) v = _mm256_add_ps(v, _mm256_loadu_ps(shift + j));
+    p |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GT_OQ))) << j;
+    m |= static_cast<uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ))) << j;
+  }
+#endif
+  for (; j < count; ++j) {
+    const float v = shift ? x[j] + shift[j] : x[j];
+    p |= static_cast<uint64_t>(v > 0.0f) << j;
+    m |= static_cast<uint64_t>(v != 0.0f) << j;
+  }
+  *positive = p;
+  *nonzero = m;
+}
+
+// Channels contiguous within each pixel (stride 1), pixels at any stride: channels-last tensors and the channel
+// slices of one (x[:, :C/2] of CP-Down), read in place instead of copied.
+bool pixels_of_channels(const torch::Tensor& t) {
+  return t.dim() == 4 && (t.size(1) == 1 || t.stride(1) == 1) && t.stride(3) >= t.size(1) &&
+         t.stride(2) >= t.stride(3) * t.size(3) && t.stride(0) >= t.stride(2) * t.size(2) && !t.is_contiguous();
+}
+
 // NCHW float (any memory format), with an optional per-channel shift added first (the TaR shift, a (1 or N, C)
 // table) -> (bits, nonzero bits or an empty tensor when there is no exact zero), both (N, H, W, words) int64: the
-// signs of x + shift, the same float sums torch makes. A channels-last input is read pixel by pixel; a contiguous one
-// channel plane by plane, row by row, setting one bit per pixel, so neither needs a copy.
+// signs of x + shift, the same float sums torch makes. A channels-last input (or a channel slice of one) is read
+// pixel by pixel; a contiguous one channel plane by plane, row by row, setting one bit per pixel, so neither needs a
+// copy.
 std::vector<torch::Tensor> pack_signs(const torch::Tensor& input, const c10::optional<torch::Tensor>& shift) {
   TORCH_CHECK(input.dim() == 4, "pack_signs: expects an (N, C, H, W) tensor");
   TORCH_CHECK(input.scalar_type() == torch::kFloat, "pack_signs: expects float32");
   int64_t shift_step = 0;
   const float* shifts = table_rows(shift, input.size(0), input.size(1), "pack_signs shift", &shift_step);
-  const bool channels_last = !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool channels_last = pixels_of_channels(input);
   const auto x = channels_last ? input : input.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3), wd = words_for(c);
+  // channels-last strides (pixel, row, image) in floats; only read on that path
+  const int64_t pixel_step = x.stride(3), row_step = x.stride(2), image_step = x.stride(0);
   auto bits = torch::empty({n, h, w, wd}, torch::kLong);
   auto nonzero = torch::empty({n, h, w, wd}, torch::kLong);
   const float* src = x.data_ptr<float>();
@@ -284,17 +404,13 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input, const c10::opt
       uint64_t* brow = b + (img * h + y) * w * wd;
       uint64_t* zrow = z + (img * h + y) * w * wd;
       if (channels_last) {
-        const float* line = src + (img * h + y) * w * c;
+        const float* line = src + img * image_step + y * row_step;
         const float* sh = shifts ? shifts + img * shift_step : nullptr;
         for (int64_t px = 0; px < w; ++px) {
           for (int64_t k = 0; k < wd; ++k) {
             const int64_t stop = std::min<int64_t>(64, c - 64 * k);
             uint64_t p = 0, m = 0;
-            for (int64_t j = 0; j < stop; ++j) {
-              const float v = sh ? line[px * c + 64 * k + j] + sh[64 * k + j] : line[px * c + 64 * k + j];
-              p |= static_cast<uint64_t>(v > 0.0f) << j;
-              m |= static_cast<uint64_t>(v != 0.0f) << j;
-            }
+            sign_word(line + px * pixel_step + 64 * k, sh ? sh + 64 * k : nullptr, stop, &p, &m);
             brow[px * wd + k] = p;
             zrow[px * wd + k] = m;
             found |= m != low_bits(stop);
@@ -337,14 +453,15 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input, const c10::opt
 // Packed activations (N, H, W, words) and filters in `block_filters` layout (blocks, KH, KW, words, kBlock), with
 // optional non-zero planes of the same shapes (undefined tensors when there are no zeros), per-channel scale (O) and
 // optional bias (O) -> scale * dot + bias as float32 (N, O, Ho, Wo) in channels-last memory, then the unit's
-// epilogue: an RPReLU given by its three (1 or N, O) tables (all or none) and a residual (N, O, Ho, Wo) added before
-// or after it.
+// epilogue: an RPReLU given by its three (1 or N, O) tables (all or none), a residual (N, O, Ho, Wo) added before
+// or after it, and a (1 or N, O) table added last.
 torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch::Tensor>& act_nonzero,
                             const torch::Tensor& filt, const c10::optional<torch::Tensor>& filt_nonzero,
                             const torch::Tensor& scale, const c10::optional<torch::Tensor>& bias, int64_t channels,
                             int64_t stride, int64_t padding, const c10::optional<torch::Tensor>& shift_in,
                             const c10::optional<torch::Tensor>& slope, const c10::optional<torch::Tensor>& shift_out,
-                            const c10::optional<torch::Tensor>& residual, bool residual_first) {
+                            const c10::optional<torch::Tensor>& residual, bool residual_first,
+                            const c10::optional<torch::Tensor>& channel_add) {
   const int64_t o = scale.numel();
   TORCH_CHECK(act.dim() == 4 && filt.dim() == 5 && act.size(3) == filt.size(3),
               "binary_conv2d: activation and filter words differ");
@@ -380,13 +497,17 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
                   steps[1] == steps[2],
               "binary_conv2d: the activation's three tables come together, with as many rows each");
   epilogue.row_step = steps[0];
+  epilogue.channel_add = table_rows(channel_add, n, o, "binary_conv2d channel_add", &epilogue.add_row_step);
   torch::Tensor res;
   if (residual.has_value() && residual->defined()) {
-    res = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    res = pixels_of_channels(*residual) ? *residual : residual->contiguous(at::MemoryFormat::ChannelsLast);
     TORCH_CHECK(res.scalar_type() == torch::kFloat && res.dim() == 4 && res.size(0) == n && res.size(1) == o &&
                     res.size(2) == ho && res.size(3) == wo,
                 "binary_conv2d: expects a float32 residual of the output's shape");
     epilogue.residual = res.data_ptr<float>();
+    epilogue.residual_pixel = res.stride(3);
+    epilogue.residual_row = res.stride(2);
+    epilogue.residual_image = res.stride(0);
     epilogue.residual_first = residual_first;
   }
 #define BIDISTILL_CONVOLVE(A, F) \
