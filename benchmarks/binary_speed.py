@@ -4,21 +4,26 @@
 1. Every distinct binarized conv of the paper configuration at a 3x256x256 output, batch 1: the float path (sign of
    the input, conv with the +-alpha weight; the faster of a contiguous and a channels-last input) against the packed
    path (pack the signs of a channels-last input, as the packed student hands it, popcount kernel, alpha), median
-   of `--repeats` timings each, and the ratio; the outputs are checked equal (max |difference|).
+   of `--layer-repeats` timings each (a layer takes 0.1-12 ms: fewer timings than this vary by 2x on a shared
+   machine), and the ratio; the outputs are checked equal (max |difference|). Each path is timed in its own loop, so
+   its input is in cache, as a layer's input is after the layer before wrote it; timed in turn with float convs
+   that evict it, the memory-bound layers (32 and 64 channels at 256x256) take twice as long.
 2. The whole student forward at 3x256x256: the float path in PyTorch's default (contiguous) memory and in
    channels-last (the faster here, and the baseline of every ratio), the float path with the full-precision parts in
    their inference forms (`merge_for_inference`, which the packed path also takes: what the packed kernels alone
    gain is the ratio to this), the packed path (channels-last, as `use_packed_kernels` sets), and the share of the
    packed forward spent in its full-precision convs and outside the binarized units (what bounds the end-to-end
    gain); the same for a student with every decoder level binarized (`fp_resolutions = []`), which shows what the
-   full-precision levels cost.
+   full-precision levels cost. The forwards are timed in turn (`interleaved_median_seconds`), so that all see the
+   same machine state.
 3. A super-resolution to a 256x256 output on the DDPM process: 50 DDIM steps and one step, float vs packed.
 4. The published pipeline's per-image cost for a 128x128 LR image (512x512 output: 9 overlapping 256x256 tiles),
    with the tiles in batches of 8 (the accelerator default) and one by one (the CPU default of
    `python -m pipeline.upscale`): one network evaluation over all tiles is timed, and the image's time is that times
    `--steps` (the evaluations are all the work; blending is negligible).
 
-    python benchmarks/binary_speed.py [--size 256] [--repeats 5] [--steps 50] [--threads 0] [--default-allocator]
+    python benchmarks/binary_speed.py [--size 256] [--repeats 5] [--layer-repeats 50] [--steps 50] [--threads 0]
+                                      [--skip-layers]
 
 Timings are of this machine (2 cores here), with freed memory kept for reuse (`pipeline.allocator`, as every command
 runs); the paper configuration's weights are random (speed does not depend on them). Outputs of the two paths agree
@@ -41,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks.timing import median_seconds  # noqa: E402
+from benchmarks.timing import interleaved_median_seconds, median_seconds  # noqa: E402
 
 from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
@@ -73,28 +78,27 @@ def layer_shapes(model: BIDiffSRUNet, size: int) -> dict[tuple, int]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timings per whole forward")
+    parser.add_argument("--layer-repeats", type=int, default=50, help="timings per layer")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's malloc thresholds as they are (what keeping freed memory gives)")
+    parser.add_argument("--skip-layers", action="store_true", help="no per-layer table (the forwards and SR only)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.default_allocator:
-        keep_freed_memory()
+    keep_freed_memory()  # BIDISTILL_KEEP_FREED_MEMORY=0 leaves glibc's own thresholds, to see what it gives
     console = Console()
     kernels()  # build (or load) the extension before timing anything
     torch.manual_seed(0)
     model = BIDiffSRUNet().eval()
 
     layers = Table(title=f"Binarized convs of the paper configuration at 3x{args.size}x{args.size} (batch 1, "
-                         f"{torch.get_num_threads()} threads, median of {args.repeats})")
+                         f"{torch.get_num_threads()} threads, median of {args.layer_repeats})")
     for col in ("Cin -> Cout", "kernel / stride", "input HxW", "count", "float ms", "packed ms", "speed-up",
                 "max |diff|"):
         layers.add_column(col, justify="right")
     total_float = total_packed = 0.0
-    shapes = sorted(layer_shapes(model, args.size).items(), key=lambda kv: -kv[0][4])
+    shapes = [] if args.skip_layers else sorted(layer_shapes(model, args.size).items(), key=lambda kv: -kv[0][4])
     # one measurement per conv shape, two whole forwards, four super-resolutions
     progress = Progress("measured", total=len(shapes) + 6, unit="measurement", console=console, every=0).start()
     for (cin, cout, k, stride, h, w), count in shapes:
@@ -102,34 +106,34 @@ def main(argv=None) -> None:
         wb = weight.abs().mean(dim=(1, 2, 3), keepdim=True) * torch.sign(weight)
         u = torch.randn(1, cin, h, w).contiguous(memory_format=torch.channels_last)
         packed = PackedFilters(wb, None, stride, k // 2)
-        float_s = min(median_seconds(lambda: F.conv2d(torch.sign(v), wb, stride=stride, padding=k // 2), args.repeats)
-                      for v in (u.contiguous(), u))
-        packed_s = median_seconds(lambda: packed(u), args.repeats)
+        float_s = min(median_seconds(lambda: F.conv2d(torch.sign(v), wb, stride=stride, padding=k // 2),
+                                     args.layer_repeats, warmup=3) for v in (u.contiguous(), u))
+        packed_s = median_seconds(lambda: packed(u), args.layer_repeats, warmup=3)
         diff = (F.conv2d(torch.sign(u), wb, stride=stride, padding=k // 2) - packed(u)).abs().max().item()
         total_float += count * float_s
         total_packed += count * packed_s
         layers.add_row(f"{cin} -> {cout}", f"{k}x{k} / {stride}", f"{h}x{w}", str(count), f"{float_s * 1e3:.2f}",
                        f"{packed_s * 1e3:.2f}", f"{float_s / packed_s:.1f}x", f"{diff:.1e}")
         progress.advance(note=f"{cin} -> {cout} {k}x{k} at {h}x{w}")
-    layers.add_row("all binarized convs", "", "", "", f"{total_float * 1e3:.1f}", f"{total_packed * 1e3:.1f}",
-                   f"{total_float / total_packed:.1f}x", "")
-    console.print(layers)
+    if shapes:
+        layers.add_row("all binarized convs", "", "", "", f"{total_float * 1e3:.1f}", f"{total_packed * 1e3:.1f}",
+                       f"{total_float / total_packed:.1f}x", "")
+        console.print(layers)
 
     x, cond, t = torch.randn(1, 3, args.size, args.size), torch.rand(1, 3, args.size, args.size), torch.tensor([999])
     forwards = {}
     with torch.no_grad():
         for label, config in (("paper configuration", {}), ("every decoder level binarized", {"fp_resolutions": []})):
-            float_model = BIDiffSRUNet(**config).eval()
-            packed_model = BIDiffSRUNet(**config).eval()
-            packed_model.load_state_dict(float_model.state_dict())
-            packed_model.use_packed_kernels()
-            contiguous_s = median_seconds(lambda: float_model(x, cond, t), args.repeats)
-            float_model.to(memory_format=torch.channels_last)
-            float_s = median_seconds(lambda: float_model(x, cond, t), args.repeats)
+            contiguous_model = BIDiffSRUNet(**config).eval()
+            float_model = copy.deepcopy(contiguous_model).to(memory_format=torch.channels_last)
             merged_model = copy.deepcopy(float_model)
             merged_model.merge_for_inference()
-            merged_s = median_seconds(lambda: merged_model(x, cond, t), args.repeats)
-            packed_s = median_seconds(lambda: packed_model(x, cond, t), args.repeats)
+            packed_model = copy.deepcopy(contiguous_model)
+            packed_model.use_packed_kernels()
+            contiguous_s, float_s, merged_s, packed_s = interleaved_median_seconds(
+                [lambda m=m: m(x, cond, t) for m in (contiguous_model, float_model, merged_model, packed_model)],
+                args.repeats)
+            del contiguous_model, merged_model
             reference = float_model(x, cond, t)
             diff = (reference - packed_model(x, cond, t)).abs().max().item()
             shares = [time_shares(m, lambda m=m: m(x, cond, t)) for m in (float_model, packed_model)]

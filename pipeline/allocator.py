@@ -12,6 +12,7 @@ dropping, and nothing else changes (the same values, bit for bit).
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
@@ -24,11 +25,13 @@ _kept = None
 
 def keep_freed_memory() -> bool:
     """Set glibc's mmap threshold to its maximum and its trim threshold out of reach, once per process; True where
-    that took effect, False elsewhere (macOS, musl: their allocators already reuse freed memory or have no knob)."""
+    that took effect, False elsewhere (macOS, musl: their allocators already reuse freed memory or have no knob) or
+    with BIDISTILL_KEEP_FREED_MEMORY=0 in the environment (a long-lived process that should hand memory back)."""
     global _kept
     if _kept is None:
         _kept = False
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        wanted = os.environ.get("BIDISTILL_KEEP_FREED_MEMORY", "1") != "0"
+        if wanted and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
             libc = ctypes.CDLL(None)
             _kept = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and \
                 bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

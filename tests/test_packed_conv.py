@@ -40,7 +40,8 @@ def test_pack_signs_layout_and_zero_plane():
 
 @pytest.mark.parametrize("cin, cout, k, stride, h, w", [
     (16, 16, 3, 1, 9, 7), (8, 24, 3, 2, 10, 9), (70, 33, 1, 1, 5, 6), (64, 64, 3, 1, 8, 8), (130, 8, 3, 2, 7, 7),
-    (3, 5, 3, 1, 1, 1), (20, 40, 3, 2, 6, 23), (130, 17, 1, 2, 3, 19)])  # the last two: groups of pixels at stride 2
+    (3, 5, 3, 1, 1, 1), (20, 40, 3, 2, 6, 23), (130, 17, 1, 2, 3, 19),  # groups of output pixels at stride 2
+    (32, 32, 3, 1, 4, 12), (24, 16, 1, 1, 2, 11)])  # at most 32 channels: the 32-bit path
 @pytest.mark.parametrize("binarizer", SIGN_BINARIZERS)
 def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride, h, w):
     unit = randomized(BinaryConv2d(cin, cout, k, BINARIZERS[binarizer], stride=stride))

@@ -11,7 +11,8 @@
 // the inner loop streams two contiguous runs of words with no gather. Output channels go 16 at a time against one
 // broadcast activation word: two AVX-512 vectors with the vector popcount (VPOPCNTDQ) where the CPU has it, else four
 // AVX2 vectors with a table-lookup popcount, else scalar popcounts (ARM, old x86); with AVX-512, output pixels whose
-// window lies inside the input go four at a time, sharing each filter load. The output is written channels-last.
+// window lies inside the input go four at a time, sharing each filter load, and eight at a time on 32-bit lanes when
+// the input has at most 32 channels (half of each 64-bit word would be empty). The output is written channels-last.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -239,6 +240,30 @@ inline void count_pixels(const uint64_t* a, int64_t pixel_step, int64_t a_step, 
     _mm512_storeu_si512(differ + p * kBlock + 8, total[p][1]);
   }
 }
+constexpr int64_t kPixels32 = 8;  // the same for layers of at most 32 input channels, on 32-bit words
+
+// count_pixels for inputs of at most 32 channels, whose 64-bit words are half empty: each tap's word is one 32-bit
+// lane, so a vector holds a whole block of 16 output channels and does twice the work of the 64-bit path per
+// instruction. f32 holds the block's filter taps as 16 32-bit lanes each (runs at f32 + r * f_step, tap t at t * 16).
+inline void count_pixels32(const uint64_t* a, int64_t pixel_step, int64_t a_step, const uint32_t* f32, int64_t f_step,
+                           int64_t runs, int64_t taps, uint64_t* differ) {
+  __m512i total[kPixels32];
+  for (int p = 0; p < kPixels32; ++p) total[p] = _mm512_setzero_si512();
+  for (int64_t r = 0; r < runs; ++r) {
+    const uint64_t* ar = a + r * a_step;
+    for (int64_t t = 0; t < taps; ++t) {
+      const __m512i f = _mm512_loadu_si512(f32 + r * f_step + t * kBlock);
+      for (int p = 0; p < kPixels32; ++p) {
+        const __m512i av = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(ar[p * pixel_step + t])));
+        total[p] = _mm512_add_epi32(total[p], _mm512_popcnt_epi32(_mm512_xor_si512(av, f)));
+      }
+    }
+  }
+  for (int p = 0; p < kPixels32; ++p) {  // widened to the 64-bit counts write_block reads
+    _mm512_storeu_si512(differ + p * kBlock, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(total[p])));
+    _mm512_storeu_si512(differ + p * kBlock + 8, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(total[p], 1)));
+  }
+}
 #else
 #define BIDISTILL_PIXEL_GROUPS 0
 #endif
@@ -258,7 +283,7 @@ inline void write_block(float* dst, const uint64_t* differ, const uint64_t* vali
 }
 
 template <bool kActMask, bool kFiltMask>
-void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const uint64_t* fz,
+void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const uint64_t* fz, const uint32_t* f32,
               const float* scale, const float* bias, const Epilogue& epilogue, float* out, int64_t n, int64_t h,
               int64_t w, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t channels, int64_t stride,
               int64_t padding, int64_t ho, int64_t wo) {
@@ -270,7 +295,7 @@ void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const u
   at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
     alignas(64) uint64_t differ[kBlock], valid[kBlock];
 #if BIDISTILL_PIXEL_GROUPS
-    alignas(64) uint64_t differ_pixels[kPixels * kBlock];
+    alignas(64) uint64_t differ_pixels[kPixels32 * kBlock];
 #endif
     for (int64_t job = begin; job < end; ++job) {
       const int64_t b = job / ho, oy = job % ho;
@@ -281,17 +306,22 @@ void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const u
         const int64_t x0 = ox * stride - padding;
         float* px = out + ((b * ho + oy) * wo + ox) * o;
 #if BIDISTILL_PIXEL_GROUPS
-        if (!kActMask && !kFiltMask && ox >= inner_begin && ox + kPixels <= inner_end) {
+        const int64_t group = f32 ? kPixels32 : kPixels;
+        if (!kActMask && !kFiltMask && ox >= inner_begin && ox + group <= inner_end) {
           const int64_t src = ((b * h + y0 + ky0) * w + x0) * wd, unmasked = runs * kw * channels;
           for (int64_t blk = 0; blk < blocks; ++blk) {
-            count_pixels(a + src, stride * wd, w * wd, ft + (blk * row + ky0 * kw * wd) * kBlock, kw * wd * kBlock,
-                         runs, kw * wd, differ_pixels);
+            if (f32)
+              count_pixels32(a + src, stride, w, f32 + (blk * kh + ky0) * kw * kBlock, kw * kBlock, runs, kw,
+                             differ_pixels);
+            else
+              count_pixels(a + src, stride * wd, w * wd, ft + (blk * row + ky0 * kw * wd) * kBlock, kw * wd * kBlock,
+                           runs, kw * wd, differ_pixels);
             const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
-            for (int64_t p = 0; p < kPixels; ++p)
+            for (int64_t p = 0; p < group; ++p)
               write_block<false>(px + p * o + blk * kBlock, differ_pixels + p * kBlock, nullptr, unmasked,
                                  scale + blk * kBlock, bias ? bias + blk * kBlock : nullptr, stop);
           }
-          ox += kPixels;
+          ox += group;
           continue;
         }
 #endif
@@ -510,8 +540,17 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
     epilogue.residual_image = res.stride(0);
     epilogue.residual_first = residual_first;
   }
+  // at most 32 input channels, nothing masked: the filters' low halves as 32-bit lanes, (blocks, KH, KW, kBlock)
+  std::vector<uint32_t> low_halves;
+#if BIDISTILL_PIXEL_GROUPS
+  if (wd == 1 && channels <= 32 && !act_mask && !filt_mask) {
+    low_halves.resize(filt.numel());
+    for (int64_t i = 0; i < filt.numel(); ++i) low_halves[i] = static_cast<uint32_t>(ft[i]);
+  }
+#endif
+  const uint32_t* f32 = low_halves.empty() ? nullptr : low_halves.data();
 #define BIDISTILL_CONVOLVE(A, F) \
-  convolve<A, F>(a, az, ft, fz, s, bi, epilogue, dst, n, h, w, wd, o, kh, kw, channels, stride, padding, ho, wo)
+  convolve<A, F>(a, az, ft, fz, f32, s, bi, epilogue, dst, n, h, w, wd, o, kh, kw, channels, stride, padding, ho, wo)
   if (act_mask && filt_mask) BIDISTILL_CONVOLVE(true, true);
   else if (act_mask) BIDISTILL_CONVOLVE(true, false);
   else if (filt_mask) BIDISTILL_CONVOLVE(false, true);
