@@ -3,10 +3,10 @@
 A forward of a diffusion UNet allocates and frees the same large activations over and over. glibc serves every block
 above its mmap threshold (128 KiB, rising with use to at most 32 MiB) with a fresh mmap and returns it to the kernel
 when freed, and trims the heap's free top beyond its trim threshold, so the next allocation faults every page in again,
-zeroed: 1.5 million page faults in fourteen 256x256 forwards of the paper student, a quarter of the float forward's
-time (`benchmarks/binary_speed.py`). Fixed thresholds keep that memory in the process, as the allocators PyTorch's CPU
-performance guide recommends (jemalloc, tcmalloc) do: the resident size stays at its peak between steps instead of
-dropping, and nothing else changes (the same values, bit for bit).
+zeroed. Fixed thresholds keep that memory in the process, as the allocators PyTorch's CPU performance guide recommends
+(jemalloc, tcmalloc) do: the resident size stays at its peak between steps instead of dropping, and nothing else
+changes (the same values, bit for bit). `benchmarks/freed_memory.py` measures it: 1.69 million page faults per process
+timing the paper student's forwards against 0.33 million kept, and the float forward 0.93 s against 0.77 s.
 """
 
 from __future__ import annotations
