@@ -18,16 +18,8 @@ def synchronize(device: torch.device | None) -> None:
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
                    device: torch.device | None = None) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """The median wall time of one callable (`interleaved_median_seconds` of it alone)."""
+    return interleaved_median_seconds([fn], repeats, warmup, device)[0]
 
 
 def interleaved_median_seconds(fns: list[Callable[[], object]], repeats: int, warmup: int = 1,

@@ -292,6 +292,9 @@ void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const u
   // the columns whose kernel window lies inside the input: [inner_begin, inner_end)
   const int64_t inner_begin = std::min<int64_t>(wo, (padding + stride - 1) / stride);
   const int64_t inner_end = std::max<int64_t>(inner_begin, std::min<int64_t>(wo, (w - kw + padding) / stride + 1));
+#if BIDISTILL_PIXEL_GROUPS
+  const int64_t group = f32 ? kPixels32 : kPixels;  // output pixels per pass over a filter block
+#endif
   at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
     alignas(64) uint64_t differ[kBlock], valid[kBlock];
 #if BIDISTILL_PIXEL_GROUPS
@@ -306,7 +309,6 @@ void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const u
         const int64_t x0 = ox * stride - padding;
         float* px = out + ((b * ho + oy) * wo + ox) * o;
 #if BIDISTILL_PIXEL_GROUPS
-        const int64_t group = f32 ? kPixels32 : kPixels;
         if (!kActMask && !kFiltMask && ox >= inner_begin && ox + group <= inner_end) {
           const int64_t src = ((b * h + y0 + ky0) * w + x0) * wd, unmasked = runs * kw * channels;
           for (int64_t blk = 0; blk < blocks; ++blk) {
