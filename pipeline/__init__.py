@@ -3,7 +3,7 @@
 The public API, for notebooks (imported on first use, so `import pipeline` stays light):
 
     from pipeline import BiDiffSRPipeline, Trainer, load_recipe, load_student, load_validation, write_model_folder
-    Trainer(load_recipe("recipes/quickstart.toml", ["stages.0.steps=100"])).run()
+    Trainer(load_recipe("recipes/quickstart.toml", ["stages.0.steps=100"])).run()  # checks the recipe's files first
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ _EXPORTS = {
     "RecipeError": "pipeline.recipe",
     "load_recipe": "pipeline.recipe",
     "Trainer": "pipeline.trainer",
+    "preflight": "pipeline.preflight",
     "load_student": "pipeline.loading",
     "load_validation": "pipeline.data",
     "psnr_y": "pipeline.metrics",

@@ -22,7 +22,7 @@ COMMANDS = {  # subcommand -> ("module:function" taking argv, what it does)
     "train": ("pipeline.run:main", "train, evaluate and publish what a recipe describes"),
     "evaluate": ("pipeline.evaluate:main", "score a student and/or teacher against bicubic on a benchmark folder"),
     "upscale": ("pipeline.upscale:main", "super-resolve images with a published student"),
-    "import": ("pipeline.import_official:main", "convert a released BI-DiffSR student or SR3 teacher checkpoint"),
+    "import": ("pipeline.importers.command:main", "convert a released BI-DiffSR, SR3 or ResShift/SinSR checkpoint"),
     "push": ("pipeline.cli:push", "upload a published folder to the Hugging Face Hub"),
     "fetch-data": ("pipeline.fetch_data:main", "download benchmark / training images from a Hub dataset repository"),
     "complexity": ("pipeline.complexity:main", "Params / OPs of students by the papers' counting rule"),

@@ -1,102 +1,11 @@
-"""Import officially released checkpoints into BiDistill folders that load with one line.
+"""The import command's earlier path, kept so that `python -m pipeline.import_official` and imports from here keep
+working: the command is `pipeline.importers.command` (`python -m pipeline.importers`)."""
 
-    python -m pipeline.import_official bidiffsr BI_DiffSR_x4.pth [--config test_BI_DiffSR_x4.yml] --out DIR
-
-`bidiffsr`: a released BI-DiffSR generator (BasicSR `net_g_*.pth`, the repository zhengchen1999/BI-DiffSR) becomes a
-published student folder: `BiDiffSRPipeline.from_pretrained(DIR)`, `BIDiffSRUNet.from_pretrained(DIR / "unet")`, and
-`python -m pipeline.evaluate --student DIR ...` evaluates it. The two networks agree layer for layer; only names and
-the layout of the per-timestep-group parameters differ (the official code keeps one module per TaR/TaA group, we
-keep one (K, C) table), so the conversion is a renaming plus stacking, checked strictly: every released key is used
-once, every parameter of ours is filled, every shape matches, or the error names the file and the first offending
-key. EMA weights (`params_ema`) are preferred over `params` when both are present. The process is the official one
-(`clip_sample = "official"`, its beta schedule), so an evaluation reproduces how the paper evaluated its weights.
-
-The network settings come from the BasicSR option file given with `--config` (its `network_g` and `beta_schedule`);
-without one they are read from the checkpoint's shapes, except `norm_groups` and `image_size`, which shapes do not
-determine: the released x2/x4 values (16, 256) are used and the command says so.
-
-    python -m pipeline.import_official sr3 I640000_E37_gen.pth --config sr_sr3_16_128.json --out DIR
-
-`sr3`: a released SR3 generator (Janspiry/Image-Super-Resolution-via-Iterative-Refinement; the GaussianDiffusion state
-dict, its `denoise_fn.` denoiser and saved schedule buffers) becomes a teacher folder (`load_teacher(DIR)`,
-`teacher.path` in a recipe): `SR3UNet` with the original layout (attention at the config's `attn_res`, no SiLU before
-the per-block time projection) and the original process (`DDPMProcess` with images in [-1, 1], the noise level
-sqrt(alpha_bar_t) as the network's time input, ancestral sampling through every step of the config's linear
-schedule). Its JSON config (`--config`, with its // comments) is required: shapes give neither the attention
-resolutions nor the schedule.
-
-    python -m pipeline.import_official resshift resshift_realsrx4_s15_v1.pth --autoencoder autoencoder_vq_f4.pth \
-        [--config realsr_swinunet_realesrgan256.yaml] [--one-step] --out DIR
-
-`resshift`: a released ResShift denoiser (zsyOAOA/ResShift, `UNetModelSwin`) and the VQ-f4 autoencoder it was
-trained on become a teacher folder: `teachers.swin_unet.SwinUNet` (the released names, loaded strictly) on
-`teachers.latent_resshift.LatentResShiftProcess` (the chain on the autoencoder's latents, no x0 clip), the autoencoder
-converted onto diffusers' `VQModel`. The option file (`--config`, the release's YAML) gives the network, schedule and
-autoencoder settings; without it the released real-SR x4 ones (15 steps) are assumed and the command says so.
-`--one-step` takes a SinSR checkpoint (wyf0912/SinSR, `SinSR_v1.pth`: the same network distilled to one step): the
-folder's process is then the one-step variant, one evaluation at the top step from x_T read as x0, as SinSR samples.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from pipeline.importers import CheckpointError, read_checkpoint  # noqa: F401  (public API)
+from pipeline.importers import CheckpointError, read_checkpoint  # noqa: F401
 from pipeline.importers.bidiffsr import bidiffsr_config, convert_bidiffsr, import_bidiffsr  # noqa: F401
-from pipeline.importers.resshift import import_resshift
-from pipeline.importers.sr3 import import_sr3
-from pipeline.progress import Phase
-
-KINDS = ("bidiffsr", "sr3", "resshift")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.import_official", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("kind", choices=KINDS, help="what the checkpoint is")
-    parser.add_argument("checkpoint", help="the released weights (.pth, .pt or .safetensors)")
-    parser.add_argument("--config", default=None,
-                        help="the release's config: BasicSR option YAML (bidiffsr, optional), JSON (sr3, required), "
-                             "option YAML (resshift, optional)")
-    parser.add_argument("--autoencoder", default=None,
-                        help="resshift: the VQ autoencoder file the model was trained on (autoencoder_vq_f4.pth)")
-    parser.add_argument("--one-step", action="store_true",
-                        help="resshift: the checkpoint is SinSR's one-step model (sample with one evaluation)")
-    parser.add_argument("--scale", type=int, default=0,
-                        help="SR factor when the config does not give it (sr3; resshift: overrides the config's sf)")
-    parser.add_argument("--out", required=True, help="the folder to write (must not exist)")
-    args = parser.parse_args(argv)
-    if Path(args.out).exists():
-        parser.error(f"--out {args.out} exists; choose a new folder (nothing is overwritten)")
-    if args.kind != "resshift" and (args.autoencoder or args.one_step):
-        parser.error("--autoencoder and --one-step belong to the resshift kind")
-    try:
-        with Phase(f"importing {args.kind} {args.checkpoint}"):  # a spinner in a terminal, start / done lines in logs
-            folder, loads, notes = _import(args)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for note in notes:
-        print(f"note: {note}")
-    print(f"imported {args.kind} {args.checkpoint} -> {folder} ({loads})")
-    return 0
-
-
-def _import(args) -> tuple[Path, str, list[str]]:
-    """(the written folder, how to load it, notes) for the parsed command line."""
-    notes = []
-    if args.kind == "bidiffsr":
-        folder = import_bidiffsr(args.checkpoint, args.out, args.config)
-        return folder, f"BiDiffSRPipeline.from_pretrained({str(folder)!r})", notes
-    if args.kind == "sr3":
-        folder = import_sr3(args.checkpoint, args.out, args.config, args.scale)
-    else:
-        folder, notes = import_resshift(args.checkpoint, args.out, args.autoencoder, args.config, args.one_step,
-                                        args.scale)
-    return folder, f"teachers.load_teacher({str(folder)!r}), or teacher.path in a recipe", notes
-
+from pipeline.importers.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

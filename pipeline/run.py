@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.recipe).exists() and shipped_recipe(args.recipe) is not None:
         args.recipe = str(shipped_recipe(args.recipe))  # an installed package's own recipes, by name
     try:
-        recipe = load_recipe(args.recipe, args.set, check=not args.print_config)  # printing needs no data
+        recipe = load_recipe(args.recipe, args.set)  # keys and values only: printing needs no data
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -44,19 +44,25 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(recipe.to_dict(), indent=2))
         return 0
     from pipeline.data import DataError
+    from pipeline.preflight import preflight
     from pipeline.publish import PublishError
     from pipeline.run_folder import RunFolder, RunFolderError
     from pipeline.trainer import NonFiniteLoss, Trainer
 
     try:
-        trainer = Trainer(recipe)
+        try:
+            checked = preflight(recipe)
+        except RecipeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        trainer = Trainer(recipe, checked=checked)
         if args.dry_run:
             folder = RunFolder(trainer.out)
             folder.check()
             if folder.holder():
                 raise RunFolderError(f"another run (pid {folder.holder()}) is using {trainer.out}: a real run would "
                                      "stop here; wait for it to finish or choose another run.output_dir")
-            trainer.check_earlier_work()
+            trainer.store.check_earlier_work()
             trainer.print_summary()
             return 0
         trainer.run()

@@ -11,8 +11,9 @@
 - Fingerprints: each stage is "complete" only for the recipe that produced it. A stage's fingerprint holds what
   determines its weights (the stage's settings, the models' configs and student.init's weights, the process, the data
   with a digest of the training images' names, sizes and times and the LR degradation, the mixed precision and the
-  teacher's autocast, the seed and the previous stage's fingerprint); it is written beside the stage's weights and into every checkpoint. A finished stage
-  or checkpoint made by a different recipe is an error that says what changed and how to choose.
+  teacher's autocast, the seed and the previous stage's fingerprint); it is written beside the stage's weights and
+  into every checkpoint. A finished stage or checkpoint made by a different recipe is an error that says what changed
+  and how to choose.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ FINGERPRINT = "fingerprint.json"
 # Stage and process settings added after runs existed: left out of a fingerprint while at their default, so a folder
 # made before the setting existed (with the same behaviour) stays valid.
 ADDED_STAGE_SETTINGS = {"direct_weight": 1.0, "xt_weight": 0.0, "gt_weight": 0.0}
+# Before each stage type had its own settings, every stage held every type's: a fingerprint still records the other
+# types' settings at their defaults, so folders made then stay valid.
+SHARED_TABLE_STAGE_SETTINGS = {"spd_weight": 0.01, "spd_patches": 4, "output_weight": 0.0, "features": [],
+                               "teacher_steps": 0, **ADDED_STAGE_SETTINGS}
 ADDED_PROCESS_SETTINGS = {"condition_resize": "opencv"}
 # What a fingerprint records of files (the training images' list, sizes and times; student.init's weights), added
 # after runs existed: a fingerprint written before holds no such entry, and is compared without it.
@@ -146,12 +151,12 @@ def stage_fingerprints(recipe, process, student_config: dict, precision: str = "
         teacher["autocast"] = t.autocast
     out, previous = [], ""
     for stage in recipe.stages:
-        settings = {k: v for k, v in dataclasses.asdict(stage).items()
+        settings = {k: v for k, v in {**SHARED_TABLE_STAGE_SETTINGS, **dataclasses.asdict(stage)}.items()
                     if k != "name" and not (k in ADDED_STAGE_SETTINGS and v == ADDED_STAGE_SETTINGS[k])}
-        models = {"teacher": teacher, "student": _public(student_config)} if stage.type == "teacher" else {
+        models = {"teacher": teacher, "student": _public(student_config)} if stage.trains_teacher else {
             "teacher": teacher, "student": _public(student_config), "student_init": s.init,
             "init_from_teacher": s.init_from_teacher}
-        if s.init and stage.type != "teacher":
+        if s.init and not stage.trains_teacher:
             models["student_init_sha256"] = sha256_file(Path(s.init) / SAFETENSORS_WEIGHTS_NAME)
         fingerprint = {**common, "stage": settings, "models": models, "previous_stage": previous}
         previous = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]

@@ -5,16 +5,9 @@ each stage gets a fresh optimizer (Adam), LR schedule (diffusers' get_scheduler)
 EMAModel) and gradient clipping. Model state flows from stage to stage.
 
 Outputs under run.output_dir, a folder the run claims first (`pipeline.run_folder`: it must be new, empty or an
-earlier run's, and it is locked for the run's life):
-    stages/<i>-<name>/            the model after stage i (save_pretrained; EMA weights when EMA is on) and the
-                                  fingerprint of the recipe parts that made it. Its presence marks the stage complete
-                                  for that recipe only; it is written to a temporary folder and renamed.
-    checkpoints/<i>-<name>/step-N accelerate's save_state (model.safetensors, optimizer, RNG) + LR schedule, EMA,
-                                  trainer_state.json and the model config; written to a temporary folder and renamed,
-                                  so a kill at any moment leaves only complete checkpoints.
-    student/  teacher/            the final models;  eval/  metrics.json + samples.png;  logs/  tensorboard.
-    publish/                      diffusers-format pipeline folder + packed 1-bit file + model card (pipeline/publish.py),
-                                  pushed to publish.push_to_hub when set.
+earlier run's, and it is locked for the run's life): stages/ and checkpoints/ (`pipeline.checkpoints`), student/ and
+teacher/ (the final models), eval/ (metrics.json + samples.png), logs/ (tensorboard), publish/ (the diffusers-format
+folder, packed 1-bit file and model card of `pipeline.publish`, pushed to publish.push_to_hub when set).
 
 `run.resume = "latest"` skips completed stages and continues the current one from its newest checkpoint; a finished
 stage or checkpoint made by a different recipe stops the run before anything trains, saying what changed. Every
@@ -28,63 +21,44 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-from PIL import Image
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn,
                            TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from pipeline.atomic import folder_written_whole, partial_sibling, replace_folder
 from pipeline.builtin_data import export_skimage
+from pipeline.checkpoints import NonFiniteLoss, StageStore
 from pipeline.data import (PatchDataset, StepBatchSampler, load_hr_dataset, load_lr_images, load_validation, make_pairs,
                            seed_of)
-from pipeline.degradations import build_degradation, degraded_validation
-from pipeline.evaluate import AUTOCAST, evaluate
+from pipeline.degradations import degraded_validation
+from pipeline.evaluate import evaluate
 from pipeline.loading import load_student
 from pipeline.metrics import LPIPSUnavailable, load_lpips
-from pipeline.publish import files_not_published, push_folder, write_model_folder
-from pipeline.recipe import Recipe, StageConfig, build_recipe_process, student_unet_config
+from pipeline.preflight import CheckedRecipe, preflight
+from pipeline.publish import push_folder, write_model_folder
+from pipeline.recipe import Recipe
 from pipeline.resize import upsample_cond
-from pipeline.run_folder import (RunFolder, RunFolderError, check_fingerprint, flat_dict, read_fingerprint,
-                                 stage_fingerprints, write_fingerprint)
-from pipeline.stages import DirectStage, FeatureDistillStage, OneStepStage, Stage
-from students.bidiffsr import BIDiffSRUNet
-from students.checksums import damage, sha256_file, write_checksums
+from pipeline.run_folder import RunFolder, stage_fingerprints
+from pipeline.run_models import initial_student, new_teacher, ready_teacher
+from pipeline.stages import Stage, StageConfig
+from pipeline.trackers import log_evaluation, tracker_config
+from students.checksums import sha256_file
 from students.finite import name_tensors, nonfinite_tensors
-from teachers import Teacher, build_teacher_denoiser, load_teacher
-from teachers.process import DiffusionProcess
+from teachers import load_teacher
 
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN or infinite loss or weights; the message names the stage, the step and the last
-    checkpoint whose weights are all finite (or says there is none)."""
-
-
-def _nonfinite_checkpoint(folder: Path) -> str:
-    """Why a checkpoint's model must not be resumed from ('' when its weights are all finite)."""
-    weights = folder / "model.safetensors"
-    bad = nonfinite_tensors(load_file(weights)) if weights.is_file() else []
-    return f"{weights} holds NaN or infinite weights ({name_tensors(bad)})" if bad else ""
-
-
-def _tracker_config(recipe: Recipe) -> dict:
-    """The recipe as flat scalars for the trackers (lists as JSON text)."""
-    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat_dict(recipe.to_dict()).items()}
+__all__ = ["NonFiniteLoss", "Trainer"]
 
 
 class StepsPerSecond(ProgressColumn):
@@ -104,8 +78,11 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, accelerator: Accelerator | None = None):
+    """Runs a recipe; `checked` is its pre-flight result (`pipeline.preflight`), made here when not given."""
+
+    def __init__(self, recipe: Recipe, accelerator: Accelerator | None = None, checked: CheckedRecipe | None = None):
         self.recipe = recipe
+        self.checked = checked if checked is not None else preflight(recipe)
         r = recipe.run
         self.out = Path(r.output_dir)
         self.accelerator = accelerator or Accelerator(
@@ -119,93 +96,19 @@ class Trainer:
                                "the processes would train without synchronising gradients")
         self.console = Console(soft_wrap=not sys.stdout.isatty())  # logs and batch jobs: no wrapping at 80 columns
         if world == 1 and "MASTER_PORT" in os.environ:  # the launcher prepared a rendezvous, then started one process
-            self.console.print("[yellow]warning: the launcher was asked for several processes but runs one (`accelerate "
-                               "launch --cpu --num_processes N` does that); for N CPU processes use "
+            self.console.print("[yellow]warning: the launcher was asked for several processes but runs one "
+                               "(`accelerate launch --cpu --num_processes N` does that); for N CPU processes use "
                                "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N`[/yellow]")
         self.global_step = 0
         self._pairs = None
-        self.process = build_recipe_process(recipe)  # teacher and student live on it
+        self.process = self.checked.process  # teacher and student live on it
         self.student_process = self.process  # becomes the one-step variant after a one_step stage
-        self.student_config = student_unet_config(recipe, self.process)
+        self.student_config = self.checked.student_config
         self.fingerprints = stage_fingerprints(recipe, self.process, self.student_config,
                                                self.accelerator.mixed_precision)
-        self.degradation = build_degradation(recipe)  # None: the data's bicubic LR
-        self._checkpoints: dict[int, Path | None] = {}
-        self._complete: dict[int, bool] = {}
-
-    # ---- paths -------------------------------------------------------------------------------------------------
-    def stage_dir(self, i: int, stage: StageConfig) -> Path:
-        return self.out / "stages" / f"{i}-{stage.name}"
-
-    def checkpoint_root(self, i: int, stage: StageConfig) -> Path:
-        return self.out / "checkpoints" / f"{i}-{stage.name}"
-
-    def find_checkpoint(self, i: int, stage: StageConfig) -> Path | None:
-        """The checkpoint stage i resumes from: the newest intact one (a damaged one is named and skipped); one
-        made by another recipe is a RunFolderError. Found once per run (the up-front check) and remembered."""
-        if i not in self._checkpoints:
-            self._checkpoints[i] = self._find_checkpoint(i, stage)
-        return self._checkpoints[i]
-
-    def _find_checkpoint(self, i: int, stage: StageConfig) -> Path | None:
-        resume = self.recipe.run.resume
-        if resume == "never":
-            return None
-        if resume != "latest":
-            path = Path(resume)
-            why = damage(path)
-            if why:
-                raise RunFolderError(f"run.resume names a damaged checkpoint: {why}")
-            state = json.loads((path / "trainer_state.json").read_text())
-            if state["stage_index"] != i:
-                return None
-            check_fingerprint(state.get("fingerprint"), self.fingerprints[i], f"checkpoint {path}", f"stages[{i}]")
-            return path
-        root = self.checkpoint_root(i, stage)
-        candidates = sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []
-        for found in candidates:
-            why = damage(found) or _nonfinite_checkpoint(found)
-            if why:
-                self.console.print(f"[yellow]skipping checkpoint {found}: {why}[/yellow]")
-                continue
-            state = json.loads((found / "trainer_state.json").read_text())
-            check_fingerprint(state.get("fingerprint"), self.fingerprints[i], f"checkpoint {found}", f"stages[{i}]")
-            if found != candidates[0]:
-                self.console.print(f"[yellow]resuming from the newest intact checkpoint, {found}[/yellow]")
-            return found
-        if candidates:
-            self.console.print(f"[yellow]no intact checkpoint of stage {i} ({stage.name}): it starts again[/yellow]")
-        return None
-
-    def stage_complete(self, i: int, stage: StageConfig) -> bool:
-        """A finished stage counts only for the recipe that made it (else a RunFolderError saying what changed).
-        Checked once per run (the up-front check, which hashes its files) and remembered."""
-        if i not in self._complete:
-            self._complete[i] = self._stage_complete(i, stage)
-        return self._complete[i]
-
-    def _stage_complete(self, i: int, stage: StageConfig) -> bool:
-        done = self.stage_dir(i, stage)
-        if self.recipe.run.resume == "never" or not done.is_dir():
-            return False
-        why = damage(done)
-        if why:
-            raise RunFolderError(f"stage {i} ({stage.name}) is damaged: {why}. Delete {done} to train it again from "
-                                 "its newest intact checkpoint")
-        check_fingerprint(read_fingerprint(done), self.fingerprints[i], f"stage {i} ({stage.name}) in {done}",
-                          f"stages[{i}]")
-        return True
-
-    def check_earlier_work(self) -> None:
-        """Before anything trains: every finished stage and newest checkpoint in the folder must be this recipe's,
-        and the published folder, which a run replaces whole, must hold nothing a user added."""
-        for i, stage in enumerate(self.recipe.stages):
-            if not self.stage_complete(i, stage):
-                self.find_checkpoint(i, stage)
-        added = files_not_published(self.out / "publish")
-        if added:
-            raise RunFolderError(f"{self.out / 'publish'} holds files no publish wrote ({', '.join(added[:3])}); "
-                                 "this run replaces that folder whole: move them out first")
+        self.degradation = self.checked.degradation  # None: the data's bicubic LR
+        self.store = StageStore(self.out, recipe.stages, self.fingerprints, r.resume, r.keep_checkpoints,
+                                self.accelerator, self.console)
 
     # ---- models and data ---------------------------------------------------------------------------------------
     def resolve_builtin_data(self) -> None:
@@ -226,54 +129,6 @@ class Trainer:
                                          num_proc=d.num_proc)
         return self._pairs
 
-    def new_teacher(self) -> Teacher:
-        t = self.recipe.teacher
-        set_seed(self.recipe.run.seed)
-        denoiser = build_teacher_denoiser(t.kind, t.unet, self.student_config)
-        return Teacher(denoiser, self.process, scale=self.recipe.run.scale,
-                       degradation=self.recipe.data.degradation)
-
-    def prepare_teacher(self, teacher: Teacher) -> Teacher:
-        teacher.check_scale(self.recipe.run.scale, source=f"recipe's run.scale ({self.recipe.source})")
-        teacher.freeze().to(self.accelerator.device)
-        teacher.autocast_dtype = AUTOCAST[self.recipe.teacher.autocast]
-        return teacher
-
-    def initial_student(self, teacher: Teacher | None) -> BIDiffSRUNet:
-        s = self.recipe.student
-        saved = BIDiffSRUNet.from_pretrained(s.init) if s.init else None
-        set_seed(self.recipe.run.seed)
-        student = BIDiffSRUNet(**self.student_config)
-        if saved is not None and (saved.config.binarizer != "none" or student.config.binarizer == "none"):
-            return saved
-        twin = saved if saved is not None else teacher.unet if s.init_from_teacher else None
-        if twin is not None:  # a saved full-precision twin, or the teacher (a twin)
-            fresh = student.init_from_teacher(twin)
-            self.console.print(f"student starts from the {'saved twin' if saved is not None else 'teacher'}'s weights "
-                               f"({len(fresh)} student-only tensors keep their initial values)")
-        return student
-
-    def make_stage(self, stage: StageConfig, student: BIDiffSRUNet, teacher: Teacher | None) -> Stage:
-        cross_timestep = bool(student.config.cross_timestep_blocks)
-        if stage.type == "direct":
-            return DirectStage(self.student_process, cross_timestep)
-        if stage.type == "one_step":
-            self.student_process = self.process.one_step_variant()
-            return OneStepStage(teacher, self.student_process, stage.teacher_steps or None,
-                                xt_weight=stage.xt_weight, gt_weight=stage.gt_weight)
-        names = []
-        if stage.spd_weight > 0:
-            why = student.layout_mismatch(teacher.unet)
-            if why:  # the recipe check catches this up front; a hand-edited folder could still get here
-                raise ValueError(f"stage {stage.name!r}: SPD needs the student's full-precision twin as teacher: {why}")
-            names = list(stage.features) or student.feature_names()
-        return FeatureDistillStage(teacher, self.student_process, names, stage.spd_weight, stage.spd_patches,
-                                   stage.output_weight, cross_timestep, stage.direct_weight)
-
-    def load_student_stage(self, folder: Path) -> BIDiffSRUNet:
-        student, self.student_process = load_student(folder)
-        return student
-
     # ---- the run -----------------------------------------------------------------------------------------------
     def run(self) -> dict | None:
         """Claim the output folder (ownership, lock), check what earlier runs left in it, then train, evaluate and
@@ -285,7 +140,7 @@ class Trainer:
                 self.console.print(f"[yellow]{folder.notice}[/yellow]")
         self.accelerator.wait_for_everyone()
         try:
-            self.check_earlier_work()
+            self.store.check_earlier_work()
             self.print_summary()
             return self._run()
         finally:
@@ -301,9 +156,9 @@ class Trainer:
             table.add_column(column, justify="left" if column in ("stage", "type", "state") else "right",
                              overflow="fold")
         for i, stage in enumerate(r.stages):
-            if self.stage_complete(i, stage):
+            if self.store.stage_complete(i):
                 state = "finished (reused)"
-            elif (checkpoint := self.find_checkpoint(i, stage)) is not None:
+            elif (checkpoint := self.store.find_checkpoint(i)) is not None:
                 state = f"resumes from {checkpoint.name}"
             else:
                 state = "new"
@@ -319,40 +174,46 @@ class Trainer:
         if acc.is_main_process:
             (self.out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
         if recipe.run.log_with:
-            acc.init_trackers(recipe.run.name, config=_tracker_config(recipe))
+            acc.init_trackers(recipe.run.name, config=tracker_config(recipe))
         self.resolve_builtin_data()
-        teacher = self.prepare_teacher(load_teacher(recipe.teacher.path)) if recipe.teacher.path else None
-        student = None
-        for i, stage in enumerate(recipe.stages):
-            done = self.stage_dir(i, stage)
-            if self.stage_complete(i, stage):
-                self.console.print(f"[dim]stage {i} ({stage.name}) already complete: {done}[/dim]")
-                self.global_step += stage.steps
-                if stage.type == "teacher":
-                    teacher = self.prepare_teacher(load_teacher(done))
+        store, device = self.store, acc.device
+        teacher, student = None, None
+        if recipe.teacher.path:
+            teacher = ready_teacher(load_teacher(recipe.teacher.path), self.checked, device)
+        for i, cfg in enumerate(recipe.stages):
+            done = store.stage_dir(i)
+            if store.stage_complete(i):
+                self.console.print(f"[dim]stage {i} ({cfg.name}) already complete: {done}[/dim]")
+                self.global_step += cfg.steps
+                if cfg.trains_teacher:
+                    teacher = ready_teacher(load_teacher(done), self.checked, device)
                 else:
-                    student = self.load_student_stage(done)
-            elif stage.type == "teacher":
-                teacher = self.new_teacher()
-                teacher.register_modules(unet=self.train_stage(i, stage, DirectStage(self.process), teacher.unet))
-                self.save_stage(teacher, done, fingerprint=self.fingerprints[i])
-                teacher = self.prepare_teacher(teacher)
+                    student, self.student_process = load_student(done)
+            elif cfg.trains_teacher:
+                teacher = new_teacher(self.checked)
+                trained = self.train_stage(i, cfg.build(self.process, teacher.unet, None), teacher.unet, self.process)
+                teacher.register_modules(unet=trained)
+                store.save_stage(teacher, done, fingerprint=self.fingerprints[i])
+                teacher = ready_teacher(teacher, self.checked, device)
             else:
-                student = student if student is not None else self.initial_student(teacher)
-                student = self.train_stage(i, stage, self.make_stage(stage, student, teacher), student)
-                self.save_stage(student, done, self.student_process, fingerprint=self.fingerprints[i])
+                student = student if student is not None else initial_student(self.checked, teacher, self.console)
+                self.student_process = cfg.student_process(self.process) or self.student_process
+                stage = cfg.build(self.student_process, student, teacher)
+                student = self.train_stage(i, stage, student, self.student_process)
+                store.save_stage(student, done, self.student_process, fingerprint=self.fingerprints[i])
 
         self.student, self.teacher = student, teacher
         acc.wait_for_everyone()
         if acc.is_main_process:
             if student is not None:
-                self.save_stage(student, self.out / "student", self.student_process)
+                store.save_stage(student, self.out / "student", self.student_process)
             if teacher is not None and not recipe.teacher.path:
-                self.save_stage(teacher, self.out / "teacher")
+                store.save_stage(teacher, self.out / "teacher")
         result = None
         if acc.is_main_process and recipe.data.val and recipe.eval.enabled:
             result = self.evaluate(student, teacher)
-            self.log_evaluation(result)
+            if recipe.run.log_with:
+                log_evaluation(acc, result, self.out / "eval" / "samples.png", self.global_step)
         if acc.is_main_process and student is not None:
             self.publish(student, teacher, result if result is not None else self.last_evaluation())
         acc.wait_for_everyone()
@@ -375,27 +236,13 @@ class Trainer:
     def publish(self, student, teacher, metrics) -> None:
         """Write the publishable folder; push it when the recipe names a repository."""
         p = self.recipe.publish
-        folder = write_model_folder(student.to("cpu"), self.student_process, self.recipe.run.scale, self.out / "publish",
-                                    metrics=metrics, recipe=self.recipe.to_dict(), repo_id=p.push_to_hub,
+        folder = write_model_folder(student.to("cpu"), self.student_process, self.recipe.run.scale,
+                                    self.out / "publish", metrics=metrics, recipe=self.recipe.to_dict(), repo_id=p.push_to_hub,
                                     license=teacher.config.get("license", "") if teacher is not None else "")
         self.console.print(f"published folder: {folder}")
         if p.push_to_hub:
             url = push_folder(folder, p.push_to_hub, private=p.private)
             self.console.print(f"pushed to {p.push_to_hub}: {url}")
-
-    def save_stage(self, model, final: Path, process: DiffusionProcess | None = None,
-                   fingerprint: dict | None = None) -> None:
-        """A model folder (a student with its process beside its config, or a teacher pipeline, and for a stage the
-        fingerprint of the recipe that made it), atomically."""
-        if not self.accelerator.is_main_process:
-            return
-        with folder_written_whole(final) as tmp:
-            model.save_pretrained(tmp)
-            if process is not None:
-                process.save_pretrained(tmp)  # its config, and a latent process's autoencoder
-            if fingerprint is not None:
-                write_fingerprint(tmp, fingerprint)
-                write_checksums(tmp)
 
     def degraded(self, hr: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
         """A training batch whose LR the Real-ESRGAN degradation makes from its HR patches, on the device."""
@@ -417,17 +264,21 @@ class Trainer:
         if self.degradation is not None and not d.val_lr_only:
             images = degraded_validation(images, self.degradation, e.seed, self.out / "eval" / "lr")
         # the saved student's hash ties the metrics to these weights (see last_evaluation)
-        record = {"student_sha256": sha256_file(self.out / "student" / SAFETENSORS_WEIGHTS_NAME)} if student is not None else {}
+        record = {}
+        if student is not None:
+            record["student_sha256"] = sha256_file(self.out / "student" / SAFETENSORS_WEIGHTS_NAME)
         if teacher is not None and e.teacher:
             record["teacher_autocast"] = self.recipe.teacher.autocast
         return evaluate(images, self.recipe.run.scale, student, teacher if e.teacher else None,
-                        student_process=self.student_process, num_inference_steps=e.num_inference_steps or None, seed=e.seed, lpips_model=lpips_model,
+                        student_process=self.student_process, num_inference_steps=e.num_inference_steps or None,
+                        seed=e.seed, lpips_model=lpips_model,
                         out_dir=self.out / "eval", grid_images=e.grid_images, device=self.accelerator.device,
                         console=self.console, tile_size=e.tile_size or None, lpips_skipped=skipped, record=record)
 
     # ---- one stage ---------------------------------------------------------------------------------------------
-    def train_stage(self, i: int, cfg: StageConfig, stage: Stage, model: torch.nn.Module) -> torch.nn.Module:
-        acc, run = self.accelerator, self.recipe.run
+    def train_stage(self, i: int, stage: Stage, model: torch.nn.Module, process) -> torch.nn.Module:
+        """Train `model` through stage i with `stage`'s loss; `process` is the one its checkpoints record."""
+        acc, run, cfg = self.accelerator, self.recipe.run, self.recipe.stages[i]
         acc.free_memory()
         acc.gradient_accumulation_steps = cfg.grad_accum
         model.to(acc.device).train().requires_grad_(True)
@@ -443,7 +294,7 @@ class Trainer:
         wrapped, optimizer = acc.prepare(model, optimizer)
 
         start = 0
-        checkpoint = self.find_checkpoint(i, cfg)
+        checkpoint = self.store.find_checkpoint(i)
         if checkpoint is not None:
             acc.load_state(str(checkpoint))
             state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -459,7 +310,8 @@ class Trainer:
         dataset = PatchDataset(self.training_pairs(), patch, run.scale, seed=seed_of(run.seed, i))
         loader = DataLoader(
             dataset,
-            batch_sampler=StepBatchSampler(cfg.batch_size, acc.process_index, acc.num_processes, start * cfg.grad_accum),
+            batch_sampler=StepBatchSampler(cfg.batch_size, acc.process_index, acc.num_processes,
+                                           start * cfg.grad_accum),
             num_workers=self.recipe.data.num_workers,
             pin_memory=acc.device.type == "cuda",
         )
@@ -518,7 +370,9 @@ class Trainer:
                                            + " ".join(f"{k} {v:.4g}" for k, v in values.items()))
                     acc.log({f"{cfg.name}/{k}": v for k, v in values.items()}, step=self.global_step)
                 if checkpoint_now:
-                    self.save_checkpoint(i, cfg, done, model, schedule, ema)
+                    self._check_weights(model, i, cfg, done)
+                    self.store.save_checkpoint(i, done, model, process, schedule, ema, self.global_step,
+                                               self.recipe.source)
         if ema is not None:
             ema.copy_to(params)
         acc.wait_for_everyone()
@@ -526,22 +380,6 @@ class Trainer:
         self._check_weights(trained, i, cfg, cfg.steps)
         acc.free_memory()
         return trained
-
-    def log_evaluation(self, result: dict) -> None:
-        """Evaluation metrics and the sample grid to the trackers (tensorboard, wandb)."""
-        acc = self.accelerator
-        if not self.recipe.run.log_with:
-            return
-        acc.log({f"eval/{method}/{k}": v for method, row in result["mean"].items() for k, v in row.items()
-                 if v is not None}, step=self.global_step)
-        grid = self.out / "eval" / "samples.png"
-        if grid.is_file():
-            image = np.asarray(Image.open(grid).convert("RGB"))
-            for tracker in acc.trackers:  # the two trackers take images in different shapes
-                if tracker.name == "tensorboard":
-                    tracker.log_images({"eval/samples": image[None]}, step=self.global_step, dataformats="NHWC")
-                elif tracker.name == "wandb":
-                    tracker.log_images({"eval/samples": [image]}, step=self.global_step)
 
     def _check_finite(self, values: dict[str, float], i: int, cfg: StageConfig, step: int) -> None:
         """Stop at the first non-finite loss (checked once per log interval, with the logs' host sync), before a
@@ -559,36 +397,9 @@ class Trainer:
             raise self._diverged(i, cfg, f"the weights became non-finite by step {step} ({name_tensors(bad)})")
 
     def _diverged(self, i: int, cfg: StageConfig, what: str) -> NonFiniteLoss:
-        good = self._find_checkpoint(i, cfg) if self.recipe.run.resume != "never" else None  # finite weights only
+        good = self.store.newest_good_checkpoint(i)  # finite weights only
         return NonFiniteLoss(
             f"stage {i} ({cfg.name}): {what}; nothing of it was saved. "
             + (f"The last checkpoint with finite weights is {good}; lower stages[{i}].lr or set max_grad_norm and "
                "resume." if good else f"No checkpoint of this stage has finite weights; lower stages[{i}].lr or set "
                "max_grad_norm and run it again."))
-
-    def save_checkpoint(self, i: int, cfg: StageConfig, step: int, model, schedule, ema) -> None:
-        self._check_weights(model, i, cfg, step)
-        acc, root = self.accelerator, self.checkpoint_root(i, cfg)
-        final = root / f"step-{step:08d}"
-        tmp = partial_sibling(final)
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            torch.save(schedule.state_dict(), tmp / "lr_scheduler.pt")
-            if ema is not None:
-                torch.save(ema.state_dict(), tmp / "ema.pt")
-            model.save_config(tmp)
-            (self.process if cfg.type == "teacher" else self.student_process).save_config(tmp)
-            state = {"stage_index": i, "stage_name": cfg.name, "stage_type": cfg.type, "stage_step": step,
-                     "stage_steps": cfg.steps, "global_step": self.global_step, "recipe": self.recipe.source,
-                     "fingerprint": self.fingerprints[i]}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            write_checksums(tmp)
-            replace_folder(tmp, final)
-            for old in sorted(root.glob("step-*"))[: -self.recipe.run.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()

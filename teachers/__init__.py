@@ -1,6 +1,6 @@
 """Full-precision SR diffusion teachers: one `Teacher` (a denoiser on a diffusion process), the processes (BI-DiffSR's
 DDPM, ResShift in pixel space and on VQ latents) and the denoiser kinds a `teacher` stage can build. Imported
-teachers (`pipeline.import_official`) bring their own denoiser: the original SR3 layout of `SR3UNet`, ResShift's
+teachers (`python -m pipeline.importers`) bring their own denoiser: the original SR3 layout of `SR3UNet`, ResShift's
 `teachers.swin_unet.SwinUNet` on `LatentResShiftProcess`.
 
 | kind   | denoiser                                                | teaches by                        |

@@ -9,7 +9,7 @@ BI-DiffSR student's, so it teaches by outputs, never by features.
 
 `attention_levels` adds self-attention after every res block of those levels and `time_act_in_blocks=False` drops
 diffusers' SiLU before each block's time projection: with both, the network is the original SR3's (Janspiry's
-`attn_res` layouts), which `pipeline.import_official sr3` builds for released checkpoints.
+`attn_res` layouts), which `python -m pipeline.importers sr3` builds for released checkpoints.
 """
 
 from __future__ import annotations

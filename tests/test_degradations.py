@@ -17,7 +17,8 @@ from scipy import special
 
 from pipeline.degradations import (KERNEL_KINDS, DegradationError, RealESRGANDegradation, add_gaussian_noise,
                                    add_poisson_noise, filter2d, jpeg, random_kernels, shaped_kernels, sinc_kernels)
-from pipeline.recipe import RecipeError, load_recipe
+from pipeline.preflight import load_checked
+from pipeline.recipe import RecipeError
 
 
 # ---- basicsr's kernels, re-stated in numpy -----------------------------------------------------------------------
@@ -265,17 +266,17 @@ def test_recipe_keys_are_checked_before_training(tmp_path):
     tiny = root / "recipes" / "tiny.toml"
     out = [f"run.output_dir=\"{tmp_path / 'run'}\""]
     with pytest.raises(RecipeError, match=r"data.degradation: must be one of \('bicubic', 'realesrgan'\), got 'jpeg'"):
-        load_recipe(tiny, out + ["data.degradation=jpeg"])
+        load_checked(tiny, out + ["data.degradation=jpeg"])
     with pytest.raises(RecipeError, match="data.val_crop: must be 0 or at least 64 with realesrgan"):
-        load_recipe(tiny, out + ["data.degradation=realesrgan", "data.val_crop=32"])
+        load_checked(tiny, out + ["data.degradation=realesrgan", "data.val_crop=32"])
     out.append("data.val_crop=64")
     with pytest.raises(RecipeError, match="patch_size: must be at least 64 with realesrgan"):
-        load_recipe(tiny, out + ["data.degradation=realesrgan", "data.patch_size=32"])
+        load_checked(tiny, out + ["data.degradation=realesrgan", "data.patch_size=32"])
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"degradation": {"noise_range": [5, 1]}}))
     with pytest.raises(RecipeError, match=r"data.degradation_options: .*bad.yaml: degradation.noise_range = \(5, 1\)"):
-        load_recipe(tiny, out + ["data.degradation=realesrgan", "data.patch_size=64",
+        load_checked(tiny, out + ["data.degradation=realesrgan", "data.patch_size=64",
                                  f"data.degradation_options=\"{tmp_path / 'bad.yaml'}\""])
     with pytest.raises(RecipeError, match="data.degradation_options: only applies"):
-        load_recipe(tiny, out + [f"data.degradation_options=\"{tmp_path / 'bad.yaml'}\""])
-    assert math.isclose(load_recipe(tiny, out + ["data.degradation=realesrgan", "data.patch_size=64"]).data.patch_size,
-                        64)
+        load_checked(tiny, out + [f"data.degradation_options=\"{tmp_path / 'bad.yaml'}\""])
+    checked = load_checked(tiny, out + ["data.degradation=realesrgan", "data.patch_size=64"])
+    assert math.isclose(checked.recipe.data.patch_size, 64)

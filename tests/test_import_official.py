@@ -15,7 +15,9 @@ from PIL import Image
 from torch import nn
 
 from pipeline import evaluate as evaluate_cli
-from pipeline.import_official import (CheckpointError, bidiffsr_config, convert_bidiffsr, main, read_checkpoint)
+from pipeline.importers import CheckpointError, read_checkpoint
+from pipeline.importers.bidiffsr import bidiffsr_config, convert_bidiffsr
+from pipeline.importers.command import importers, main
 from pipeline.resize import upsample_cond
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from released_bidiffsr import Attention, ReleasedUNet, released
@@ -333,7 +335,8 @@ def test_a_student_recipe_cannot_feed_noise_levels_to_its_student(tmp_path):
     from PIL import Image
 
     from conftest import TINY_UNET_TOML
-    from pipeline.recipe import RecipeError, load_recipe
+    from pipeline.preflight import load_checked
+    from pipeline.recipe import RecipeError
 
     (tmp_path / "train").mkdir()
     Image.new("RGB", (48, 48)).save(tmp_path / "train" / "a.png")
@@ -352,4 +355,13 @@ type = "direct"
 steps = 2
 """)
     with pytest.raises(RecipeError, match="process.time_input: a BI-DiffSR student is given timesteps"):
-        load_recipe(tmp_path / "r.toml")
+        load_checked(tmp_path / "r.toml")
+
+
+def test_every_importer_is_one_registered_file_and_the_old_command_path_still_works(tmp_path):
+    assert sorted(importers()) == ["bidiffsr", "resshift", "sr3"]
+    import pipeline.import_official as old
+
+    assert old.main is main and old.read_checkpoint is read_checkpoint  # `python -m pipeline.import_official`
+    with pytest.raises(SystemExit):  # an option of another kind is a usage error naming it
+        main(["sr3", "x.pth", "--one-step", "--out", str(tmp_path / "out")])

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.import_official import main
+from pipeline.importers.command import main
 from pipeline.importers.resshift import vq_model
 from pipeline.resize import upsample_cond
 from teachers import LatentResShiftProcess, load_teacher
@@ -203,7 +203,8 @@ def test_a_latent_process_without_its_autoencoder_is_a_clear_error(tmp_path):
 
 def test_a_student_distils_from_an_imported_resshift_teacher_and_publishes_with_its_autoencoder(tmp_path):
     from conftest import TINY_UNET_TOML
-    from pipeline.recipe import RecipeWarning, load_recipe
+    from pipeline.preflight import RecipeWarning, preflight
+    from pipeline.recipe import load_recipe
     from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
     from pipeline.trainer import Trainer
 
@@ -241,8 +242,8 @@ lpips = false
 tile_size = 96
 """)
     with pytest.warns(RecipeWarning, match="data.degradation = 'bicubic', but the teacher .* trained on 'realesrgan'"):
-        recipe = load_recipe(tmp_path / "r.toml")  # deliberate here: a warning, not an error
-    trainer = Trainer(recipe)
+        checked = preflight(load_recipe(tmp_path / "r.toml"))  # deliberate here: a warning, not an error
+    trainer = Trainer(checked.recipe, checked=checked)
     assert isinstance(trainer.process, LatentResShiftProcess) and trainer.process.autoencoder is not None
     result = trainer.run()
     assert set(result["mean"]) == {"bicubic", "condition", "teacher", "student"}  # 112x112 images in 96-pixel tiles

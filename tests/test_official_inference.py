@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.import_official import main as import_main
+from pipeline.importers.command import main as import_main
 from pipeline.metrics import psnr_y
 from teachers import load_teacher
 from test_latent_resshift import OPTIONS, import_args, write_release

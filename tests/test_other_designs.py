@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.preflight import load_checked
 from pipeline.recipe import RecipeError, load_recipe
 from pipeline.sr_pipeline import super_resolve
 from students.bidiffsr import BIDiffSRUNet
@@ -151,7 +152,7 @@ def test_a_bimacosr_student_must_start_from_full_precision_weights(tmp_path):
     overrides = [f'run.output_dir="{tmp_path / "run"}"', 'student.unet.binarizer="bimacosr"',
                  "student.init_from_teacher=false", "stages.2.spd_weight=0"]
     with pytest.raises(RecipeError, match="student.unet.binarizer.*must start from its full-precision twin"):
-        load_recipe(ROOT / "recipes" / "tiny.toml", overrides)
+        load_checked(ROOT / "recipes" / "tiny.toml", overrides)
 
 
 # ---- BiDM ----------------------------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def test_a_one_step_recipe_refuses_the_connection(tmp_path):
     path = tmp_path / "one_step.toml"
     path.write_text(text.replace("../shared", str(ROOT.parent / "shared")))
     with pytest.raises(RecipeError, match="cross_timestep_blocks.*no previous sampling step"):
-        load_recipe(path, [f'run.output_dir="{tmp_path / "run"}"', 'student.unet.binarizer="bidm"',
+        load_checked(path, [f'run.output_dir="{tmp_path / "run"}"', 'student.unet.binarizer="bidm"',
                            "student.unet.cross_timestep_blocks=2"])
 
 

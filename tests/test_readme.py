@@ -66,7 +66,10 @@ def test_bash_commands_name_real_recipes_and_modules():
             if a.startswith("recipes/"):
                 assert (ROOT / a).is_file(), f"README names {a}, which does not exist"
         if "-m" in argv and argv[argv.index("-m") + 1] not in ("venv", "pip", "pytest"):
-            module = importlib.import_module(argv[argv.index("-m") + 1])
+            name = argv[argv.index("-m") + 1]
+            module = importlib.import_module(name)
+            if not hasattr(module, "main"):  # a package run by its __main__: the command module it calls
+                module = importlib.import_module(f"{name}.command")
             with pytest.raises(SystemExit) as exit:
                 module.main(["--help"])
             assert exit.value.code in (0, None), argv

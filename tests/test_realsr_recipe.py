@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline.import_official import main as import_main
+from pipeline.importers.command import main as import_main
 from pipeline.recipe import load_recipe
 from pipeline.sr_pipeline import BiDiffSRPipeline
 from pipeline.trainer import Trainer

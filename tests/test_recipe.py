@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from pipeline.preflight import load_checked, preflight
 from pipeline.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +55,32 @@ def test_valid_recipe_parses_into_types(write):
     assert r.stages[0].betas == [0.9, 0.99] and r.run.seed == 10 and r.student.unet["base_channels"] == 16
 
 
-def test_validation_only_reads_the_recipe(write):
-    from pipeline.recipe import validate
-
+def test_preflight_only_reads_the_recipe(write):
     recipe = load_recipe(write(TEACHER_STAGE + SPD_STAGE + "spd_weight = 0.0\noutput_weight = 1.0\n"
-                               "[teacher]\nkind = \"twin\"\n"), check=False)
+                               "[teacher]\nkind = \"twin\"\n"))
     assert [s.name for s in recipe.stages] == ["direct", "t", "fd"]  # names resolve when the recipe is built
     before = recipe.to_dict()
-    validate(recipe)
-    assert recipe.to_dict() == before
+    checked = preflight(recipe)
+    assert recipe.to_dict() == before and checked.recipe is recipe
+    assert checked.process.name == "ddpm" and checked.student_config["num_train_timesteps"] == 2000
+
+
+def test_parsing_needs_nothing_the_recipe_refers_to(write, tmp_path):
+    """--print-config parses only: missing folders and teachers are pre-flight's to report."""
+    missing = [f'data.train="{tmp_path / "missing"}"', 'teacher.path="/nonexistent/teacher"']
+    recipe = load_recipe(write(), missing)
+    assert recipe.data.train.endswith("missing")
+    with pytest.raises(RecipeError, match=r"data.train: folder .*missing does not exist"):
+        preflight(recipe)
+
+
+def test_each_stage_type_has_its_own_settings(write):
+    direct = load_recipe(write()).stages[0]
+    assert not hasattr(direct, "spd_weight") and type(direct).type_name == "direct"
+    with pytest.raises(RecipeError, match=r"stages\[1\].spd_weight: unknown key; a 'direct' stage's keys are"):
+        load_recipe(write("[[stages]]\ntype = \"direct\"\nname = \"b\"\nsteps = 2\nspd_weight = 0.1\n"))
+    with pytest.raises(RecipeError, match=r"stages\[1\].xt_weight: unknown key; a 'feature_distill' stage's"):
+        load_recipe(write(SPD_STAGE + "xt_weight = 1.0\n"))
 
 
 def test_overrides_use_dotted_paths(write):
@@ -99,8 +117,8 @@ def test_overrides_use_dotted_paths(write):
          "copies student.unet"),
         ("[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "needs a teacher before"),
         ("[[stages]]\ntype = \"direct\"\nname = \"../escape\"\nsteps = 2\n", "stages[1].name", "names folders"),
-        ("[[stages]]\ntype = \"direct\"\nname = \"b\"\nsteps = 2\ndirect_weight = -1.0\n", "stages[1].direct_weight",
-         "must be >= 0"),
+        ("[[stages]]\ntype = \"feature_distill\"\nname = \"b\"\nsteps = 2\ndirect_weight = -1.0\n",
+         "stages[1].direct_weight", "must be >= 0"),
         ("[teacher]\nkind = \"twin\"\n" + TEACHER_STAGE + SPD_STAGE + "spd_weight = 0.0\ndirect_weight = 0.0\n",
          "stages[2].direct_weight", "would have no loss"),
     ],
@@ -111,23 +129,23 @@ def test_errors_name_file_and_key(write, extra, key, message):
 
 def assert_recipe_error(path, key: str, message: str) -> None:
     with pytest.raises(RecipeError) as err:
-        load_recipe(path)
+        load_checked(path)
     assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value), str(err.value)
 
 
 def test_bad_student_config_is_reported_with_its_field(write):
     path = write()
     with pytest.raises(RecipeError, match=r"student.unet: BIDiffSRUNet config: timestep_groups=0"):
-        load_recipe(path, ["student.unet.timestep_groups=0"])
+        load_checked(path, ["student.unet.timestep_groups=0"])
     with pytest.raises(RecipeError, match=r"student.unet.widht: unknown BIDiffSRUNet argument"):
-        load_recipe(path, ["student.unet.widht=3"])
+        load_checked(path, ["student.unet.widht=3"])
 
 
 def test_missing_files_are_named(write, tmp_path):
     with pytest.raises(RecipeError, match="recipe file does not exist"):
         load_recipe(tmp_path / "nope.toml")
     with pytest.raises(RecipeError, match=r"data.train: folder .*missing does not exist"):
-        load_recipe(write(), [f"data.train=\"{tmp_path / 'missing'}\""])
+        load_checked(write(), [f"data.train=\"{tmp_path / 'missing'}\""])
     (tmp_path / "broken.toml").write_text("[run\n")
     with pytest.raises(RecipeError, match="not valid TOML"):
         load_recipe(tmp_path / "broken.toml")
@@ -168,16 +186,15 @@ def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
             BIDiffSRUNet(**BIDiffSRUNet.twin_config(dict(unet, num_train_timesteps=15))).save_config(tmp_path / "twin")
         save_file({"stand_in": torch.zeros(1)}, tmp_path / "twin" / "diffusion_pytorch_model.safetensors")
         overrides.append(f"student.init=\"{tmp_path / 'twin'}\"")
-    recipe = load_recipe(ROOT / "recipes" / name, overrides)
-    assert recipe.stages
+    assert load_checked(ROOT / "recipes" / name, overrides).recipe.stages
 
 
 
 def test_student_timesteps_follow_the_process(write):
     path = write("[process]\ntype = \"resshift\"\n")
     with pytest.raises(RecipeError, match=r"student.unet.num_train_timesteps: is 2000 but the process has 15 steps"):
-        load_recipe(path, ["student.unet.num_train_timesteps=2000"])
-    assert load_recipe(path).process.type == "resshift"
+        load_checked(path, ["student.unet.num_train_timesteps=2000"])
+    assert load_checked(path).process.name == "resshift"
 
 
 @pytest.fixture
@@ -222,7 +239,7 @@ def test_loaded_teacher_mismatches_name_the_key(write, saved_teachers, teacher, 
 def test_a_loaded_teachers_process_is_used_when_the_recipe_names_none(write, saved_teachers):
     path = write(f"[teacher]\npath = \"{saved_teachers / 'resshift'}\"\n[student]\ninit_from_teacher = true\n"
                  + SPD_STAGE)
-    from pipeline.recipe import build_recipe_process, student_unet_config
+    from pipeline.preflight import build_recipe_process, student_unet_config
 
     recipe = load_recipe(path)
     process = build_recipe_process(recipe)
@@ -232,7 +249,7 @@ def test_a_loaded_teachers_process_is_used_when_the_recipe_names_none(write, sav
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_non_finite_numbers_are_refused(write, value):
     with pytest.raises(RecipeError, match=r"stages\[0\].lr: must be a finite number"):
-        load_recipe(write(), [f"stages.0.lr={value}"])
+        load_checked(write(), [f"stages.0.lr={value}"])
 
 
 def test_validation_mistakes_are_found_before_training(write, tmp_path):
@@ -242,11 +259,11 @@ def test_validation_mistakes_are_found_before_training(write, tmp_path):
     val.mkdir()
     path = write()
     with pytest.raises(RecipeError, match=r"data.val: folder .*val holds no images"):
-        load_recipe(path, [f'data.val="{val}"'])
+        load_checked(path, [f'data.val="{val}"'])
     Image.new("RGB", (40, 24)).save(val / "small.png")
     with pytest.raises(RecipeError, match=r"data.val_crop: is 32 but validation image .*small.png is only 40x24"):
-        load_recipe(path, [f'data.val="{val}"', "data.val_crop=32"])
-    assert load_recipe(path, [f'data.val="{val}"', "data.val_crop=24"]).data.val_crop == 24
+        load_checked(path, [f'data.val="{val}"', "data.val_crop=32"])
+    assert load_checked(path, [f'data.val="{val}"', "data.val_crop=24"]).recipe.data.val_crop == 24
     with pytest.raises(RecipeError,
-                       match=r"eval.tile_size: must be 0 \(the process's default\) or >= 64 and a multiple of 2"):
-        load_recipe(path, ["eval.tile_size=63"])
+                       match=r"eval.tile_size: must be 0 \(the process's default\) or >= 64"):
+        load_checked(path, ["eval.tile_size=63"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_UNET_TOML
+from pipeline.preflight import load_checked
 from pipeline.recipe import RecipeError, load_recipe
 from test_trainer import ROOT, SHARED, subprocess_env
 
@@ -59,14 +60,14 @@ def test_precision_follows_the_launcher_and_a_conflict_is_named(tmp_path, monkey
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     with pytest.raises(RecipeError, match=r"run.mixed_precision: is 'no' but the launcher asks for 'bf16'"):
-        load_recipe(recipe, ['run.mixed_precision="no"'])
-    assert load_recipe(recipe, ['run.mixed_precision="bf16"']).run.mixed_precision == "bf16"
+        load_checked(recipe, ['run.mixed_precision="no"'])
+    assert load_checked(recipe, ['run.mixed_precision="bf16"']).recipe.run.mixed_precision == "bf16"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_a_tracker_that_is_not_installed_is_named(tmp_path):
     with pytest.raises(RecipeError, match=r"run.log_with\[0\]: 'wandb' needs the wandb package"):
-        load_recipe(write(tmp_path, trackers='["wandb"]'))
+        load_checked(write(tmp_path, trackers='["wandb"]'))
 
 
 def test_an_unreachable_uncached_hub_dataset_stops_before_training(tmp_path, monkeypatch):
@@ -77,9 +78,9 @@ def test_an_unreachable_uncached_hub_dataset_stops_before_training(tmp_path, mon
     overrides = ['data.train=""', 'data.train_hub="someone/photos"']
     with pytest.raises(RecipeError, match=r"data.train_hub: cannot reach the Hub for 'someone/photos' .* not in the "
                                           r"local cache"):
-        load_recipe(recipe, overrides)  # the tests run with HF_HUB_OFFLINE=1
+        load_checked(recipe, overrides)  # the tests run with HF_HUB_OFFLINE=1
     (tmp_path / "hub" / "datasets--someone--photos").mkdir(parents=True)
-    assert load_recipe(recipe, overrides).data.train_hub == "someone/photos"
+    assert load_checked(recipe, overrides).recipe.data.train_hub == "someone/photos"
 
 
 def test_trackers_get_speed_memory_metrics_and_the_grid_and_the_card_keeps_its_table(tmp_path, capsys):

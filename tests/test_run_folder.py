@@ -141,7 +141,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_rerun_resumes(tmp_path, monkeyp
     the half-written checkpoint is not used, and the same command resumes and finishes."""
     import errno
 
-    from pipeline import trainer as trainer_module
+    from pipeline import checkpoints as trainer_module
 
     recipe = write_recipe(tmp_path, "full", steps=6, every=2)
     real, calls = trainer_module.write_checksums, []

@@ -3,6 +3,7 @@ keep older runs valid, and a smoke run of the whole study."""
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from conftest import TINY_STUDENT
 from pipeline.recipe import StageConfig, load_recipe
-from pipeline.run_folder import ADDED_STAGE_SETTINGS, stage_fingerprints
+from pipeline.run_folder import ADDED_STAGE_SETTINGS, SHARED_TABLE_STAGE_SETTINGS, stage_fingerprints
 from pipeline.stages import FeatureDistillStage
 from students.bidiffsr import BIDiffSRUNet
 from teachers import DDPMProcess, ResShiftProcess
@@ -70,7 +71,11 @@ def test_a_new_stage_setting_at_its_default_leaves_fingerprints_as_they_were(tmp
     path.write_text(text)
     process = ResShiftProcess()
     default = stage_fingerprints(load_recipe(path), process, TINY_STUDENT)[0]["stage"]
-    assert set(default) == {f for f in StageConfig.__dataclass_fields__ if f not in ("name", *ADDED_STAGE_SETTINGS)}
+    every_type = set(SHARED_TABLE_STAGE_SETTINGS) | {f.name for f in fields(StageConfig)}  # as before per-type settings
+    assert set(default) == every_type - {"name", *ADDED_STAGE_SETTINGS}
+    path.write_text(text.replace('type = "direct"', 'type = "feature_distill"'))
+    distill = stage_fingerprints(load_recipe(path), process, TINY_STUDENT)[0]["stage"]
+    assert distill == dict(default, type="feature_distill")
     changed = stage_fingerprints(load_recipe(path, ["stages.0.direct_weight=0.5"]), process, TINY_STUDENT)[0]
     assert changed["stage"]["direct_weight"] == 0.5
     ddpm = stage_fingerprints(load_recipe(path), DDPMProcess(), TINY_STUDENT)[0]["process"]

@@ -1,8 +1,13 @@
-"""Shared by the importers: reading released checkpoint files and filling a model from one, strictly."""
+"""Importers of released checkpoints, one self-registering file each (`register_importer`), and what they share:
+reading released checkpoint files and filling a model from one, strictly. The command is `pipeline.importers.command`
+(`python -m pipeline.importers KIND CHECKPOINT --out DIR`)."""
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -12,6 +17,26 @@ from torch import Tensor
 from pipeline.atomic import folder_written_whole
 
 WRAPPERS = ("params_ema", "params", "state_dict", "model", "module")
+
+
+@dataclass(frozen=True)
+class Importer:
+    """One kind of released checkpoint the import command converts."""
+
+    kind: str  # the command's KIND
+    what: str  # the release it reads, for --help
+    loads: str  # how the written folder loads, with {folder} for its path
+    options: tuple[str, ...]  # the optional command-line settings it takes besides --config and --scale
+    run: Callable[[argparse.Namespace], tuple[Path, list[str]]]  # parsed command line -> (written folder, notes)
+
+
+IMPORTERS: dict[str, Importer] = {}
+
+
+def register_importer(importer: Importer) -> Importer:
+    """Make `importer` one of the command's kinds (each importer module calls this when imported)."""
+    IMPORTERS[importer.kind] = importer
+    return importer
 
 
 class CheckpointError(ValueError):

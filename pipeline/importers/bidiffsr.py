@@ -13,7 +13,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, read_yaml, sr3_stem
+from pipeline.importers import (CheckpointError, Importer, convert, copied, read_checkpoint, read_yaml, register_importer,
+                                sr3_stem)
 from pipeline.publish import write_model_folder
 from students.bidiffsr import BIDiffSRUNet
 from teachers import DDPMProcess
@@ -155,3 +156,9 @@ def import_bidiffsr(checkpoint: str | Path, out: str | Path, config_file: str | 
     scale = int((options or {}).get("scale", 4))
     recipe = {"imported": {"kind": "bidiffsr", "checkpoint": str(checkpoint), "config": str(config_file or "")}}
     return write_model_folder(model, process, scale, Path(out), recipe=recipe)
+
+
+register_importer(Importer(
+    "bidiffsr", "a released BI-DiffSR generator (zhengchen1999/BI-DiffSR, BasicSR net_g_*.pth)",
+    "BiDiffSRPipeline.from_pretrained({folder!r})", (),
+    lambda args: (import_bidiffsr(args.checkpoint, args.out, args.config), [])))

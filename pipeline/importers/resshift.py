@@ -1,5 +1,5 @@
 """Released ResShift / SinSR files (zsyOAOA/ResShift, wyf0912/SinSR) -> our modules, strictly, and the teacher
-folder `python -m pipeline.import_official resshift` writes: `SwinUNet` on `LatentResShiftProcess`, whose
+folder `python -m pipeline.importers resshift` writes: `SwinUNet` on `LatentResShiftProcess`, whose
 autoencoder is the converted VQModel (saved in the folder's `scheduler/autoencoder/`).
 
 - The denoiser (`resshift_realsrx4_s15_v1.pth`, SinSR's one-step checkpoints): `teachers.swin_unet.SwinUNet` carries
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from diffusers import VQModel
 
-from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, read_yaml, save_teacher
+from pipeline.importers import (CheckpointError, Importer, convert, copied, read_checkpoint, read_yaml, register_importer,
+                                save_teacher)
 from teachers import LatentResShiftProcess, Teacher
 from teachers.swin_unet import SwinUNet
 
@@ -210,3 +211,10 @@ def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | 
     folder = save_teacher(Teacher(unet, process, scale=scale or found_scale, degradation="realesrgan",
                                   license=SINSR_LICENSE if one_step else RESSHIFT_LICENSE), out)
     return folder, notes
+
+
+register_importer(Importer(
+    "resshift", "a released ResShift denoiser (zsyOAOA/ResShift) or, with --one-step, SinSR (wyf0912/SinSR)",
+    "teachers.load_teacher({folder!r}), or teacher.path in a recipe", ("autoencoder", "one_step"),
+    lambda args: import_resshift(args.checkpoint, args.out, args.autoencoder, args.config, args.one_step,
+                                 args.scale)))

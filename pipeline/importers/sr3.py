@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.importers import CheckpointError, convert, copied, read_checkpoint, save_teacher, sr3_stem
+from pipeline.importers import (CheckpointError, Importer, convert, copied, read_checkpoint, register_importer,
+                                save_teacher, sr3_stem)
 from teachers import DDPMProcess, SR3UNet, Teacher
 
 
@@ -132,3 +133,9 @@ def _read_json_with_comments(path: str | Path) -> dict:
         return json.loads(text)
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read the config {path}: {err}") from None
+
+
+register_importer(Importer(
+    "sr3", "a released SR3 generator (Janspiry/Image-Super-Resolution-via-Iterative-Refinement; --config required)",
+    "teachers.load_teacher({folder!r}), or teacher.path in a recipe", (),
+    lambda args: (import_sr3(args.checkpoint, args.out, args.config, args.scale), [])))

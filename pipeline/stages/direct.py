@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from pipeline.stages.base import Stage
+from pipeline.settings import require
+from pipeline.stages.base import Stage, StageConfig
 from teachers.process import DiffusionProcess, training_loss
 
 
@@ -17,3 +18,24 @@ class DirectStage(Stage):
         loss = training_loss(model, self.process, batch["hr"], batch["cond"], generator, self.cross_timestep,
                              lr=batch["lr"])
         return loss, {"loss": loss.detach()}
+
+
+class TeacherStageConfig(StageConfig, type_name="teacher"):
+    """Trains a new teacher (teacher.kind) with the process loss."""
+
+    trains_teacher = True
+
+    def check_setup(self, key, setup) -> None:
+        super().check_setup(key, setup)
+        require(not setup.recipe.teacher.path, f"{key}.type", "a teacher stage trains a new teacher; remove "
+                                                              "teacher.path")
+
+    def build(self, process, model, teacher) -> Stage:
+        return DirectStage(process)
+
+
+class DirectStageConfig(StageConfig, type_name="direct"):
+    """Trains the student with the process loss to the data's target (BI-DiffSR's training)."""
+
+    def build(self, process, model, teacher) -> Stage:
+        return DirectStage(process, bool(model.config.cross_timestep_blocks))

@@ -5,9 +5,12 @@ same process)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from torch import Tensor
 
-from pipeline.stages.base import Stage
+from pipeline.settings import require
+from pipeline.stages.base import Stage, StageConfig
 from pipeline.stages.spd import spd_loss
 from teachers.base import Teacher
 from teachers.process import DiffusionProcess, denoise_batch, noisy_batch
@@ -45,3 +48,53 @@ class FeatureDistillStage(Stage):
             logs["output"] = match.detach()
         logs["loss"] = loss.detach()
         return loss, logs
+
+
+@dataclass
+class FeatureDistillStageConfig(StageConfig, type_name="feature_distill"):
+    """Distils from a teacher on the student's process: SPD on features (twin teachers) and/or its outputs."""
+
+    spd_weight: float = 0.01
+    spd_patches: int = 4
+    output_weight: float = 0.0  # the process loss between student and teacher outputs
+    direct_weight: float = 1.0  # the process loss to the data's target; 0: the teacher's output is the only target
+    features: list[str] = field(default_factory=list)  # [] = every res-block feature both models tap
+
+    needs_teacher = True
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.spd_weight >= 0 and self.output_weight >= 0, f"{key}.spd_weight", "loss weights must be >= 0")
+        require(self.direct_weight >= 0, f"{key}.direct_weight", f"must be >= 0, got {self.direct_weight}")
+        require(self.direct_weight + self.output_weight + self.spd_weight > 0, f"{key}.direct_weight",
+                "direct_weight, output_weight and spd_weight are all 0: the stage would have no loss")
+        require(self.spd_patches >= 1, f"{key}.spd_patches", f"must be >= 1, got {self.spd_patches}")
+
+    def check_setup(self, key, setup) -> None:
+        super().check_setup(key, setup)
+        if self.spd_weight == 0:
+            return
+        setup.check_twin_teacher(f"{key}.spd_weight", "Space Patched Distillation (spd_weight > 0)")
+        s = setup.recipe.student
+        require(s.init_from_teacher or bool(s.init), "student.init_from_teacher",
+                f"{key} uses SPD, whose channel-wise Gram matrices only carry signal when the student starts from the "
+                "teacher's weights (BiDM); set student.init_from_teacher = true")
+        known = setup.student.feature_names() if self.features else []
+        for name in self.features:
+            require(name in known, f"{key}.features",
+                    f"{name!r} is not a res-block feature of the student; it has {', '.join(sorted(known))}")
+        grid = self.spd_patches * setup.pixels_per_position
+        patch = self.patch_size or setup.recipe.data.patch_size
+        require(patch % grid == 0, f"{key}.patch_size",
+                f"SPD splits every feature map into a {self.spd_patches}x{self.spd_patches} grid, so the patch size "
+                f"must be a multiple of {grid} (spd_patches x 2^(levels - 1)); got {patch}")
+
+    def build(self, process, model, teacher) -> Stage:
+        names = []
+        if self.spd_weight > 0:
+            why = model.layout_mismatch(teacher.unet)
+            if why:  # the recipe check catches this up front; a hand-edited folder could still get here
+                raise ValueError(f"stage {self.name!r}: SPD needs the student's full-precision twin as teacher: {why}")
+            names = list(self.features) or model.feature_names()
+        return FeatureDistillStage(teacher, process, names, self.spd_weight, self.spd_patches, self.output_weight,
+                                   bool(model.config.cross_timestep_blocks), self.direct_weight)

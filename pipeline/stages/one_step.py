@@ -22,12 +22,15 @@ BiMaCoSR trains its one-step student with these losses; `xt_weight = gt_weight =
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from pipeline.stages.base import Stage
+from pipeline.settings import SettingError, require
+from pipeline.stages.base import Stage, StageConfig
 from teachers.base import Teacher
 from teachers.process import DiffusionProcess
 
@@ -72,3 +75,39 @@ class OneStepStage(Stage):
         else:
             logs["loss"] = loss.detach()
         return loss, logs
+
+
+@dataclass
+class OneStepStageConfig(StageConfig, type_name="one_step"):
+    """Distils the teacher's sampler into one student evaluation from x_T (SinSR, BiMaCoSR)."""
+
+    teacher_steps: int = 0  # the teacher sampler's steps for the targets; 0 = its process's default
+    xt_weight: float = 0.0  # SinSR's learn_xT term: the student maps the teacher's output back to x_T (SinSR: 1)
+    gt_weight: float = 0.0  # SinSR's finetune_use_gt term: the HR image through the student's inverse and back (1)
+
+    needs_teacher = True
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        require(self.teacher_steps >= 0, f"{key}.teacher_steps",
+                f"must be >= 0 (0: the process default), got {self.teacher_steps}")
+        for name in ("xt_weight", "gt_weight"):
+            require(getattr(self, name) >= 0, f"{key}.{name}", f"must be >= 0, got {getattr(self, name)}")
+
+    def check_setup(self, key, setup) -> None:
+        super().check_setup(key, setup)
+        require(not setup.student.config.cross_timestep_blocks, "student.unet.cross_timestep_blocks",
+                "a one-step student has no previous sampling step to mix in; set it to 0 for a recipe with a one_step "
+                "stage")
+        if self.teacher_steps:
+            try:
+                setup.process.inference_timesteps(self.teacher_steps)
+            except ValueError as err:
+                raise SettingError(f"{key}.teacher_steps", str(err)) from None
+
+    def student_process(self, process):
+        return process.one_step_variant()
+
+    def build(self, process, model, teacher) -> Stage:
+        return OneStepStage(teacher, process, self.teacher_steps or None, xt_weight=self.xt_weight,
+                            gt_weight=self.gt_weight)
