@@ -51,13 +51,13 @@ from benchmarks.timing import interleaved_median_seconds, median_seconds  # noqa
 from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.sr_pipeline import super_resolve, tiled_super_resolve  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from students.binary import BinaryConv2d  # noqa: E402
 from students.packed_conv import PackedFilters, kernels  # noqa: E402
 from teachers import DDPMProcess  # noqa: E402
 
 
-def layer_shapes(model: BIDiffSRUNet, size: int) -> dict[tuple, int]:
+def layer_shapes(model: BiDiffSRUNet, size: int) -> dict[tuple, int]:
     """(Cin, Cout, k, stride, H, W) of every binarized conv's input in one forward -> how many convs have it."""
     shapes: dict[tuple, int] = {}
 
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     console = Console()
     kernels()  # build (or load) the extension before timing anything
     torch.manual_seed(0)
-    model = BIDiffSRUNet().eval()
+    model = BiDiffSRUNet().eval()
 
     layers = Table(title=f"Binarized convs of the paper configuration at 3x{args.size}x{args.size} (batch 1, "
                          f"{torch.get_num_threads()} threads, median of {args.layer_repeats})")
@@ -124,7 +124,7 @@ def main(argv=None) -> None:
     forwards = {}
     with torch.no_grad():
         for label, config in (("paper configuration", {}), ("every decoder level binarized", {"fp_resolutions": []})):
-            contiguous_model = BIDiffSRUNet(**config).eval()
+            contiguous_model = BiDiffSRUNet(**config).eval()
             float_model = copy.deepcopy(contiguous_model).to(memory_format=torch.channels_last)
             merged_model = copy.deepcopy(float_model)
             merged_model.merge_for_inference()
@@ -190,7 +190,7 @@ def main(argv=None) -> None:
                   "side of 0 (a whole +-1 flips).")
 
 
-def time_shares(model: BIDiffSRUNet, forward) -> tuple[float, float]:
+def time_shares(model: BiDiffSRUNet, forward) -> tuple[float, float]:
     """Shares of one forward's wall time spent in the full-precision convs and outside the binarized units."""
     spent = {"fp": 0.0, "binary": 0.0}
     starts = {}

@@ -39,7 +39,7 @@ from pipeline.resize import upsample_cond  # noqa: E402
 from pipeline.sr_pipeline import num_tiles, tiled_super_resolve  # noqa: E402
 from pipeline.stages import FeatureDistillStage  # noqa: E402
 from released_bidiffsr import ReleasedUNet  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from teachers import DDPMProcess  # noqa: E402
 from teachers.base import Teacher  # noqa: E402
 from teachers.process import noisy_batch  # noqa: E402
@@ -100,7 +100,7 @@ def training_rate(model: torch.nn.Module, process: DDPMProcess, batch: dict, ste
     return rate, peak_mib(device)
 
 
-def sampling_time(model: BIDiffSRUNet, process: DDPMProcess, setup: dict, steps: int, device: torch.device,
+def sampling_time(model: BiDiffSRUNet, process: DDPMProcess, setup: dict, steps: int, device: torch.device,
                   dtype: torch.dtype | None) -> tuple[float, int, str]:
     """(seconds, tiles, peak MiB) of one tiled super-resolution to a 4 x lr_size output."""
     model.to(device).eval()
@@ -123,8 +123,8 @@ def sampling_time(model: BIDiffSRUNet, process: DDPMProcess, setup: dict, steps:
 def distillation_losses(setup: dict, process: DDPMProcess, steps: int, device: torch.device) -> list[dict]:
     """The logged losses of `steps` feature-distillation steps (SPD + output) from the twin, in bf16 autocast."""
     torch.manual_seed(0)
-    teacher = Teacher(BIDiffSRUNet(**BIDiffSRUNet.twin_config(setup["student"])), process).to(device).freeze()
-    student = BIDiffSRUNet(**setup["student"])
+    teacher = Teacher(BiDiffSRUNet(**BiDiffSRUNet.twin_config(setup["student"])), process).to(device).freeze()
+    student = BiDiffSRUNet(**setup["student"])
     student.init_from_teacher(teacher.unet)
     student.to(device).train()
     stage = FeatureDistillStage(teacher, process, student.feature_names(), spd_weight=0.01, output_weight=1.0)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"median of {args.steps} steps after 2 warm-up steps")
     for col in ("network", "precision", "steps/s", "images/s", "peak MiB"):
         train.add_column(col, justify="left" if col in ("network", "precision") else "right")
-    for label, build in (("ours (BIDiffSRUNet)", lambda: BIDiffSRUNet(**setup["student"])),
+    for label, build in (("ours (BiDiffSRUNet)", lambda: BiDiffSRUNet(**setup["student"])),
                          ("released (re-stated)", lambda: ReleasedUNet(**setup["released"]))):
         for precision, dtype in PRECISIONS.items():
             torch.manual_seed(0)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("precision", "tiles", "seconds", "peak MiB"):
         sampling.add_column(col, justify="right")
     torch.manual_seed(0)
-    student = BIDiffSRUNet(**setup["student"])
+    student = BiDiffSRUNet(**setup["student"])
     for precision, dtype in PRECISIONS.items():
         seconds, tiles, peak = sampling_time(student, process, setup, args.sample_steps, device, dtype)
         sampling.add_row(precision, str(tiles), f"{seconds:.2f}", peak)

@@ -57,7 +57,7 @@ from benchmarks.study_setup import (SHARED, TEACHER_STEPS, held_out_images, stud
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.metrics import LPIPSUnavailable, load_lpips  # noqa: E402
 from pipeline.trainer import Trainer  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from teachers import load_teacher  # noqa: E402
 from teachers.base import Teacher  # noqa: E402
 from teachers.process import load_process  # noqa: E402
@@ -257,7 +257,7 @@ class Study:
 
 def checkpoint_teacher(folder: Path) -> Teacher:
     """The EMA weights of a teacher-stage checkpoint as a teacher (the stage's result at that step)."""
-    model = BIDiffSRUNet.from_config(BIDiffSRUNet.load_config(folder))
+    model = BiDiffSRUNet.from_config(BiDiffSRUNet.load_config(folder))
     model.load_state_dict(load_file(folder / "model.safetensors"))
     shadow = torch.load(folder / "ema.pt", weights_only=True)["shadow_params"]
     with torch.no_grad():

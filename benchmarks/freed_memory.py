@@ -28,10 +28,10 @@ import copy, sys, torch
 sys.path.insert(0, {root!r})
 from pipeline.allocator import keep_freed_memory
 from benchmarks.timing import median_seconds
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 keep_freed_memory()
 torch.manual_seed(0)
-float_model = BIDiffSRUNet().eval()
+float_model = BiDiffSRUNet().eval()
 packed_model = copy.deepcopy(float_model)
 packed_model.use_packed_kernels()
 float_model.to(memory_format=torch.channels_last)

@@ -36,7 +36,7 @@ from pipeline.importers.resshift import VQ_F4, vq_model  # noqa: E402
 from pipeline.resize import upsample_cond  # noqa: E402
 from pipeline.sr_pipeline import super_resolve  # noqa: E402
 from pipeline.stages.one_step import OneStepStage  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from teachers import LatentResShiftProcess, Teacher  # noqa: E402
 from teachers.swin_unet import SwinUNet, parameter_count  # noqa: E402
 
@@ -54,8 +54,8 @@ def main() -> None:
     torch.manual_seed(0)
     process = LatentResShiftProcess().use_autoencoder(vq_model(**VQ_F4))
     teacher = Teacher(SwinUNet().eval(), process).freeze()
-    student = BIDiffSRUNet(**LATENT_STUDENT).eval()
-    pixel_student = BIDiffSRUNet(**dict(LATENT_STUDENT, image_size=256, fp_resolutions=(256, 128))).eval()
+    student = BiDiffSRUNet(**LATENT_STUDENT).eval()
+    pixel_student = BiDiffSRUNet(**dict(LATENT_STUDENT, image_size=256, fp_resolutions=(256, 128))).eval()
     lr_image = torch.rand(1, 3, 64, 64)
     cond = upsample_cond(lr_image, 4)
     x, lr, t = torch.randn(1, 3, 64, 64), torch.rand(1, 3, 64, 64) * 2 - 1, torch.tensor([14])
@@ -77,7 +77,7 @@ def main() -> None:
         sinsr = Teacher(teacher.unet, one_step)
         rows.append(("one-step teacher (SinSR layout): SR", time_(lambda: sinsr.sample(cond))))
         rows.append(("one-step student: SR", time_(lambda: super_resolve(student, one_step, cond))))
-    trainable = BIDiffSRUNet(**LATENT_STUDENT).train()
+    trainable = BiDiffSRUNet(**LATENT_STUDENT).train()
     batch = {"hr": torch.rand(1, 3, 256, 256), "cond": cond, "lr": lr_image}
     for label, stage in (("one-step distillation", OneStepStage(teacher, one_step)),
                          ("with SinSR's inverse and ground-truth terms",

@@ -36,7 +36,7 @@ from pipeline.data import load_validation  # noqa: E402
 from pipeline.evaluate import evaluate  # noqa: E402
 from pipeline.trainer import Trainer  # noqa: E402
 from benchmarks.quickstart_recipe import quickstart_recipe  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from students.binary import BinaryConv2d, ClipSign, channel_scale  # noqa: E402
 from teachers import DDPMProcess, Teacher, training_loss  # noqa: E402
 
@@ -62,7 +62,7 @@ def first_step_update(config: dict, patch: int, legacy: bool) -> tuple[float, fl
     """(mean |dW| / lr, share of binary latent weights whose first Adam step is > 50% off lr)."""
     with legacy_weight_gradient(legacy):
         torch.manual_seed(0)
-        model = BIDiffSRUNet(**config)
+        model = BiDiffSRUNet(**config)
     weights = [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
     before = [w.detach().clone() for w in weights]
     lr = 1e-4

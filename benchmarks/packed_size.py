@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
 
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.complexity import count_params
 from students.packing import save_packed
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--binarizer", default="bidiffsr")
     parser.add_argument("--config", help="a saved student folder (default: the paper configuration)")
     args = parser.parse_args()
-    model = BIDiffSRUNet.from_pretrained(args.config) if args.config else BIDiffSRUNet(binarizer=args.binarizer)
+    model = BiDiffSRUNet.from_pretrained(args.config) if args.config else BiDiffSRUNet(binarizer=args.binarizer)
     model.eval()
     binary, fp = count_params(model)
     theoretical = (binary / 32 + fp) * 4

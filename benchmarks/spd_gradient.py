@@ -24,7 +24,7 @@ from rich.table import Table  # noqa: E402
 from pipeline.builtin_data import export_skimage  # noqa: E402
 from pipeline.data import PatchDataset, load_hr_dataset, make_pairs  # noqa: E402
 from pipeline.stages.spd import spd_loss  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from teachers import load_teacher, noisy_batch  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     teacher = load_teacher(args.teacher)
-    student = BIDiffSRUNet(**{**dict(teacher.unet.config), "binarizer": "bidiffsr"})
+    student = BiDiffSRUNet(**{**dict(teacher.unet.config), "binarizer": "bidiffsr"})
     student.init_from_teacher(teacher.unet)
     params = [p for p in student.parameters() if p.requires_grad]
     train, _ = export_skimage(Path(args.data))

@@ -24,7 +24,7 @@ from rich.table import Table  # noqa: E402
 from benchmarks.timing import median_seconds  # noqa: E402
 from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from teachers.sr3 import SR3UNet  # noqa: E402
 
 TINY_STUDENT = dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, norm_groups=4, image_size=48,
@@ -74,8 +74,8 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     models = {
-        "BI-DiffSR student": BIDiffSRUNet(**(TINY_STUDENT if args.tiny else {})),
-        "FP twin teacher": BIDiffSRUNet(**BIDiffSRUNet.twin_config(TINY_STUDENT if args.tiny else {})),
+        "BI-DiffSR student": BiDiffSRUNet(**(TINY_STUDENT if args.tiny else {})),
+        "FP twin teacher": BiDiffSRUNet(**BiDiffSRUNet.twin_config(TINY_STUDENT if args.tiny else {})),
         "SR3 teacher": SR3UNet(**(TINY_TEACHER if args.tiny else {})),
     }
     table = Table(title=f"{args.device}, {args.precision}, batch {args.batch} at {args.size}x{args.size}"

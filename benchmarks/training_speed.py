@@ -35,7 +35,7 @@ from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 
 import students.bidiffsr as bidiffsr_module  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from students.timestep import timestep_group  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     torch.manual_seed(0)
-    reference = BIDiffSRUNet()
+    reference = BiDiffSRUNet()
     state = {k: v.clone() for k, v in reference.state_dict().items()}
     b, s = args.batch, args.size
     batch = [torch.randn(b, 3, s, s), torch.rand(b, 3, s, s), torch.randint(0, 2000, (b,)), torch.randn(b, 3, s, s)]
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     console = Console()
     progress = Progress("measured", total=len(variants), unit="variant", console=console, every=0).start()
     for label, v in variants:
-        model = BIDiffSRUNet()
+        model = BiDiffSRUNet()
         model.load_state_dict(state)
         memory_format = torch.channels_last if v.get("channels_last") else torch.contiguous_format
         model = model.to(device, memory_format=memory_format).train()

@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.complexity import Complexity, format_ops, format_params, measure, measure_student
 from teachers.sr3 import SR3UNet
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     rows: list[tuple[str, Complexity, tuple[float, float] | None]] = []
     if args.config:
-        config = dict(BIDiffSRUNet.load_config(args.config))
+        config = dict(BiDiffSRUNet.load_config(args.config))
         rows.append((args.config, measure_student(config, args.size, args.size), None))
     else:
         with torch.device("meta"):

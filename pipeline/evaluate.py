@@ -35,7 +35,7 @@ from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_
 from pipeline.progress import Progress
 from pipeline.resize import imresize_up, upsample_cond
 from pipeline.sr_pipeline import resolve_tiling, tiled_super_resolve
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers import Teacher, load_teacher
 from teachers.process import DiffusionProcess
 
@@ -70,7 +70,7 @@ def save_grid(rows: list[list[Tensor]], labels: list[str], path: Path, tile: int
     canvas.save(path)
 
 
-def evaluate(images: list[ValImage], scale: int, student: BIDiffSRUNet | None = None, teacher: Teacher | None = None,
+def evaluate(images: list[ValImage], scale: int, student: BiDiffSRUNet | None = None, teacher: Teacher | None = None,
              student_process: DiffusionProcess | None = None, num_inference_steps: int | None = None, seed: int = 10,
              lpips_model=None, out_dir: str | Path | None = None, grid_images: int = 4,
              device: str | torch.device = "cpu", console: Console | None = None, tile_size: int | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers.process import PROCESSES
 
 PIPELINE_CLASS = "BiDiffSRPipeline"  # pipeline.sr_pipeline's, which imports this module
@@ -46,9 +46,9 @@ def write_loaders(folder: Path, process) -> None:
     folder = Path(folder)
     index_file = folder / "model_index.json"
     index = json.loads(index_file.read_text())
-    classes = {"_class_name": [PIPELINE_CLASS], "unet": [BIDiffSRUNet.__name__],
+    classes = {"_class_name": [PIPELINE_CLASS], "unet": [BiDiffSRUNet.__name__],
                "scheduler": sorted(c.__name__ for c in PROCESSES.values())}
-    own = {"_class_name": PIPELINE_CLASS, "unet": BIDiffSRUNet.__name__, "scheduler": type(process).__name__}
+    own = {"_class_name": PIPELINE_CLASS, "unet": BiDiffSRUNet.__name__, "scheduler": type(process).__name__}
     for key, (file, module) in LOADERS.items():
         names = "\n".join(f"{name} = _module.{name}" for name in classes[key])
         (folder / file).write_text(LOADER_TEMPLATE.format(what=", ".join(classes[key]), module=module, names=names))

@@ -9,12 +9,12 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
 from pipeline.sr_pipeline import BiDiffSRPipeline
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.finite import check_finite
 from students.packing import unpack_student
 from teachers.process import DiffusionProcess, load_process
 
-def load_student(path: str | Path, packed_kernels: bool = False) -> tuple[BIDiffSRUNet, DiffusionProcess]:
+def load_student(path: str | Path, packed_kernels: bool = False) -> tuple[BiDiffSRUNet, DiffusionProcess]:
     """(student, its process) from a published folder, a saved student folder (a finished stage), a training
     checkpoint (config.json + model.safetensors) or a published folder's packed 1-bit file; the last three with the
     process's scheduler_config.json beside (the packed file: in the published folder's `scheduler/`).
@@ -27,9 +27,9 @@ def load_student(path: str | Path, packed_kernels: bool = False) -> tuple[BIDiff
         pipe = BiDiffSRPipeline.from_pretrained(path, packed_kernels=packed_kernels)
         return pipe.unet, pipe.scheduler
     if (path / SAFETENSORS_WEIGHTS_NAME).is_file():
-        model = BIDiffSRUNet.from_pretrained(path)
+        model = BiDiffSRUNet.from_pretrained(path)
     elif (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        model = BIDiffSRUNet.from_config(BIDiffSRUNet.load_config(path))
+        model = BiDiffSRUNet.from_config(BiDiffSRUNet.load_config(path))
         model.load_state_dict(load_file(path / "model.safetensors"))
     else:
         raise ValueError(f"{path} is neither a saved student ({SAFETENSORS_WEIGHTS_NAME} + config.json) nor a training "

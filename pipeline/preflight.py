@@ -29,7 +29,8 @@ from pipeline.metrics import SSIM_WINDOW
 from pipeline.recipe import Recipe, load_recipe
 from pipeline.settings import RecipeError, SettingError, require
 from pipeline.stages import StageSetup
-from students.bidiffsr import BIDiffSRUNet, layout_difference
+from students.bidiffsr import CLASS_NAMES as UNET_CLASS_NAMES
+from students.bidiffsr import BiDiffSRUNet, layout_difference
 from students.binarizers import get_binarizer
 from students.checksums import CHECKSUMS, damage
 from students.finite import name_tensors, nonfinite_tensors
@@ -169,8 +170,8 @@ def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
         return
     name, config = loaded
     why = ""
-    if name != BIDiffSRUNet.__name__:
-        why = f"its denoiser is a {name or 'unknown model'}, not the student's BIDiffSRUNet"
+    if name not in UNET_CLASS_NAMES:
+        why = f"its denoiser is a {name or 'unknown model'}, not the student's BiDiffSRUNet"
     elif difference := layout_difference(student.config, config):
         field, mine, theirs = difference
         why = f"its {field} is {theirs!r} but student.unet.{field} is {mine!r}"
@@ -331,8 +332,8 @@ def _preflight(recipe: Recipe) -> CheckedRecipe:
         _warn_degradation_mismatch(recipe)
     process = _build_recipe_process(recipe)
     student_config = _student_unet_config(recipe, process)
-    _check_kwargs("student.unet", recipe.student.unet, BIDiffSRUNet)
-    student = _check_buildable("student.unet", BIDiffSRUNet, student_config)
+    _check_kwargs("student.unet", recipe.student.unet, BiDiffSRUNet)
+    student = _check_buildable("student.unet", BiDiffSRUNet, student_config)
     pixels_per_position = student.size_multiple * process.spatial_factor
     if recipe.trains_teacher():
         if t.kind == "sr3":

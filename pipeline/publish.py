@@ -22,7 +22,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 
 from pipeline.atomic import folder_written_whole
 from pipeline.sr_pipeline import BiDiffSRPipeline
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.binarizers import get_binarizer
 from students.checksums import CHECKSUMS, UNCHECKED, write_checksums
 from students.complexity import format_ops, format_params, measure_student
@@ -85,7 +85,7 @@ def _licence_note(license: str) -> list[str]:
             "ships their autoencoder if its process has one), so it carries that licence.", ""]
 
 
-def model_card(student: BIDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
+def model_card(student: BiDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
                repo_id: str = "", license: str = "") -> ModelCard:
     """The README.md of a published folder. `license`: the teacher's released weights' licence (a Hub id, or
     "other:<name>"), which a student distilled from them and shipping their autoencoder carries; else apache-2.0."""
@@ -148,7 +148,7 @@ def files_not_published(folder: Path) -> list[str]:
                   if p.is_file() and p.name not in UNCHECKED and str(p.relative_to(folder)) not in listed)
 
 
-def _binary(student: BIDiffSRUNet) -> bool:
+def _binary(student: BiDiffSRUNet) -> bool:
     return get_binarizer(student.config.binarizer).binary
 
 
@@ -159,7 +159,7 @@ def _sampling(process) -> str:
     return f"{process.default_inference_steps} {kind} sampling steps by default"
 
 
-def write_model_folder(student: BIDiffSRUNet, scheduler, scale: int, folder: str | Path,
+def write_model_folder(student: BiDiffSRUNet, scheduler, scale: int, folder: str | Path,
                        metrics: dict | None = None, recipe: dict | None = None, repo_id: str = "",
                        license: str = "") -> Path:
     """Write the publishable folder atomically and return its path (`license`: see `model_card`)."""

@@ -127,7 +127,7 @@ class StudentConfig:
     init: str = ""  # start from a saved student folder instead of random weights (a saved full-precision twin,
     # binarizer "none", starts a binarized student as init_from_teacher does: BiMaCoSR's branches split off its weights)
     init_from_teacher: bool = False  # start from the (twin) teacher's weights, as BiDM; needed for aligned SPD
-    unet: dict = field(default_factory=dict)  # BIDiffSRUNet arguments
+    unet: dict = field(default_factory=dict)  # BiDiffSRUNet arguments
 
     def check(self) -> None:
         require(not (self.init_from_teacher and self.init), "student.init_from_teacher",

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from pipeline.evaluate import AUTOCAST
 from pipeline.preflight import CheckedRecipe
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers import Teacher, build_teacher_denoiser
 
 
@@ -30,13 +30,13 @@ def ready_teacher(teacher: Teacher, checked: CheckedRecipe, device: torch.device
     return teacher
 
 
-def initial_student(checked: CheckedRecipe, teacher: Teacher | None, console: Console) -> BIDiffSRUNet:
+def initial_student(checked: CheckedRecipe, teacher: Teacher | None, console: Console) -> BiDiffSRUNet:
     """The student before its first stage: student.init's, else a fresh one (seeded by run.seed) that starts from a
     saved full-precision twin or from the (twin) teacher when the recipe says so."""
     s = checked.recipe.student
-    saved = BIDiffSRUNet.from_pretrained(s.init) if s.init else None
+    saved = BiDiffSRUNet.from_pretrained(s.init) if s.init else None
     set_seed(checked.recipe.run.seed)
-    student = BIDiffSRUNet(**checked.student_config)
+    student = BiDiffSRUNet(**checked.student_config)
     if saved is not None and (saved.config.binarizer != "none" or student.config.binarizer == "none"):
         return saved
     twin = saved if saved is not None else teacher.unet if s.init_from_teacher else None

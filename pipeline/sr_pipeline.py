@@ -37,7 +37,7 @@ from torch import Tensor
 from pipeline.data import float_to_pil, to_rgb8
 from pipeline.loader_files import write_loaders
 from pipeline.resize import upsample_cond
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.checksums import CHECKSUMS, damage
 from students.finite import check_finite
 from students.shapes import pad_to_multiple
@@ -163,7 +163,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"  # diffusers' enable_model_cpu_offload: the one network, moved in when it runs
 
-    def __init__(self, unet: BIDiffSRUNet, scheduler: DiffusionProcess, scale: int = 4):
+    def __init__(self, unet: BiDiffSRUNet, scheduler: DiffusionProcess, scale: int = 4):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(scale=scale)
@@ -221,7 +221,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
         else:
             warnings.warn(f"{pretrained_model_name_or_path} has no {CHECKSUMS}: its files cannot be verified",
                           stacklevel=2)
-        unet = BIDiffSRUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
+        unet = BiDiffSRUNet.from_pretrained(path / "unet", torch_dtype=torch_dtype)
         check_finite(unet, f"the model in {pretrained_model_name_or_path}")
         if packed_kernels:
             unet.use_packed_kernels()

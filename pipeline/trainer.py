@@ -155,15 +155,15 @@ class Trainer:
         for column in ("stage", "type", "steps", "batch / device", "effective batch", "lr", "state"):
             table.add_column(column, justify="left" if column in ("stage", "type", "state") else "right",
                              overflow="fold")
-        for i, stage in enumerate(r.stages):
+        for i, cfg in enumerate(r.stages):
             if self.store.stage_complete(i):
                 state = "finished (reused)"
             elif (checkpoint := self.store.find_checkpoint(i)) is not None:
                 state = f"resumes from {checkpoint.name}"
             else:
                 state = "new"
-            table.add_row(f"{i}-{stage.name}", stage.type, str(stage.steps), str(stage.batch_size),
-                          str(stage.batch_size * stage.grad_accum * acc.num_processes), f"{stage.lr:g}", state)
+            table.add_row(f"{i}-{cfg.name}", cfg.type, str(cfg.steps), str(cfg.batch_size),
+                          str(cfg.batch_size * cfg.grad_accum * acc.num_processes), f"{cfg.lr:g}", state)
         self.console.print(table)
         self.console.print(f"processes {acc.num_processes} | device {acc.device} | precision {acc.mixed_precision}"
                            f"{' (from the launcher)' if not r.run.mixed_precision else ''} | process "
@@ -237,8 +237,8 @@ class Trainer:
         """Write the publishable folder; push it when the recipe names a repository."""
         p = self.recipe.publish
         folder = write_model_folder(student.to("cpu"), self.student_process, self.recipe.run.scale,
-                                    self.out / "publish", metrics=metrics, recipe=self.recipe.to_dict(), repo_id=p.push_to_hub,
-                                    license=teacher.config.get("license", "") if teacher is not None else "")
+                                    self.out / "publish", metrics=metrics, recipe=self.recipe.to_dict(),
+                                    repo_id=p.push_to_hub, license=teacher.config.get("license", "") if teacher is not None else "")
         self.console.print(f"published folder: {folder}")
         if p.push_to_hub:
             url = push_folder(folder, p.push_to_hub, private=p.private)

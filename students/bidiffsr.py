@@ -222,7 +222,7 @@ class DecoderLevel(nn.Module):
 
 
 def layout_difference(student_config, teacher_config) -> tuple[str, object, object] | None:
-    """The first LAYOUT_KEYS entry on which two BIDiffSRUNet configs (objects or saved dicts) differ, as
+    """The first LAYOUT_KEYS entry on which two BiDiffSRUNet configs (objects or saved dicts) differ, as
     (key, student value, teacher value), lists and tuples alike; None when the layouts agree."""
     def value(config, key):
         v = config.get(key)
@@ -236,10 +236,10 @@ def layout_difference(student_config, teacher_config) -> tuple[str, object, obje
 
 
 def _config_error(field: str, value, why: str) -> ValueError:
-    return ValueError(f"BIDiffSRUNet config: {field}={value!r} {why}")
+    return ValueError(f"BiDiffSRUNet config: {field}={value!r} {why}")
 
 
-class BIDiffSRUNet(ModelMixin, ConfigMixin):
+class BiDiffSRUNet(ModelMixin, ConfigMixin):
     """The BI-DiffSR denoiser: `forward(x_t, cond, t)`, input concat [cond, x_t]. What the output means (noise, x0,
     a residual) is its diffusion process's business (`teachers.process`).
 
@@ -248,7 +248,7 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
     """
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BIDiffSRUNet":
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BiDiffSRUNet":
         """diffusers' loading, after checking the weights against the checksums of the published folder when the
         path is one's `unet/` (diffusers' generic `DiffusionPipeline.from_pretrained` loads it through here)."""
         path = Path(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
@@ -541,3 +541,8 @@ class BIDiffSRUNet(ModelMixin, ConfigMixin):
         for module in self.modules():
             if isinstance(module, BinaryConv2d) and hasattr(module, "progress"):
                 module.progress.fill_(float(progress))
+
+
+# The class's earlier spelling: configs, model indexes and loader files saved before name it, and load through this.
+BIDiffSRUNet = BiDiffSRUNet
+CLASS_NAMES = ("BiDiffSRUNet", "BIDiffSRUNet")  # what a saved config's _class_name may say of this class

@@ -36,7 +36,7 @@ and keep its timestep-aware parts where their paper has the plain counterpart: t
 tau (BiMaCoSR's code has a shift it does not apply) and the TaA RPReLU for BiMaCoSR's RPReLU. So they start from
 the same full-precision twin as the BI-DiffSR student (the same K groups).
 
-`none` switches binarization off and keeps every parameter (shift, RPReLU, shortcut) and name: a `BIDiffSRUNet`
+`none` switches binarization off and keeps every parameter (shift, RPReLU, shortcut) and name: a `BiDiffSRUNet`
 built with it is the student's full-precision twin, whose weights a binarized student can start from.
 
 Every unit keeps the identity shortcut where shapes allow unless the model disables it (the ablation switch), so

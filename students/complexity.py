@@ -21,7 +21,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.upsampling import Upsample2D
 from torch import Tensor, nn
 
-from students.bidiffsr import BIDiffSRUNet, SelfAttention
+from students.bidiffsr import BiDiffSRUNet, SelfAttention
 from students.binary import BinarizedWeight, BinaryConv2d, BinaryLinear, MatrixBranches
 from students.timestep import TimestepRPReLU, TimestepShift
 
@@ -204,7 +204,7 @@ def measure_student(config: dict | None = None, height: int = 256, width: int = 
     """Build a BI-DiffSR student on the meta device from a config (default: the paper's; a saved config.json's
     private keys are ignored) and measure it."""
     with torch.device("meta"):
-        model = BIDiffSRUNet.from_config({**(config or {}), **overrides}).eval()
+        model = BiDiffSRUNet.from_config({**(config or {}), **overrides}).eval()
     return measure(model, height, width)
 
 

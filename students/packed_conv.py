@@ -12,12 +12,12 @@ branches run after the kernel as before.
 
 It serves binarizers whose forward is sign(u) x (scale_o sign(W)): BI-DiffSR, BBCU, ReActNet, BNN, IR-Net and BiDM.
 XNOR-Net's and BiMaCoSR's activations carry a per-pixel scale inside the kernel window and DoReFa's are {0, 1}: those
-convs keep their float path (`BIDiffSRUNet.use_packed_kernels` reports which).
+convs keep their float path (`BiDiffSRUNet.use_packed_kernels` reports which).
 
 The kernel is a C++ extension built from this package's own source on first use (torch.utils.cpp_extension, with the
 compiler of the machine and `-O3 -march=native`) and cached by torch; no prebuilt registry package fits (see the
 README's "Real 1-bit speed"). Builds that never break a user: with OpenMP first; a compiler without it (Apple's
-clang) gets a one-thread build and a warning; where nothing builds (no compiler), `BIDiffSRUNet.use_packed_kernels`
+clang) gets a one-thread build and a warning; where nothing builds (no compiler), `BiDiffSRUNet.use_packed_kernels`
 warns once, naming why, and the float path runs (the same outputs). Without AVX2 (ARM, old x86) the source's scalar
 path is compiled; `BIDISTILL_PACKED_CFLAGS` adds compile flags (`-mno-avx2` forces that path, as a test does).
 """

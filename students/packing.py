@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.binary import BinarizedWeight
 
 FORMAT = "bidistill-packed-1bit"
@@ -38,7 +38,7 @@ def unpack_bits(packed: Tensor, count: int) -> Tensor:
     return bits.flatten()[:count]
 
 
-def binarized_layers(model: BIDiffSRUNet) -> list[tuple[str, BinarizedWeight]]:
+def binarized_layers(model: BiDiffSRUNet) -> list[tuple[str, BinarizedWeight]]:
     """(name, layer) of every conv and linear layer with a binarized weight."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BinarizedWeight)]
 
@@ -48,7 +48,7 @@ def _per_filter(scale: Tensor, weight: Tensor) -> Tensor:
     return scale.reshape(-1, *[1] * (weight.dim() - 1))
 
 
-def packed_state_dict(model: BIDiffSRUNet) -> dict[str, Tensor]:
+def packed_state_dict(model: BiDiffSRUNet) -> dict[str, Tensor]:
     """The state dict with every binarized weight replaced by `<name>.weight_bits`, `.weight_scale` and (only where
     sign(W) has exact zeros) `.weight_zeros`."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -69,7 +69,7 @@ def packed_state_dict(model: BIDiffSRUNet) -> dict[str, Tensor]:
     return state
 
 
-def save_packed(model: BIDiffSRUNet, path: str | Path) -> Path:
+def save_packed(model: BiDiffSRUNet, path: str | Path) -> Path:
     """Write the packed student to one safetensors file (written to a temporary name, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def save_packed(model: BIDiffSRUNet, path: str | Path) -> Path:
     return path
 
 
-def unpack_student(path: str | Path, device: str | torch.device = "cpu", packed_kernels: bool = False) -> BIDiffSRUNet:
+def unpack_student(path: str | Path, device: str | torch.device = "cpu", packed_kernels: bool = False) -> BiDiffSRUNet:
     """Rebuild an inference student from a packed file; its binary convs use the stored binarized weights, as float
     convolutions or, with `packed_kernels=True`, on packed sign bits (CPU; `students.packed_conv`)."""
     path = Path(path)
@@ -89,7 +89,7 @@ def unpack_student(path: str | Path, device: str | torch.device = "cpu", packed_
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a packed BiDistill student (metadata format {metadata.get('format')!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model = BIDiffSRUNet.from_config(json.loads(metadata["config"]))
+    model = BiDiffSRUNet.from_config(json.loads(metadata["config"]))
     for name, conv in binarized_layers(model):
         shape, count = conv.weight.shape, conv.weight.numel()
         signs = unpack_bits(tensors.pop(f"{name}.weight_bits"), count).float() * 2 - 1

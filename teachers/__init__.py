@@ -6,14 +6,14 @@ teachers (`python -m pipeline.importers`) bring their own denoiser: the original
 | kind   | denoiser                                                | teaches by                        |
 | ------ | ------------------------------------------------------- | --------------------------------- |
 | `sr3`  | SR3's UNet (`teachers.sr3.SR3UNet`)                     | outputs, one-step targets         |
-| `twin` | the student's full-precision twin (`BIDiffSRUNet` with binarizer "none", the student's widths) | features (SPD), outputs, one-step |
+| `twin` | the student's full-precision twin (`BiDiffSRUNet` with binarizer "none", the student's widths) | features (SPD), outputs, one-step |
 
 Saved teachers record their components by module path (`["teachers.sr3", "SR3UNet"]`, `["teachers.ddpm",
-"DDPMProcess"]`, `["students.bidiffsr", "BIDiffSRUNet"]` in model_index.json) and import them from there: keep
+"DDPMProcess"]`, `["students.bidiffsr", "BiDiffSRUNet"]` in model_index.json) and import them from there: keep
 those paths.
 """
 
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers.base import Teacher, load_teacher
 from teachers.ddpm import DDPMProcess
 from teachers.process import (PROCESSES, DiffusionProcess, build_process, load_process, noisy_batch, sample,
@@ -35,7 +35,7 @@ def build_teacher_denoiser(kind: str, unet_config: dict, student_config: dict):
         if unet_config:
             raise ValueError("teacher.unet: a twin teacher copies student.unet (set the widths there), so "
                              f"teacher.unet must be empty, got keys {sorted(unet_config)}")
-        return BIDiffSRUNet(**BIDiffSRUNet.twin_config(student_config))
+        return BiDiffSRUNet(**BiDiffSRUNet.twin_config(student_config))
     raise ValueError(f"teacher.kind={kind!r} is not one of {TEACHER_KINDS}")
 
 

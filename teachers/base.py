@@ -109,7 +109,7 @@ def load_teacher(path: str | Path) -> Teacher:
     if class_name != Teacher.__name__:
         raise ValueError(f"{index} names {class_name!r}, which is not a teacher folder (expected {Teacher.__name__!r})")
     # diffusers loads only components whose module is already imported: the processes, SR3UNet and SwinUNet are
-    # (importing this module runs `teachers/__init__`, which imports them all), the twin's BIDiffSRUNet is above
+    # (importing this module runs `teachers/__init__`, which imports them all), the twin's BiDiffSRUNet is above
     diffusers_logging.disable_progress_bar()
     try:
         teacher = Teacher.from_pretrained(path).freeze()

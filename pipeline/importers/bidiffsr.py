@@ -1,6 +1,6 @@
 """Released BI-DiffSR generators (zhengchen1999/BI-DiffSR, BasicSR `net_g_*.pth`) -> published student folders.
 
-The released network and `BIDiffSRUNet` agree layer for layer; the conversion renames, and stacks the official
+The released network and `BiDiffSRUNet` agree layer for layer; the conversion renames, and stacks the official
 per-group TaR/TaA modules into our (K, C) tables. Settings come from the BasicSR option file, or from the shapes with
 the released norm_groups / image_size assumed.
 """
@@ -13,10 +13,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from pipeline.importers import (CheckpointError, Importer, convert, copied, read_checkpoint, read_yaml, register_importer,
-                                sr3_stem)
+from pipeline.importers import (CheckpointError, Importer, convert, copied, read_checkpoint, read_yaml,
+                                register_importer, sr3_stem)
 from pipeline.publish import write_model_folder
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers import DDPMProcess
 
 
@@ -49,7 +49,7 @@ def _res_block(official: str, ours: str, binary: bool, groups: int) -> list[tupl
 
 
 def bidiffsr_name_map(config: dict) -> list[tuple[str, str, str]]:
-    """Every (official name, our name, how) of a BI-DiffSR network with our `config` (BIDiffSRUNet's), following the
+    """Every (official name, our name, how) of a BI-DiffSR network with our `config` (BiDiffSRUNet's), following the
     official module order: `downs` = [conv_in, level 0 blocks, CP-Down, level 1 blocks, ...], `mid` = [block with
     attention, block], `ups` = per level from the coarsest: (CS-Fusion, block) x (res_blocks + 1), then CP-Up."""
     levels, blocks, groups = len(config["channel_mults"]), config["num_res_blocks"], config["timestep_groups"]
@@ -86,7 +86,7 @@ def bidiffsr_name_map(config: dict) -> list[tuple[str, str, str]]:
 
 
 def bidiffsr_config(state: dict[str, Tensor], options: dict | None = None) -> tuple[dict, list[str]]:
-    """Our BIDiffSRUNet config for a released checkpoint: from the BasicSR option file's `network_g` when given, else
+    """Our BiDiffSRUNet config for a released checkpoint: from the BasicSR option file's `network_g` when given, else
     from the checkpoint's shapes. Returns (config, notes about values that were assumed)."""
     notes = []
     if options is not None:
@@ -132,9 +132,9 @@ def bidiffsr_config(state: dict[str, Tensor], options: dict | None = None) -> tu
 
 
 def convert_bidiffsr(state: dict[str, Tensor], config: dict, source: str = "checkpoint"):
-    """A BIDiffSRUNet holding the released weights; strict: unused, missing or misshapen keys are errors."""
+    """A BiDiffSRUNet holding the released weights; strict: unused, missing or misshapen keys are errors."""
     try:
-        model = BIDiffSRUNet(**config)
+        model = BiDiffSRUNet(**config)
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{source}: the network settings do not build: {err}") from None
     return convert(state, model, bidiffsr_name_map(dict(model.config)), source)

@@ -3,7 +3,7 @@
     python -m pipeline.importers bidiffsr BI_DiffSR_x4.pth [--config test_BI_DiffSR_x4.yml] --out DIR
 
 `bidiffsr`: a released BI-DiffSR generator (BasicSR `net_g_*.pth`, the repository zhengchen1999/BI-DiffSR) becomes a
-published student folder: `BiDiffSRPipeline.from_pretrained(DIR)`, `BIDiffSRUNet.from_pretrained(DIR / "unet")`, and
+published student folder: `BiDiffSRPipeline.from_pretrained(DIR)`, `BiDiffSRUNet.from_pretrained(DIR / "unet")`, and
 `python -m pipeline.evaluate --student DIR ...` evaluates it. The two networks agree layer for layer; only names and
 the layout of the per-timestep-group parameters differ (the official code keeps one module per TaR/TaA group, we
 keep one (K, C) table), so the conversion is a renaming plus stacking, checked strictly: every released key is used

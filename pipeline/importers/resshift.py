@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from diffusers import VQModel
 
-from pipeline.importers import (CheckpointError, Importer, convert, copied, read_checkpoint, read_yaml, register_importer,
-                                save_teacher)
+from pipeline.importers import (CheckpointError, Importer, convert, copied, read_checkpoint, read_yaml,
+                                register_importer, save_teacher)
 from teachers import LatentResShiftProcess, Teacher
 from teachers.swin_unet import SwinUNet
 

@@ -20,14 +20,15 @@ from pipeline.importers.bidiffsr import bidiffsr_config, convert_bidiffsr
 from pipeline.importers.command import importers, main
 from pipeline.resize import upsample_cond
 from pipeline.sr_pipeline import BiDiffSRPipeline
+from recipe_builder import write_recipe
 from released_bidiffsr import Attention, ReleasedUNet, released
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 
 
 OPTIONS = """
 scale: 4
 network_g:
-  type: BIDiffSRUNet
+  type: BiDiffSRUNet
   in_channel: 6
   out_channel: 3
   inner_channel: 16
@@ -50,7 +51,7 @@ beta_schedule:
 
 def test_paper_layout_has_the_released_parameter_count():
     with torch.device("meta"):
-        ours = BIDiffSRUNet()
+        ours = BiDiffSRUNet()
         theirs = ReleasedUNet(inner=64, norm_groups=16, mults=(1, 2, 4, 8), res_blocks=2, image_size=256,
                               fp_res=(256, 128))
     count = sum(p.numel() for p in theirs.parameters())
@@ -79,7 +80,7 @@ def test_released_weights_import_and_compute_the_same(wrapper, tmp_path, capsys)
                            "--steps", "2", "--no-lpips"])
     pipe = BiDiffSRPipeline.from_pretrained(tmp_path / "imported")
     assert pipe.scheduler.config.clip_sample == "official" and pipe.config.scale == 4
-    student = BIDiffSRUNet.from_pretrained(tmp_path / "imported" / "unet").eval()
+    student = BiDiffSRUNet.from_pretrained(tmp_path / "imported" / "unet").eval()
     x, c = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     for t in (5, 900, 1999):  # one TaR/TaA group per call, as the released code picks it
         time = torch.full((2,), t)
@@ -294,7 +295,6 @@ def test_sr3_import_needs_its_config_and_checks_the_schedule(tmp_path, capsys):
 def test_a_student_distils_from_an_imported_sr3_teacher(tmp_path):
     from PIL import Image
 
-    from conftest import TINY_UNET_TOML
     from pipeline.recipe import load_recipe
     from pipeline.trainer import Trainer
 
@@ -305,57 +305,22 @@ def test_a_student_distils_from_an_imported_sr3_teacher(tmp_path):
     (tmp_path / "train").mkdir()
     for i in range(2):
         Image.fromarray((torch.rand(48, 48, 3) * 255).byte().numpy()).save(tmp_path / "train" / f"{i}.png")
-    (tmp_path / "r.toml").write_text(f"""
-[run]
-output_dir = "{tmp_path / 'run'}"
-log_with = []
-[data]
-train = "{tmp_path / 'train'}"
-patch_size = 32
-num_workers = 0
-[teacher]
-path = "{tmp_path / 'teacher'}"
-{TINY_UNET_TOML}
-[[stages]]
-type = "feature_distill"
-steps = 2
-batch_size = 2
-spd_weight = 0.0
-output_weight = 1.0
-[eval]
-enabled = false
-""")
-    trainer = Trainer(load_recipe(tmp_path / "r.toml"))
+    recipe = write_recipe(tmp_path, "run", teacher={"path": tmp_path / "teacher"}, eval={"enabled": False},
+                          stages=[{"type": "feature_distill", "steps": 2, "batch_size": 2, "spd_weight": 0.0,
+                                   "output_weight": 1.0}])
+    trainer = Trainer(load_recipe(recipe))
     assert trainer.process.config.time_input == "index" and trainer.process.config.data_range == "signed"
     trainer.run()
     assert (tmp_path / "run" / "publish" / "model_index.json").is_file()
 
 
 def test_a_student_recipe_cannot_feed_noise_levels_to_its_student(tmp_path):
-    from PIL import Image
-
-    from conftest import TINY_UNET_TOML
     from pipeline.preflight import load_checked
     from pipeline.recipe import RecipeError
 
-    (tmp_path / "train").mkdir()
-    Image.new("RGB", (48, 48)).save(tmp_path / "train" / "a.png")
-    (tmp_path / "r.toml").write_text(f"""
-[run]
-output_dir = "{tmp_path / 'run'}"
-[data]
-train = "{tmp_path / 'train'}"
-patch_size = 32
-[process]
-type = "ddpm"
-time_input = "noise_level"
-{TINY_UNET_TOML}
-[[stages]]
-type = "direct"
-steps = 2
-""")
+    recipe = write_recipe(tmp_path, process={"type": "ddpm", "time_input": "noise_level"})
     with pytest.raises(RecipeError, match="process.time_input: a BI-DiffSR student is given timesteps"):
-        load_checked(tmp_path / "r.toml")
+        load_checked(recipe)
 
 
 def test_every_importer_is_one_registered_file_and_the_old_command_path_still_works(tmp_path):

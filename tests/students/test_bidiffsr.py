@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from students.bidiffsr import BIDiffSRUNet, CPDown, CPUp, SplitFusion
+from students.bidiffsr import BiDiffSRUNet, CPDown, CPUp, SplitFusion
 from students.binarizers import get_binarizer
 from students.binary import BinaryConv2d, FPConv2d
 
@@ -23,7 +23,7 @@ def randomize_timestep_params(model):
 
 
 def test_output_shape_and_feature_taps(tiny_config):
-    model = BIDiffSRUNet(**tiny_config).eval()
+    model = BiDiffSRUNet(**tiny_config).eval()
     x = torch.randn(2, 3, 16, 16)
     out, feats = model(x, torch.rand_like(x), torch.tensor([3, 1700]), return_features=True)
     assert out.shape == x.shape
@@ -33,7 +33,7 @@ def test_output_shape_and_feature_taps(tiny_config):
 
 def test_condition_comes_first_in_the_input(tiny_config):
     """Fact 7: zero the conv_in weights of channels 3..5 and the output no longer depends on x_t."""
-    model = BIDiffSRUNet(**tiny_config).eval()
+    model = BiDiffSRUNet(**tiny_config).eval()
     with torch.no_grad():
         model.conv_in.weight[:, 3:] = 0
     cond = torch.rand(1, 3, 16, 16)
@@ -45,7 +45,7 @@ def test_condition_comes_first_in_the_input(tiny_config):
 
 
 def test_sinusoidal_code_puts_sine_first():
-    model = BIDiffSRUNet(base_channels=16, channel_mults=(1,), norm_groups=4, image_size=32, fp_resolutions=())
+    model = BiDiffSRUNet(base_channels=16, channel_mults=(1,), norm_groups=4, image_size=32, fp_resolutions=())
     t = torch.tensor([7.0])
     f = torch.exp(-math.log(1e4) * torch.arange(8) / 8)
     torch.testing.assert_close(model.time_proj(t), torch.cat([torch.sin(t * f), torch.cos(t * f)])[None])
@@ -53,7 +53,7 @@ def test_sinusoidal_code_puts_sine_first():
 
 def test_mixed_timestep_batch_equals_per_sample_runs(tiny_config):
     """Each sample picks its own TaR/TaA group; a batch mixing timesteps equals per-sample evaluation."""
-    model = BIDiffSRUNet(**tiny_config).eval()
+    model = BiDiffSRUNet(**tiny_config).eval()
     randomize_timestep_params(model)
     x, cond = torch.randn(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
     t = torch.tensor([10, 900, 1999])
@@ -66,7 +66,7 @@ def test_mixed_timestep_batch_equals_per_sample_runs(tiny_config):
 
 
 def test_group_parameters_select_by_timestep(tiny_config):
-    model = BIDiffSRUNet(**tiny_config).eval()
+    model = BiDiffSRUNet(**tiny_config).eval()
     conv = next(m for m in model.modules() if isinstance(m, BinaryConv2d))
     assert conv.shift.bias.shape == (5, conv.in_channels)
     assert conv.activation.slope.shape == (5, conv.out_channels)
@@ -75,21 +75,21 @@ def test_group_parameters_select_by_timestep(tiny_config):
 
 @pytest.mark.parametrize("size", [(16, 16), (13, 22), (7, 9), (1, 3)])
 def test_any_input_size_is_padded_and_cropped(tiny_config, size):
-    model = BIDiffSRUNet(**tiny_config).eval()
+    model = BiDiffSRUNet(**tiny_config).eval()
     x = torch.randn(1, 3, *size)
     assert model(x, x, torch.tensor([5])).shape == x.shape
 
 
 def test_padding_does_not_change_an_aligned_interior():
     """Padding happens bottom/right: for a model with no down-sampling the output equals the unpadded one."""
-    model = BIDiffSRUNet(base_channels=16, channel_mults=(1,), norm_groups=4, image_size=32, fp_resolutions=()).eval()
+    model = BiDiffSRUNet(base_channels=16, channel_mults=(1,), norm_groups=4, image_size=32, fp_resolutions=()).eval()
     x = torch.randn(1, 3, 11, 5)
     assert model.size_multiple == 1
     assert model(x, x, 3).shape == x.shape
 
 
 def test_timesteps_must_match_batch(tiny_config):
-    model = BIDiffSRUNet(**tiny_config)
+    model = BiDiffSRUNet(**tiny_config)
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(ValueError, match="t has 3 timesteps for a batch of 2"):
         model(x, x, torch.tensor([1, 2, 3]))
@@ -129,7 +129,7 @@ def test_merged_full_precision_fusion_computes_the_same_function(shuffle):
 
 
 def test_a_model_merges_exactly_its_full_precision_fusions(tiny_config):
-    model = BIDiffSRUNet(**tiny_config).eval()
+    model = BiDiffSRUNet(**tiny_config).eval()
     x, cond, t = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.tensor([7, 1800])
     with torch.no_grad():
         reference = model(x, cond, t)
@@ -146,7 +146,7 @@ class _Recorder(torch.nn.Module):
 
 def test_official_levels_are_full_precision_and_ups_binary():
     with torch.device("meta"):
-        model = BIDiffSRUNet()
+        model = BiDiffSRUNet()
     fp = {len(model.decoder) - 1 - k: lvl.full_precision for k, lvl in enumerate(model.decoder)}
     assert fp == {3: False, 2: False, 1: True, 0: True}
     for lvl in model.decoder:
@@ -157,11 +157,11 @@ def test_official_levels_are_full_precision_and_ups_binary():
 
 
 def test_save_load_round_trip_is_exact(tiny_config, tmp_path):
-    model = BIDiffSRUNet(**tiny_config, binarizer="bidiffsr").eval()
+    model = BiDiffSRUNet(**tiny_config, binarizer="bidiffsr").eval()
     randomize_timestep_params(model)
     model.save_pretrained(tmp_path)
     assert "down.0.0" not in load_file(tmp_path / "diffusion_pytorch_model.safetensors")
-    loaded = BIDiffSRUNet.from_pretrained(tmp_path).eval()
+    loaded = BiDiffSRUNet.from_pretrained(tmp_path).eval()
     x = torch.randn(2, 3, 16, 16)
     t = torch.tensor([5, 1500])
     assert torch.equal(model(x, x, t), loaded(x, x, t))
@@ -170,7 +170,7 @@ def test_save_load_round_trip_is_exact(tiny_config, tmp_path):
 
 @pytest.mark.parametrize("binarizer", ["bnn", "dorefa", "xnor", "irnet", "reactnet", "bbcu"])
 def test_baselines_build_train_and_save(tiny_config, binarizer, tmp_path):
-    model = BIDiffSRUNet(**tiny_config, binarizer=binarizer)
+    model = BiDiffSRUNet(**tiny_config, binarizer=binarizer)
     model.set_training_progress(0.5)
     x = torch.randn(2, 3, 8, 8)
     model(x, x, torch.tensor([1, 1999])).abs().mean().backward()
@@ -181,7 +181,7 @@ def test_baselines_build_train_and_save(tiny_config, binarizer, tmp_path):
         for table in (getattr(m.shift, "bias", None), getattr(m.activation, "slope", None)):
             assert table is None or table.shape[0] == 1
     model.save_pretrained(tmp_path)
-    assert BIDiffSRUNet.from_pretrained(tmp_path).config.binarizer == binarizer
+    assert BiDiffSRUNet.from_pretrained(tmp_path).config.binarizer == binarizer
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_baselines_build_train_and_save(tiny_config, binarizer, tmp_path):
 )
 def test_inconsistent_config_names_the_field(tiny_config, overrides, field):
     with pytest.raises(ValueError) as err:
-        BIDiffSRUNet(**{**tiny_config, **overrides})
+        BiDiffSRUNet(**{**tiny_config, **overrides})
     assert field in str(err.value)
 
 
@@ -210,12 +210,13 @@ def test_ablation_switches_change_the_structure(tiny_config):
     for overrides in ({"fusion": "add"}, {"fusion": "concat"}, {"fusion": "split"},
                       {"downsample": "conv", "upsample": "conv"}, {"identity_shortcut": False},
                       {"timestep_aware_shift": False}, {"timestep_aware_activation": False}):
-        model = BIDiffSRUNet(**{**tiny_config, **overrides}).eval()
+        model = BiDiffSRUNet(**{**tiny_config, **overrides}).eval()
         assert model(x, x, torch.tensor([3])).shape == x.shape
-    no_shortcut = BIDiffSRUNet(**{**tiny_config, "identity_shortcut": False})
+    no_shortcut = BiDiffSRUNet(**{**tiny_config, "identity_shortcut": False})
     assert not any(m.has_shortcut for m in no_shortcut.modules() if isinstance(m, BinaryConv2d))
 
 
+@pytest.mark.slow
 def test_the_middle_attention_never_materialises_its_matrix(tmp_path):
     """A 2-level student's middle attention at a 384-pixel tile has 192 x 192 = 36,864 positions: a materialised
     matrix would be 5.4 GB. Measured in a fresh process (peak resident memory, capped address space)."""
@@ -227,14 +228,14 @@ def test_the_middle_attention_never_materialises_its_matrix(tmp_path):
 import resource, torch
 resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a runaway allocation fails instead of swapping
 from conftest import TINY_STUDENT
-from students.bidiffsr import BIDiffSRUNet
-model = BIDiffSRUNet(**TINY_STUDENT).eval()
+from students.bidiffsr import BiDiffSRUNet
+model = BiDiffSRUNet(**TINY_STUDENT).eval()
 x = torch.rand(1, 3, 384, 384)
 with torch.no_grad():
     model(x, x, torch.tensor([3]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={"PYTHONPATH": f"{root}:{root / 'tests'}", "PATH": "/usr/bin:/bin",
                                  "OMP_NUM_THREADS": "2"})

@@ -12,11 +12,12 @@ from PIL import Image
 from pipeline.importers.command import main
 from pipeline.importers.resshift import vq_model
 from pipeline.resize import upsample_cond
+from recipe_builder import write_recipe
 from teachers import LatentResShiftProcess, load_teacher
 from teachers.latent_resshift import bicubic_preimage
 from teachers.process import sample
 from teachers.swin_unet import SwinUNet
-from test_import_resshift import ldm_vq_state
+from test_importers_resshift import ldm_vq_state
 
 VQ = dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=3, embed_dim=3, n_embed=16, resolution=32)
 UNET = dict(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_resolutions=(8, 4),
@@ -202,7 +203,6 @@ def test_a_latent_process_without_its_autoencoder_is_a_clear_error(tmp_path):
 
 
 def test_a_student_distils_from_an_imported_resshift_teacher_and_publishes_with_its_autoencoder(tmp_path):
-    from conftest import TINY_UNET_TOML
     from pipeline.preflight import RecipeWarning, preflight
     from pipeline.recipe import load_recipe
     from pipeline.sr_pipeline import BiDiffSRPipeline, tiled_super_resolve
@@ -214,35 +214,14 @@ def test_a_student_distils_from_an_imported_resshift_teacher_and_publishes_with_
         (tmp_path / split).mkdir()
         for i in range(2):
             Image.fromarray((torch.rand(size, size, 3) * 255).byte().numpy()).save(tmp_path / split / f"{i}.png")
-    (tmp_path / "r.toml").write_text(f"""
-[run]
-output_dir = "{tmp_path / 'run'}"
-log_with = []
-[data]
-train = "{tmp_path / 'train'}"
-patch_size = 32
-num_workers = 0
-val = "{tmp_path / 'val'}"
-val_max_images = 1
-[teacher]
-path = "{tmp_path / 'teacher'}"
-{TINY_UNET_TOML}
-[[stages]]
-type = "feature_distill"
-steps = 2
-batch_size = 2
-spd_weight = 0.0
-output_weight = 1.0
-[[stages]]
-type = "one_step"
-steps = 2
-batch_size = 2
-[eval]
-lpips = false
-tile_size = 96
-""")
+    recipe = write_recipe(tmp_path, "run", data={"train": tmp_path / "train", "val": tmp_path / "val",
+                                                 "val_max_images": 1},
+                          teacher={"path": tmp_path / "teacher"}, eval={"lpips": False, "tile_size": 96},
+                          stages=[{"type": "feature_distill", "steps": 2, "batch_size": 2, "spd_weight": 0.0,
+                                   "output_weight": 1.0},
+                                  {"type": "one_step", "steps": 2, "batch_size": 2}])
     with pytest.warns(RecipeWarning, match="data.degradation = 'bicubic', but the teacher .* trained on 'realesrgan'"):
-        checked = preflight(load_recipe(tmp_path / "r.toml"))  # deliberate here: a warning, not an error
+        checked = preflight(load_recipe(recipe))  # deliberate here: a warning, not an error
     trainer = Trainer(checked.recipe, checked=checked)
     assert isinstance(trainer.process, LatentResShiftProcess) and trainer.process.autoencoder is not None
     result = trainer.run()

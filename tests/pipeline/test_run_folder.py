@@ -10,7 +10,9 @@ from pipeline.recipe import load_recipe
 from pipeline.run import main as run_main
 from pipeline.run_folder import LOCK, RunFolder, RunFolderError
 from pipeline.trainer import Trainer
-from test_trainer import SHARED, write_recipe
+from conftest import SHARED
+from recipe_builder import write_recipe
+from test_trainer import direct_recipe
 
 pytestmark = pytest.mark.skipif(not (SHARED / "data" / "Set14").is_dir(), reason="../shared/data not present")
 
@@ -21,7 +23,7 @@ def digest(folder: Path) -> dict:
 
 
 def test_a_folder_with_a_users_files_is_refused_and_left_as_it_was(tmp_path, capsys):
-    recipe = write_recipe(tmp_path, "mine", steps=2)
+    recipe = direct_recipe(tmp_path, "mine", steps=2)
     mine = tmp_path / "mine"
     (mine / "student").mkdir(parents=True)
     (mine / "student" / "thesis.txt").write_text("years of work")
@@ -47,7 +49,7 @@ def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(tmp_path):
 
 
 def test_a_changed_recipe_never_reuses_finished_stages_or_checkpoints(tmp_path):
-    recipe = write_recipe(tmp_path, "run", steps=4, every=2)
+    recipe = direct_recipe(tmp_path, "run", steps=4, every=2)
     Trainer(load_recipe(recipe)).run()
     out = tmp_path / "run"
     finished = digest(out / "stages")
@@ -68,7 +70,7 @@ def test_a_changed_recipe_never_reuses_finished_stages_or_checkpoints(tmp_path):
 
 def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_is_used(tmp_path, capsys):
     """A truncated newest checkpoint and a byte-flipped stage folder are found by their checksums, not trained on."""
-    recipe = write_recipe(tmp_path, "run", steps=8, every=2)  # keeps step-4 and step-6
+    recipe = direct_recipe(tmp_path, "run", steps=8, every=2)  # keeps step-4 and step-6
     Trainer(load_recipe(recipe)).run()
     out = tmp_path / "run"
     newest = out / "checkpoints" / "0-direct" / "step-00000006" / "model.safetensors"
@@ -103,29 +105,23 @@ def test_fingerprints_cover_precision_autocast_the_training_images_and_student_i
 
     from conftest import TINY_STUDENT
     from pipeline.run_folder import check_fingerprint, stage_fingerprints
-    from students.bidiffsr import BIDiffSRUNet
+    from students.bidiffsr import BiDiffSRUNet
     from teachers import DDPMProcess
 
-    (tmp_path / "train").mkdir()
-    Image.new("RGB", (64, 64)).save(tmp_path / "train" / "a.png")
-    BIDiffSRUNet(**TINY_STUDENT).save_pretrained(tmp_path / "init")
-    (tmp_path / "r.toml").write_text(
-        f'[run]\noutput_dir = "{tmp_path / "out"}"\n[data]\ntrain = "{tmp_path / "train"}"\npatch_size = 32\n'
-        f'[student]\ninit = "{tmp_path / "init"}"\n[student.unet]\nbase_channels = 16\nchannel_mults = [1, 2]\n'
-        "num_res_blocks = 1\nnorm_groups = 4\nimage_size = 32\nfp_resolutions = [32]\ndropout = 0.0\n"
-        '[[stages]]\ntype = "direct"\nsteps = 3\n')
+    BiDiffSRUNet(**TINY_STUDENT).save_pretrained(tmp_path / "init")
+    recipe = write_recipe(tmp_path, student={"init": tmp_path / "init", "unet": {"dropout": 0.0}})
+    photo = next((tmp_path / "train").iterdir())
 
     def fingerprint(*overrides, precision="no"):
-        return stage_fingerprints(load_recipe(tmp_path / "r.toml", list(overrides)), DDPMProcess(), TINY_STUDENT,
-                                  precision)[0]
+        return stage_fingerprints(load_recipe(recipe, list(overrides)), DDPMProcess(), TINY_STUDENT, precision)[0]
 
     base = fingerprint()
     assert "precision" not in base and "autocast" not in base["models"]["teacher"]  # defaults: as before
     changes = {"precision": fingerprint(precision="bf16"), "autocast": fingerprint('teacher.autocast="bf16"')}
-    Image.new("RGB", (64, 64), "white").save(tmp_path / "train" / "a.png")  # the same path, other pixels
-    os.utime(tmp_path / "train" / "a.png", ns=(1, 1))
+    Image.new("RGB", (64, 64), "white").save(photo)  # the same path, other pixels
+    os.utime(photo, ns=(1, 1))
     changes["image"] = fingerprint()
-    BIDiffSRUNet(**dict(TINY_STUDENT, dropout=0.5)).save_pretrained(tmp_path / "init")
+    BiDiffSRUNet(**dict(TINY_STUDENT, dropout=0.5)).save_pretrained(tmp_path / "init")
     changes["student.init"] = fingerprint()
     for what, changed in changes.items():
         with pytest.raises(RunFolderError, match="different recipe"):
@@ -143,7 +139,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_rerun_resumes(tmp_path, monkeyp
 
     from pipeline import checkpoints as trainer_module
 
-    recipe = write_recipe(tmp_path, "full", steps=6, every=2)
+    recipe = direct_recipe(tmp_path, "full", steps=6, every=2)
     real, calls = trainer_module.write_checksums, []
 
     def disk_full_on_the_second_checkpoint(folder):

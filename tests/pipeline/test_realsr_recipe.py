@@ -5,6 +5,7 @@ then the BiMaCoSR student started from it, evaluation on degraded validation cop
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -14,7 +15,7 @@ from pipeline.sr_pipeline import BiDiffSRPipeline
 from pipeline.trainer import Trainer
 from test_latent_resshift import import_args, write_release
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["student.unet.base_channels=16", "student.unet.channel_mults=[1, 2]", "student.unet.num_res_blocks=1",
         "student.unet.norm_groups=4", "student.unet.image_size=32", "student.unet.fp_resolutions=[32]",
         "stages.0.steps=2", "stages.0.batch_size=2", "stages.0.warmup_steps=0", "stages.0.ema_decay=0.0",
@@ -28,6 +29,7 @@ def images(folder: Path, size: int, n: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_the_realsr_recipe_trains_a_twin_then_a_bimacosr_student_and_publishes(tmp_path):
     write_release(tmp_path)
     assert import_main(import_args(tmp_path)) == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.complexity import format_ops, format_params, measure
 from teachers import (DDPMProcess, ResShiftProcess, SR3UNet, Teacher, build_teacher_denoiser, load_teacher)
 
@@ -111,7 +111,7 @@ def test_ddim_from_fixed_noise_is_deterministic():
 
 def test_twin_is_the_student_with_binarization_off_and_its_features_align():
     teacher = twin().freeze()
-    student = BIDiffSRUNet(**TINY_STUDENT).eval()
+    student = BiDiffSRUNet(**TINY_STUDENT).eval()
     assert teacher.unet.config.binarizer == "none" and set(teacher.unet.state_dict()) == set(student.state_dict())
     assert student.init_from_teacher(teacher.unet) == []
     for name, value in teacher.unet.state_dict().items():
@@ -129,17 +129,17 @@ def test_twin_is_the_student_with_binarization_off_and_its_features_align():
 
 
 def test_twin_of_a_bbcu_student_has_one_timestep_group():
-    config = BIDiffSRUNet.twin_config(dict(TINY_STUDENT, binarizer="bbcu"))
+    config = BiDiffSRUNet.twin_config(dict(TINY_STUDENT, binarizer="bbcu"))
     assert config["binarizer"] == "none" and config["timestep_groups"] == 1
-    student = BIDiffSRUNet(**TINY_STUDENT, binarizer="bbcu")
-    assert student.init_from_teacher(BIDiffSRUNet(**config)) == []
+    student = BiDiffSRUNet(**TINY_STUDENT, binarizer="bbcu")
+    assert student.init_from_teacher(BiDiffSRUNet(**config)) == []
 
 
 def test_starting_from_an_unaligned_teacher_is_refused_with_the_reason():
-    student = BIDiffSRUNet(**TINY_STUDENT)
-    with pytest.raises(ValueError, match="SR3UNet, not a BIDiffSRUNet"):
+    student = BiDiffSRUNet(**TINY_STUDENT)
+    with pytest.raises(ValueError, match="SR3UNet, not a BiDiffSRUNet"):
         student.init_from_teacher(SR3UNet(**TINY_UNET))
-    wider = BIDiffSRUNet(**BIDiffSRUNet.twin_config(dict(TINY_STUDENT, base_channels=32, norm_groups=4)))
+    wider = BiDiffSRUNet(**BiDiffSRUNet.twin_config(dict(TINY_STUDENT, base_channels=32, norm_groups=4)))
     with pytest.raises(ValueError, match="base_channels is 32 in the teacher but 16 in the student"):
         student.init_from_teacher(wider)
 
@@ -182,7 +182,7 @@ def test_evaluation_rows(kind):
     hr, _ = patches(1, 24)
     images = [ValImage("x", hr[0], F.avg_pool2d(hr, 4)[0])]
     teacher = KINDS[kind]().freeze()
-    student = BIDiffSRUNet(**TINY_STUDENT, num_train_timesteps=teacher.process.num_train_timesteps)
+    student = BiDiffSRUNet(**TINY_STUDENT, num_train_timesteps=teacher.process.num_train_timesteps)
     steps = 3 if isinstance(teacher.process, DDPMProcess) else None
     result = evaluate(images, 4, student, teacher, student_process=teacher.process, num_inference_steps=steps)
     assert set(result["mean"]) == {"bicubic", "condition", "teacher", "student"}

@@ -3,7 +3,7 @@
 Golden losses: a short seeded training of a tiny binarized student and of its full-precision twin on fixed patches
 of a real photo must reproduce recorded per-step losses and the mean distance the binary layers' latent weights
 travelled. Regenerate them only on purpose (a change that is meant to change training), with
-`python tests/test_learning.py` and the reason in the commit message.
+`python tests/pipeline/test_learning.py` and the reason in the commit message.
 
 Binary-weight updates at paper size: Adam is blind to a gradient's scale until it nears eps, which is where the
 paper-size network's binary-weight gradients sit (~3e-7); there, a gradient multiplied by alpha (~0.007) stalls the
@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline.resize import make_lr, upsample_cond  # noqa: E402
-from students.bidiffsr import BIDiffSRUNet  # noqa: E402
+from students.bidiffsr import BiDiffSRUNet  # noqa: E402
 from students.binary import BinaryConv2d  # noqa: E402
 from teachers import DDPMProcess, ResShiftProcess, noisy_batch, training_loss  # noqa: E402
 
@@ -67,7 +67,7 @@ def train(binarizer: str, process_name: str, steps: int, lr: float = 1e-3, every
     drift of the binary convs' weights in units of lr)."""
     process = make_process(process_name)
     torch.manual_seed(0)
-    model = BIDiffSRUNet(**TINY, binarizer=binarizer, num_train_timesteps=process.num_train_timesteps,
+    model = BiDiffSRUNet(**TINY, binarizer=binarizer, num_train_timesteps=process.num_train_timesteps,
                          timestep_groups=5).to(dtype)
     hr, cond = (x.to(dtype) for x in photo_patches(8))
     latent = [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
@@ -86,13 +86,14 @@ def train(binarizer: str, process_name: str, steps: int, lr: float = 1e-3, every
     return model, process, losses, drift
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binarizer, process_name", sorted(GOLDEN))
 def test_golden_losses(binarizer, process_name):
     golden_losses, golden_drift = GOLDEN[(binarizer, process_name)]
     # float64: a binarized training is chaotic (one sign flip changes the path), and float32 summation order differs
     # between CPUs enough to flip signs within 40 steps; in float64 the path is the same on every machine
     _, _, losses, drift = train(binarizer, process_name, GOLDEN_STEPS, dtype=torch.float64)
-    hint = "; if that is meant, regenerate GOLDEN with `python tests/test_learning.py`"
+    hint = "; if that is meant, regenerate GOLDEN with `python tests/pipeline/test_learning.py`"
     assert losses == pytest.approx(golden_losses, rel=2e-3, abs=1e-5), f"losses changed: {losses}{hint}"
     assert drift == pytest.approx(golden_drift, rel=2e-2), f"binary latent weights drifted {drift:.3f} lr{hint}"
 
@@ -100,7 +101,7 @@ def test_golden_losses(binarizer, process_name):
 def test_binary_weights_of_the_paper_size_student_move_by_lr_on_the_first_adam_step():
     """Measured on the first version (alpha in the gradient): 0.25 lr on average, 85% of weights > 50% off lr."""
     torch.manual_seed(0)
-    model = BIDiffSRUNet(dropout=0.0)  # the official x2/x4 network
+    model = BiDiffSRUNet(dropout=0.0)  # the official x2/x4 network
     latent = [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
     start = [w.detach().clone() for w in latent]
     lr = 1e-4
@@ -128,12 +129,13 @@ def x0_psnr(model, process, hr, cond, timesteps) -> float:
     return sum(scores) / len(scores)
 
 
+@pytest.mark.slow
 def test_binarized_student_learns_on_the_ddpm_process():
     """60 Adam steps on 8 photo patches lift the student's x0 estimate on 8 held-out patches by more than 3 dB."""
     hr, cond = photo_patches(8, seed=7)
     process = make_process("ddpm")
     torch.manual_seed(0)
-    untrained = BIDiffSRUNet(**TINY)
+    untrained = BiDiffSRUNet(**TINY)
     before = x0_psnr(untrained, process, hr, cond, (100, 400, 800))
     model = train("bidiffsr", "ddpm", 60, lr=2e-3)[0]
     after = x0_psnr(model, process, hr, cond, (100, 400, 800))

@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline import upscale
 from pipeline.publish import write_model_folder
 from pipeline.sr_pipeline import BiDiffSRPipeline
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.binarizers import BINARIZERS
 from students.binary import BinaryConv2d
 from students.packed_conv import PackedFilters, pack_signs
@@ -130,7 +130,7 @@ def test_channel_slices_of_channels_last_tensors_are_read_in_place(half):
 def test_binarizers_without_sign_activations_keep_their_float_path(tiny_config, binarizer):
     unit = BinaryConv2d(8, 8, 3, BINARIZERS[binarizer])
     assert not unit.use_packed_kernel() and unit.packed_filters is None
-    model = BIDiffSRUNet(**tiny_config, binarizer=binarizer)
+    model = BiDiffSRUNet(**tiny_config, binarizer=binarizer)
     kept = model.use_packed_kernels()
     assert kept and all(isinstance(model.get_submodule(n), BinaryConv2d) for n in kept)
 
@@ -144,7 +144,7 @@ def test_filters_with_two_magnitudes_are_refused():
 
 @pytest.mark.parametrize("binarizer, blocks", [("bidiffsr", 0), ("reactnet", 0), ("bidm", 2)])
 def test_whole_students_agree_and_the_packed_file_loads_onto_the_kernels(tiny_config, tmp_path, binarizer, blocks):
-    model = BIDiffSRUNet(**tiny_config, binarizer=binarizer, cross_timestep_blocks=blocks).eval()
+    model = BiDiffSRUNet(**tiny_config, binarizer=binarizer, cross_timestep_blocks=blocks).eval()
     x, cond, t = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.tensor([7, 1800])
     with torch.no_grad():
         reference, features = model(x, cond, t, return_features=True)
@@ -157,7 +157,7 @@ def test_whole_students_agree_and_the_packed_file_loads_onto_the_kernels(tiny_co
 
 
 def test_the_pipeline_and_the_upscale_command_run_packed(tiny_config, tmp_path, capsys):
-    folder = write_model_folder(BIDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
+    folder = write_model_folder(BiDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
     lr = torch.rand(1, 3, 6, 5)
     reference = BiDiffSRPipeline.from_pretrained(folder)(lr, num_inference_steps=2, seed=3, output_type="pt")
     pipe = BiDiffSRPipeline.from_pretrained(folder, packed_kernels=True)
@@ -185,7 +185,7 @@ def test_a_failed_build_falls_back_to_the_float_path_with_one_warning(tiny_confi
 
     monkeypatch.setattr(packed_conv, "_loaded", None)  # put back after the test, so nothing loads twice
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
-    model = BIDiffSRUNet(**tiny_config).eval()
+    model = BiDiffSRUNet(**tiny_config).eval()
     x = torch.randn(1, 3, 16, 16)
     expected = model(x, x, torch.tensor([7]))
     with pytest.warns(UserWarning, match="could not be built .*c\\+\\+: command not found.*the float path runs"):
@@ -228,6 +228,7 @@ def test_the_kernels_load_once_per_process(monkeypatch):
     assert packed_conv.kernels() is first and len(calls) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cflags", ["-mno-avx2", "-mno-avx512f"])
 def test_the_paths_without_avx512_agree_with_the_float_emulation(tiny_config, tmp_path, cflags):
     """The source's scalar path (what ARM and old x86 compile; -mno-avx2) and its AVX2 path (x86 without AVX-512's
@@ -239,16 +240,16 @@ def test_the_paths_without_avx512_agree_with_the_float_emulation(tiny_config, tm
     code = """
 import torch
 from conftest import TINY_STUDENT
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students import packed_conv
-model = BIDiffSRUNet(**TINY_STUDENT).eval()
+model = BiDiffSRUNet(**TINY_STUDENT).eval()
 x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
 expected = model(x, x, torch.tensor([5]))
 model.use_packed_kernels()
 assert any(m.packed_filters is not None for m in model.modules() if hasattr(m, "packed_filters"))
 print((model(x, x, torch.tensor([5])) - expected).abs().max().item(), packed_conv.kernels().__file__)
 """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}", "BIDISTILL_PACKED_CFLAGS": cflags}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,7 +1,6 @@
 """The staged trainer end to end: outputs, exact resume after SIGKILL, two-process DDP, evaluation on a checkpoint."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,61 +11,29 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_UNET_TOML
+from conftest import ROOT, SHARED, subprocess_env
 from pipeline import evaluate as evaluate_cli
 from pipeline.recipe import load_recipe
 from pipeline.trainer import Trainer
+from recipe_builder import write_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 pytestmark = pytest.mark.skipif(not (SHARED / "data" / "Set14").is_dir(), reason="../shared/data not present")
 
-DIRECT_ONLY = """
-[run]
-output_dir = "{out}"
-scale = 4
-log_with = []
-log_every = 5
-checkpoint_every = {every}
-keep_checkpoints = 2
-[data]
-train = "{train}"
-patch_size = 32
-num_workers = 0
-{unet}dropout = 0.2
-[[stages]]
-type = "direct"
-steps = {steps}
-batch_size = 2
-lr = 1e-3
-ema_decay = 0.9
-max_grad_norm = 1.0
-grad_accum = 2
-lr_schedule = "cosine"
-warmup_steps = 2
-"""
-
-
-def subprocess_env(tmp_path):
-    """A clean environment for a training process. One thread each: these tests run two processes at once, and two
-    OpenMP pools spin-waiting on a 2-core machine slow both many times over (the runs compared share this setting)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PYTHONPATH=str(ROOT), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
-    return env
-
-
-def write_recipe(tmp_path, name, steps=12, every=3):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(DIRECT_ONLY.format(out=tmp_path / name, train=SHARED / "data" / "Set14", steps=steps, every=every,
-                                       unet=TINY_UNET_TOML))
-    return path
+def direct_recipe(tmp_path, name, steps=12, every=3) -> Path:
+    """The tiny student (dropout 0.2) trained directly on Set14 with EMA, clipping, accumulation and a schedule."""
+    return write_recipe(tmp_path, name,
+                        run={"log_every": 5, "checkpoint_every": every, "keep_checkpoints": 2},
+                        data={"train": SHARED / "data" / "Set14"}, student={"unet": {"dropout": 0.2}},
+                        stages=[{"type": "direct", "steps": steps, "batch_size": 2, "lr": 1e-3, "ema_decay": 0.9,
+                                 "max_grad_norm": 1.0, "grad_accum": 2, "lr_schedule": "cosine",
+                                 "warmup_steps": 2}])
 
 
 def final_weights(run_dir: Path) -> dict:
     return load_file(run_dir / "student" / "diffusion_pytorch_model.safetensors")
 
 
+@pytest.mark.slow
 def test_tiny_recipe_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     recipe = load_recipe(ROOT / "recipes" / "tiny.toml", [f"run.output_dir=\"{tmp_path / 'run'}\""])
@@ -103,11 +70,12 @@ def run_script(recipe: Path, tmp_path, *extra) -> subprocess.Popen:
                             env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--set", "data.degradation=realesrgan", "--set", "data.patch_size=64"]],
                          ids=["bicubic", "realesrgan"])
 def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path, extra):
-    reference = run_script(write_recipe(tmp_path, "reference"), tmp_path, *extra)
-    killed_recipe = write_recipe(tmp_path, "killed")
+    reference = run_script(direct_recipe(tmp_path, "reference"), tmp_path, *extra)
+    killed_recipe = direct_recipe(tmp_path, "killed")
     killed = run_script(killed_recipe, tmp_path, *extra)
     checkpoints = tmp_path / "killed" / "checkpoints" / "0-direct"
     deadline = time.time() + 600  # a guard against a hang only: a slow machine must not fail this test
@@ -130,8 +98,9 @@ def test_sigkill_and_resume_ends_with_the_same_weights(tmp_path, extra):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_processes_keep_identical_weights(tmp_path):
-    recipe = write_recipe(tmp_path, "ddp", steps=4, every=2)
+    recipe = direct_recipe(tmp_path, "ddp", steps=4, every=2)
     env = subprocess_env(tmp_path)
     env["ACCELERATE_USE_CPU"] = "true"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -161,7 +130,7 @@ def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_holds_it(tmp_path
         return loss * float("nan") if calls["n"] > 2 * 2 else loss  # grad_accum = 2: micro-steps 5+ are step 3+
 
     monkeypatch.setattr(direct, "training_loss", poisoned)
-    recipe = load_recipe(write_recipe(tmp_path, "nan", steps=8, every=2), ["run.log_every=5"])
+    recipe = load_recipe(direct_recipe(tmp_path, "nan", steps=8, every=2), ["run.log_every=5"])
     with pytest.raises(NonFiniteLoss, match=r"stage 0 \(direct\): loss.* by step 4 .*checkpoints/0-direct/step-00000002"):
         Trainer(recipe).run()
     ckpts = sorted(p.name for p in (tmp_path / "nan" / "checkpoints" / "0-direct").iterdir())

@@ -3,6 +3,7 @@ bundled with scikit-image and leaves a loadable published folder."""
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from pipeline.builtin_data import SKIMAGE_TRAIN, SKIMAGE_VAL, export_skimage
@@ -11,7 +12,7 @@ from pipeline.sr_pipeline import BiDiffSRPipeline
 from pipeline.trainer import Trainer
 from students.packing import unpack_student
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_skimage_export_is_real_rgb_photos(tmp_path):
@@ -23,6 +24,7 @@ def test_skimage_export_is_real_rgb_photos(tmp_path):
     export_skimage(tmp_path)  # idempotent
 
 
+@pytest.mark.slow
 def test_quickstart_recipe_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     recipe = load_recipe(ROOT / "recipes" / "quickstart.toml")

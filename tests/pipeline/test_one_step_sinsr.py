@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_STUDENT
 from pipeline.stages import OneStepStage
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers import ResShiftProcess, Teacher
 
 T = 4
@@ -14,12 +14,12 @@ T = 4
 
 def models():
     torch.manual_seed(0)
-    teacher_net = BIDiffSRUNet(**BIDiffSRUNet.twin_config(dict(TINY_STUDENT, num_train_timesteps=T, timestep_groups=2)))
+    teacher_net = BiDiffSRUNet(**BiDiffSRUNet.twin_config(dict(TINY_STUDENT, num_train_timesteps=T, timestep_groups=2)))
     with torch.no_grad():
         for p in teacher_net.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     teacher = Teacher(teacher_net, ResShiftProcess(num_train_timesteps=T)).freeze()
-    student = BIDiffSRUNet(**dict(TINY_STUDENT, num_train_timesteps=T, timestep_groups=2))
+    student = BiDiffSRUNet(**dict(TINY_STUDENT, num_train_timesteps=T, timestep_groups=2))
     return teacher, student
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipeline import complexity as complexity_command
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.binary import BinaryConv2d
 from students.complexity import format_ops, format_params, measure, measure_student
 
@@ -29,7 +29,7 @@ CONV_UP_WEIGHTS = sum(9 * c * c // 2 for c in (512, 256, 128))
 
 def test_official_config_raw_counts():
     with torch.device("meta"):
-        model = BIDiffSRUNet()
+        model = BiDiffSRUNet()
     binary = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
     assert len(binary) == 56 and all(m.bias is None for m in binary)
     assert sum(p.numel() for p in model.parameters()) == 51_280_387
@@ -120,6 +120,7 @@ def test_unknown_parametric_module_is_an_error():
         measure(Net(), 8, 8)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_paper_row(capsys):
     complexity_command.main([])
     out = capsys.readouterr().out

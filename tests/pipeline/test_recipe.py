@@ -1,52 +1,23 @@
 """Recipes: typed parsing, validation errors that name the file and key, overrides, shipped recipes."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import ROOT, SHARED, TINY_STUDENT
 from pipeline.preflight import load_checked, preflight
 from pipeline.recipe import RecipeError, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
-TEACHER_STAGE = "[[stages]]\ntype = \"teacher\"\nname = \"t\"\nsteps = 2\n"
-SPD_STAGE = "[[stages]]\ntype = \"feature_distill\"\nname = \"fd\"\nsteps = 2\n"
-
-BASE = """
-[run]
-output_dir = "{out}"
-[data]
-train = "{train}"
-patch_size = 32
-[student.unet]
-base_channels = 16
-channel_mults = [1, 2]
-norm_groups = 4
-image_size = 32
-fp_resolutions = [32]
-[[stages]]
-type = "direct"
-steps = 3
-"""
+DIRECT = {"type": "direct", "steps": 3}
+TEACHER = {"type": "teacher", "name": "t", "steps": 2}
+SPD = {"type": "feature_distill", "name": "fd", "steps": 2}
 
 
 @pytest.fixture
-def write(tmp_path):
-    from PIL import Image
-
-    train = tmp_path / "train"
-    train.mkdir()
-    Image.new("RGB", (64, 64)).save(train / "photo.png")
-
-    def _write(extra: str = "", base: str = BASE) -> Path:
-        path = tmp_path / "r.toml"
-        path.write_text(base.format(out=tmp_path / "out", train=train) + extra)
-        return path
-
-    return _write
+def write(make_recipe):
+    """`write(*stages, **tables)`: the tiny student's recipe, one direct stage then `stages`, with `tables` merged."""
+    return lambda *stages, **tables: make_recipe(stages=[DIRECT, *stages], **tables)
 
 
 def test_valid_recipe_parses_into_types(write):
@@ -56,8 +27,7 @@ def test_valid_recipe_parses_into_types(write):
 
 
 def test_preflight_only_reads_the_recipe(write):
-    recipe = load_recipe(write(TEACHER_STAGE + SPD_STAGE + "spd_weight = 0.0\noutput_weight = 1.0\n"
-                               "[teacher]\nkind = \"twin\"\n"))
+    recipe = load_recipe(write(TEACHER, dict(SPD, spd_weight=0.0, output_weight=1.0), teacher={"kind": "twin"}))
     assert [s.name for s in recipe.stages] == ["direct", "t", "fd"]  # names resolve when the recipe is built
     before = recipe.to_dict()
     checked = preflight(recipe)
@@ -78,9 +48,9 @@ def test_each_stage_type_has_its_own_settings(write):
     direct = load_recipe(write()).stages[0]
     assert not hasattr(direct, "spd_weight") and type(direct).type_name == "direct"
     with pytest.raises(RecipeError, match=r"stages\[1\].spd_weight: unknown key; a 'direct' stage's keys are"):
-        load_recipe(write("[[stages]]\ntype = \"direct\"\nname = \"b\"\nsteps = 2\nspd_weight = 0.1\n"))
+        load_recipe(write({"type": "direct", "name": "b", "steps": 2, "spd_weight": 0.1}))
     with pytest.raises(RecipeError, match=r"stages\[1\].xt_weight: unknown key; a 'feature_distill' stage's"):
-        load_recipe(write(SPD_STAGE + "xt_weight = 1.0\n"))
+        load_recipe(write(dict(SPD, xt_weight=1.0)))
 
 
 def test_overrides_use_dotted_paths(write):
@@ -90,41 +60,44 @@ def test_overrides_use_dotted_paths(write):
         load_recipe(write(), ["stages.4.steps=7"])
 
 
+def stage(**settings) -> dict:
+    return {"type": "direct", "name": "b", "steps": 2, **settings}
+
+
 @pytest.mark.parametrize(
-    "extra, key, message",
+    "stages, tables, key, message",
     [
-        ("[eval]\nnum_steps = 3\n", "eval.num_steps", "unknown key"),
-        ("[[stages]]\ntype = \"direct\"\nsteps = 2\nlrr = 1.0\n", "stages[1].lrr", "unknown key"),
-        ("[[stages]]\ntype = \"direct\"\nname = \"b\"\nsteps = \"ten\"\n", "stages[1].steps", "must be an integer"),
-        ("[[stages]]\ntype = \"direct\"\nname = \"b\"\nsteps = 2\nlr = -1.0\n", "stages[1].lr", "must be > 0"),
-        ("[[stages]]\ntype = \"distill\"\nsteps = 2\n", "stages[1].type", "must be one of"),
-        ("[[stages]]\ntype = \"direct\"\nsteps = 2\n", "stages[1].name", "used twice"),
-        ("[[stages]]\ntype = \"feature_distill\"\nsteps = 2\n", "stages[1].type", "needs a teacher"),
-        ("[teacher]\npath = \"/nonexistent/teacher\"\n", "teacher.path", "is not a teacher folder"),
-        ("[eval]\nlpips_backbone = \"/nonexistent/alex.pth\"\n", "eval.lpips_backbone", "does not exist"),
-        ("[publish]\npush_to_hub = \"noslash\"\n", "publish.push_to_hub", "owner/name"),
-        ("[optimizer]\nlr = 1\n", "optimizer", "unknown table"),
+        ([], {"eval": {"num_steps": 3}}, "eval.num_steps", "unknown key"),
+        ([{"type": "direct", "steps": 2, "lrr": 1.0}], {}, "stages[1].lrr", "unknown key"),
+        ([stage(steps="ten")], {}, "stages[1].steps", "must be an integer"),
+        ([stage(lr=-1.0)], {}, "stages[1].lr", "must be > 0"),
+        ([{"type": "distill", "steps": 2}], {}, "stages[1].type", "must be one of"),
+        ([{"type": "direct", "steps": 2}], {}, "stages[1].name", "used twice"),
+        ([{"type": "feature_distill", "steps": 2}], {}, "stages[1].type", "needs a teacher"),
+        ([], {"teacher": {"path": "/nonexistent/teacher"}}, "teacher.path", "is not a teacher folder"),
+        ([], {"eval": {"lpips_backbone": "/nonexistent/alex.pth"}}, "eval.lpips_backbone", "does not exist"),
+        ([], {"publish": {"push_to_hub": "noslash"}}, "publish.push_to_hub", "owner/name"),
+        ([], {"optimizer": {"lr": 1}}, "optimizer", "unknown table"),
         # distillation mistakes stop before training
-        ("[process]\ntype = \"ddim\"\n", "process.type", "must be one of"),
-        ("[process]\ntype = \"resshift\"\nkapa = 2.0\n", "process.kapa", "unknown ResShiftProcess setting"),
-        ("[process]\ntype = \"resshift\"\nprediction_type = \"epsilon\"\n", "process", "prediction_type='epsilon'"),
-        ("[teacher]\nkind = \"resshift\"\n", "teacher.kind", "must be one of"),
-        ("[teacher]\nkind = \"sr3\"\n" + TEACHER_STAGE + SPD_STAGE, "stages[2].spd_weight",
+        ([], {"process": {"type": "ddim"}}, "process.type", "must be one of"),
+        ([], {"process": {"type": "resshift", "kapa": 2.0}}, "process.kapa", "unknown ResShiftProcess setting"),
+        ([], {"process": {"type": "resshift", "prediction_type": "epsilon"}}, "process", "prediction_type='epsilon'"),
+        ([], {"teacher": {"kind": "resshift"}}, "teacher.kind", "must be one of"),
+        ([TEACHER, SPD], {"teacher": {"kind": "sr3"}}, "stages[2].spd_weight",
          "needs a teacher whose features correspond"),
-        ("[teacher]\nkind = \"twin\"\n" + TEACHER_STAGE + SPD_STAGE, "student.init_from_teacher",
+        ([TEACHER, SPD], {"teacher": {"kind": "twin"}}, "student.init_from_teacher",
          "set student.init_from_teacher = true"),
-        ("[teacher]\nkind = \"twin\"\nunet = { base_channels = 32 }\n" + TEACHER_STAGE, "teacher.unet",
+        ([TEACHER], {"teacher": {"kind": "twin", "unet": {"base_channels": 32}}}, "teacher.unet",
          "copies student.unet"),
-        ("[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "needs a teacher before"),
-        ("[[stages]]\ntype = \"direct\"\nname = \"../escape\"\nsteps = 2\n", "stages[1].name", "names folders"),
-        ("[[stages]]\ntype = \"feature_distill\"\nname = \"b\"\nsteps = 2\ndirect_weight = -1.0\n",
-         "stages[1].direct_weight", "must be >= 0"),
-        ("[teacher]\nkind = \"twin\"\n" + TEACHER_STAGE + SPD_STAGE + "spd_weight = 0.0\ndirect_weight = 0.0\n",
+        ([], {"student": {"init_from_teacher": True}}, "student.init_from_teacher", "needs a teacher before"),
+        ([stage(name="../escape")], {}, "stages[1].name", "names folders"),
+        ([stage(type="feature_distill", direct_weight=-1.0)], {}, "stages[1].direct_weight", "must be >= 0"),
+        ([TEACHER, dict(SPD, spd_weight=0.0, direct_weight=0.0)], {"teacher": {"kind": "twin"}},
          "stages[2].direct_weight", "would have no loss"),
     ],
 )
-def test_errors_name_file_and_key(write, extra, key, message):
-    assert_recipe_error(write(extra), key, message)
+def test_errors_name_file_and_key(write, stages, tables, key, message):
+    assert_recipe_error(write(*stages, **tables), key, message)
 
 
 def assert_recipe_error(path, key: str, message: str) -> None:
@@ -135,9 +108,9 @@ def assert_recipe_error(path, key: str, message: str) -> None:
 
 def test_bad_student_config_is_reported_with_its_field(write):
     path = write()
-    with pytest.raises(RecipeError, match=r"student.unet: BIDiffSRUNet config: timestep_groups=0"):
+    with pytest.raises(RecipeError, match=r"student.unet: BiDiffSRUNet config: timestep_groups=0"):
         load_checked(path, ["student.unet.timestep_groups=0"])
-    with pytest.raises(RecipeError, match=r"student.unet.widht: unknown BIDiffSRUNet argument"):
+    with pytest.raises(RecipeError, match=r"student.unet.widht: unknown BiDiffSRUNet argument"):
         load_checked(path, ["student.unet.widht=3"])
 
 
@@ -179,11 +152,11 @@ def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
         overrides.append(f"teacher.path=\"{tmp_path / 'teacher'}\"")
     init = tomllib.loads((ROOT / "recipes" / name).read_text()).get("student", {}).get("init")
     if init:  # a full-precision twin saved by an earlier run: its config is what the recipe check reads
-        from students.bidiffsr import BIDiffSRUNet
+        from students.bidiffsr import BiDiffSRUNet
 
         unet = tomllib.loads((ROOT / "recipes" / name).read_text())["student"]["unet"]
         with torch.device("meta"):
-            BIDiffSRUNet(**BIDiffSRUNet.twin_config(dict(unet, num_train_timesteps=15))).save_config(tmp_path / "twin")
+            BiDiffSRUNet(**BiDiffSRUNet.twin_config(dict(unet, num_train_timesteps=15))).save_config(tmp_path / "twin")
         save_file({"stand_in": torch.zeros(1)}, tmp_path / "twin" / "diffusion_pytorch_model.safetensors")
         overrides.append(f"student.init=\"{tmp_path / 'twin'}\"")
     assert load_checked(ROOT / "recipes" / name, overrides).recipe.stages
@@ -191,7 +164,7 @@ def test_shipped_recipes_parse(name, monkeypatch, tmp_path):
 
 
 def test_student_timesteps_follow_the_process(write):
-    path = write("[process]\ntype = \"resshift\"\n")
+    path = write(process={"type": "resshift"})
     with pytest.raises(RecipeError, match=r"student.unet.num_train_timesteps: is 2000 but the process has 15 steps"):
         load_checked(path, ["student.unet.num_train_timesteps=2000"])
     assert load_checked(path).process.name == "resshift"
@@ -200,45 +173,46 @@ def test_student_timesteps_follow_the_process(write):
 @pytest.fixture
 def saved_teachers(tmp_path_factory):
     """Saved teacher folders: an SR3 teacher and the tiny student's twin on DDPM, and a twin on ResShift."""
-    from students.bidiffsr import BIDiffSRUNet
+    from students.bidiffsr import BiDiffSRUNet
     from teachers import DDPMProcess, ResShiftProcess, SR3UNet, Teacher
 
     root = tmp_path_factory.mktemp("teachers")
-    student = dict(base_channels=16, channel_mults=(1, 2), norm_groups=4, image_size=32, fp_resolutions=(32,))
-    twin = BIDiffSRUNet.twin_config(student)
+    twin = BiDiffSRUNet.twin_config(TINY_STUDENT)
     Teacher(SR3UNet(base_channels=16, channel_mults=(1, 2), norm_groups=4), DDPMProcess()).save_pretrained(root / "sr3")
-    Teacher(BIDiffSRUNet(**twin), DDPMProcess()).save_pretrained(root / "twin")
-    Teacher(BIDiffSRUNet(**dict(twin, base_channels=32)), DDPMProcess()).save_pretrained(root / "wide")
-    Teacher(BIDiffSRUNet(**dict(twin, num_train_timesteps=15)), ResShiftProcess()).save_pretrained(root / "resshift")
+    Teacher(BiDiffSRUNet(**twin), DDPMProcess()).save_pretrained(root / "twin")
+    Teacher(BiDiffSRUNet(**dict(twin, base_channels=32)), DDPMProcess()).save_pretrained(root / "wide")
+    Teacher(BiDiffSRUNet(**dict(twin, num_train_timesteps=15)), ResShiftProcess()).save_pretrained(root / "resshift")
     return root
 
 
 @pytest.mark.parametrize(
-    "teacher, extra, key, message",
+    "teacher, stages, tables, key, message",
     [
-        ("resshift", "[process]\ntype = \"ddpm\"\n", "process.type", "lives on the 'resshift' process"),
-        ("twin", "[process]\ntype = \"ddpm\"\nbeta_end = 0.02\n", "process.beta_end", "trained with 0.01"),
-        ("sr3", "[student]\ninit_from_teacher = true\n", "student.init_from_teacher", "SR3UNet, not the student's"),
-        ("wide", "[student]\ninit_from_teacher = true\n", "student.init_from_teacher",
+        ("resshift", [], {"process": {"type": "ddpm"}}, "process.type", "lives on the 'resshift' process"),
+        ("twin", [], {"process": {"type": "ddpm", "beta_end": 0.02}}, "process.beta_end", "trained with 0.01"),
+        ("sr3", [], {"student": {"init_from_teacher": True}}, "student.init_from_teacher",
+         "SR3UNet, not the student's"),
+        ("wide", [], {"student": {"init_from_teacher": True}}, "student.init_from_teacher",
          "its base_channels is 32 but student.unet.base_channels is 16"),
-        ("sr3", "[student]\ninit = \"{init}\"\n" + SPD_STAGE, "stages[1].spd_weight", "SR3UNet"),
-        ("twin", "[student]\ninit_from_teacher = true\n" + SPD_STAGE + "patch_size = 36\n", "stages[1].patch_size",
+        ("sr3", [SPD], {"student": {"init": "{init}"}}, "stages[1].spd_weight", "SR3UNet"),
+        ("twin", [dict(SPD, patch_size=36)], {"student": {"init_from_teacher": True}}, "stages[1].patch_size",
          "multiple of 8"),
     ],
 )
-def test_loaded_teacher_mismatches_name_the_key(write, saved_teachers, teacher, extra, key, message, tmp_path):
-    from students.bidiffsr import BIDiffSRUNet
+def test_loaded_teacher_mismatches_name_the_key(write, saved_teachers, teacher, stages, tables, key, message,
+                                                tmp_path):
+    from students.bidiffsr import BiDiffSRUNet
 
     init = tmp_path / "student"  # the recipe's student
-    BIDiffSRUNet(base_channels=16, channel_mults=(1, 2), norm_groups=4, image_size=32,
-                 fp_resolutions=(32,)).save_pretrained(init)
-    path = write(f"[teacher]\npath = \"{saved_teachers / teacher}\"\n" + extra.replace("{init}", str(init)))
+    BiDiffSRUNet(**TINY_STUDENT).save_pretrained(init)
+    if tables.get("student", {}).get("init"):
+        tables = dict(tables, student={"init": init})
+    path = write(*stages, teacher={"path": saved_teachers / teacher}, **tables)
     assert_recipe_error(path, key, message)
 
 
 def test_a_loaded_teachers_process_is_used_when_the_recipe_names_none(write, saved_teachers):
-    path = write(f"[teacher]\npath = \"{saved_teachers / 'resshift'}\"\n[student]\ninit_from_teacher = true\n"
-                 + SPD_STAGE)
+    path = write(SPD, teacher={"path": saved_teachers / "resshift"}, student={"init_from_teacher": True})
     from pipeline.preflight import build_recipe_process, student_unet_config
 
     recipe = load_recipe(path)

@@ -4,12 +4,15 @@ only that they still run)."""
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import binary_speed, freed_memory  # noqa: E402
 
 
+@pytest.mark.slow
 def test_binary_speed_prints_every_table(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # rows unwrapped
     binary_speed.main(["--size", "32", "--repeats", "1", "--layer-repeats", "1", "--steps", "1"])
@@ -17,6 +20,7 @@ def test_binary_speed_prints_every_table(capsys, monkeypatch):
     assert "all binarized convs" in out and "paper configuration" in out and "one step" in out
 
 
+@pytest.mark.slow
 def test_freed_memory_compares_both_thresholds(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     freed_memory.main(["--size", "32", "--repeats", "1", "--rounds", "1"])

@@ -19,34 +19,25 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import evaluate as evaluate_cli
 from pipeline import upscale as upscale_cli
-from conftest import TINY_UNET_TOML
 from pipeline.run import main as run_main
 from students.checksums import write_checksums
 from pipeline.run_folder import RunFolder
+from recipe_builder import TINY_UNET, merged, toml_text
 
-BASE = """
-[run]
-output_dir = "{out}"
-log_with = []
-checkpoint_every = 2
-[data]
-train = "{S}/train"
-patch_size = 32
-num_workers = 0
-val = "{S}/val"
-val_crop = 32
-{unet}[[stages]]
-type = "direct"
-steps = 2
-batch_size = 2
-[eval]
-lpips = false
-num_inference_steps = 2
-grid_images = 0
-"""
+SPD = {"type": "feature_distill", "name": "spd", "steps": 2, "batch_size": 2}
+TEACHER = {"type": "teacher", "name": "t", "steps": 2, "batch_size": 2}
 
-SPD_STAGE = '[[stages]]\ntype = "feature_distill"\nname = "spd"\nsteps = 2\nbatch_size = 2\n'
-TEACHER_STAGE = '[[stages]]\ntype = "teacher"\nname = "t"\nsteps = 2\nbatch_size = 2\n'
+
+def sandbox_recipe(path: Path, sandbox: Path, out: Path, stages=(), **tables) -> Path:
+    """The tiny student trained directly for 2 steps on the sandbox's photos into `out`, then `stages`."""
+    base = {"run": {"output_dir": out, "log_with": [], "checkpoint_every": 2},
+            "data": {"train": sandbox / "train", "patch_size": 32, "num_workers": 0, "val": sandbox / "val",
+                     "val_crop": 32},
+            "student": {"unet": TINY_UNET},
+            "stages": [{"type": "direct", "steps": 2, "batch_size": 2}, *stages],
+            "eval": {"lpips": False, "num_inference_steps": 2, "grid_images": 0}}
+    path.write_text(toml_text(merged(base, tables)))
+    return path
 
 
 def photo(seed: int, size: int) -> Image.Image:
@@ -65,7 +56,7 @@ def digest(root: Path, skip: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory) -> Path:
     """Training and validation photos, saved teachers of several kinds, a user's folder and a finished run."""
-    from students.bidiffsr import BIDiffSRUNet
+    from students.bidiffsr import BiDiffSRUNet
     from teachers import DDPMProcess, ResShiftProcess, SR3UNet, Teacher
 
     s = tmp_path_factory.mktemp("sandbox")
@@ -80,15 +71,15 @@ def sandbox(tmp_path_factory) -> Path:
     (s / "user" / "thesis.txt").write_text("years of work")
     (s / "a_file").write_text("a user's file")
     (s / "not_a_student").mkdir()
-    twin = BIDiffSRUNet.twin_config(dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4,
+    twin = BiDiffSRUNet.twin_config(dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4,
                                          image_size=32, fp_resolutions=(32,)))
-    teachers = {"twin": (BIDiffSRUNet(**twin), DDPMProcess()),
-                "wide": (BIDiffSRUNet(**dict(twin, base_channels=32)), DDPMProcess()),
-                "resshift": (BIDiffSRUNet(**dict(twin, num_train_timesteps=15)), ResShiftProcess()),
+    teachers = {"twin": (BiDiffSRUNet(**twin), DDPMProcess()),
+                "wide": (BiDiffSRUNet(**dict(twin, base_channels=32)), DDPMProcess()),
+                "resshift": (BiDiffSRUNet(**dict(twin, num_train_timesteps=15)), ResShiftProcess()),
                 "sr3": (SR3UNet(base_channels=16, channel_mults=(1, 2), norm_groups=4), DDPMProcess())}
     for name, (unet, process) in teachers.items():
         Teacher(unet, process).save_pretrained(s / "teachers" / name)
-    (s / "recipe.toml").write_text(BASE.format(S=s, out=s / "finished", unet=TINY_UNET_TOML))
+    sandbox_recipe(s / "recipe.toml", s, s / "finished")
     assert run_main([str(s / "recipe.toml")]) == 0
     (s / "lr").mkdir()
     photo(3, 16).save(s / "lr" / "pic.png")
@@ -106,8 +97,8 @@ def sandbox(tmp_path_factory) -> Path:
     write_checksums(nan_model)
     tiny = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4, image_size=32,
                 fp_resolutions=(32,))
-    BIDiffSRUNet(**dict(tiny, base_channels=32)).save_pretrained(s / "students" / "wide")
-    BIDiffSRUNet(**dict(tiny, num_train_timesteps=15)).save_pretrained(s / "students" / "t15")
+    BiDiffSRUNet(**dict(tiny, base_channels=32)).save_pretrained(s / "students" / "wide")
+    BiDiffSRUNet(**dict(tiny, num_train_timesteps=15)).save_pretrained(s / "students" / "t15")
     shutil.copytree(s / "nan_model" / "unet", s / "students" / "nan")
     shutil.copytree(s / "finished" / "stages" / "0-direct", s / "students" / "flipped")
     flip_a_bit(s / "students" / "flipped" / "diffusion_pytorch_model.safetensors")
@@ -134,7 +125,8 @@ class Case:
     args: list[str]                  # {S}: the sandbox; {out}: this case's output folder; {recipe}: its recipe
     expect: list[str]                # fragments of the message, key and file names included
     rc: int = 2
-    extra: str = ""                  # TOML appended to the base recipe
+    stages: tuple = ()               # stages after the base recipe's direct one
+    tables: dict = field(default_factory=dict)  # merged into the base recipe
     command: str = "run"
     setup: object = field(default=None, repr=False)
 
@@ -173,28 +165,28 @@ RUN_CASES = [
     Case("resume from nowhere", RUN + ["--set", 'run.resume="{S}/nowhere"'], ["run.resume", "{S}/nowhere"]),
     Case("unknown process", RUN + ["--set", 'process.type="ddim"'], ["process.type: must be one of"]),
     Case("unknown process setting", RUN, ["process.kapa: unknown ResShiftProcess setting"],
-         extra='[process]\ntype = "resshift"\nkapa = 2.0\n'),
+         tables={"process": {"type": "resshift", "kapa": 2.0}}),
     Case("student.init not a student", RUN + ["--set", 'student.init="{S}/not_a_student"'],
          ["student.init", "{S}/not_a_student is not a saved student"]),
     Case("teacher.path not a teacher", RUN + ["--set", 'teacher.path="{S}/user"'],
          ["teacher.path", "{S}/user is not a teacher folder"]),
     Case("teacher on another process", RUN + ["--set", 'teacher.path="{S}/teachers/resshift"'],
-         ["process.type", "lives on the 'resshift' process"], extra='[process]\ntype = "ddpm"\n'),
+         ["process.type", "lives on the 'resshift' process"], tables={"process": {"type": "ddpm"}}),
     Case("teacher of another width", RUN + ["--set", 'teacher.path="{S}/teachers/wide"',
                                             "--set", "student.init_from_teacher=true"],
          ["student.init_from_teacher", "base_channels is 32 but student.unet.base_channels is 16"]),
     Case("SPD against an unrelated teacher", RUN + ["--set", 'teacher.path="{S}/teachers/sr3"'],
-         ["stages[1].spd_weight", "SR3UNet"], extra=SPD_STAGE),
+         ["stages[1].spd_weight", "SR3UNet"], stages=(SPD,)),
     Case("SPD without starting from the teacher", RUN + ["--set", 'teacher.path="{S}/teachers/twin"'],
-         ["student.init_from_teacher", "set student.init_from_teacher = true"], extra=SPD_STAGE),
+         ["student.init_from_teacher", "set student.init_from_teacher = true"], stages=(SPD,)),
     Case("SPD grid does not divide the patch", RUN + ["--set", 'teacher.path="{S}/teachers/twin"',
                                                       "--set", "student.init_from_teacher=true"],
-         ["stages[1].patch_size", "multiple of 8"], extra=SPD_STAGE + "patch_size = 36\n"),
-    Case("distillation without a teacher", RUN, ["stages[1].type", "needs a teacher"], extra=SPD_STAGE),
+         ["stages[1].patch_size", "multiple of 8"], stages=(dict(SPD, patch_size=36),)),
+    Case("distillation without a teacher", RUN, ["stages[1].type", "needs a teacher"], stages=(SPD,)),
     Case("teacher stage and teacher.path", RUN + ["--set", 'teacher.path="{S}/teachers/twin"'],
-         ["stages[1].type", "remove teacher.path"], extra=TEACHER_STAGE),
+         ["stages[1].type", "remove teacher.path"], stages=(TEACHER,)),
     Case("start from a teacher that comes later", RUN + ["--set", "student.init_from_teacher=true"],
-         ["student.init_from_teacher", "needs a teacher before the first student stage"], extra=TEACHER_STAGE),
+         ["student.init_from_teacher", "needs a teacher before the first student stage"], stages=(TEACHER,)),
     Case("a changed recipe on a finished run", RUN + ["--set", 'run.output_dir="{S}/finished"', "--set",
                                                       "stages.0.steps=3"],
          ["stage 0 (direct) in {S}/finished", "different recipe (stage.steps: 2 -> 3)", 'run.resume = "never"']),
@@ -224,7 +216,7 @@ RUN_CASES = [
     Case("an SPD feature that does not exist", RUN + ["--set", 'teacher.path="{S}/teachers/twin"',
                                                       "--set", "student.init_from_teacher=true"],
          ["stages[1].features", "'down.9.9' is not a res-block feature", "down.0.0"],
-         extra=SPD_STAGE + 'features = ["down.9.9"]\n'),
+         stages=(dict(SPD, features=["down.9.9"]),)),
     Case("a stage name too long for a file name", RUN + ["--set", f'stages.0.name="{"a" * 300}"'],
          ["stages[0].name", "must be 1-100 letters"]),
     Case("a recipe that is not UTF-8", ["{S}/bad_utf8.toml"], ["{S}/bad_utf8.toml", "not UTF-8 text"]),
@@ -293,7 +285,7 @@ def test_broken_input_is_named_and_nothing_else_changes(case: Case, sandbox: Pat
     out = sandbox / "out" / case.id.replace(" ", "_").replace(":", "")
     recipe = sandbox / "recipes" / f"{out.name}.toml"
     recipe.parent.mkdir(exist_ok=True)
-    recipe.write_text(BASE.format(S=sandbox, out=out, unet=TINY_UNET_TOML) + case.extra)
+    sandbox_recipe(recipe, sandbox, out, case.stages, **case.tables)
     held = case.setup(out) if case.setup else None
     before = digest(sandbox, skip=out)
     capsys.readouterr()
@@ -348,7 +340,7 @@ def test_a_decompression_bomb_is_named_not_a_traceback(sandbox: Path, tmp_path, 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     out = tmp_path / "run"
     recipe = tmp_path / "r.toml"
-    recipe.write_text(BASE.format(S=sandbox, out=out, unet=TINY_UNET_TOML))
+    sandbox_recipe(recipe, sandbox, out)
     assert run_main([str(recipe)]) == 2
     said = capsys.readouterr().err
     assert "data.train" in said and "can be read" in said and "Traceback" not in said
@@ -364,7 +356,7 @@ def test_a_file_added_to_a_published_folder_is_never_deleted_by_a_rerun(sandbox:
     shutil.copytree(sandbox / "finished", run)
     (run / "publish" / "my_notes.txt").write_text("mine")
     recipe = tmp_path / "r.toml"
-    recipe.write_text(BASE.format(S=sandbox, out=run, unet=TINY_UNET_TOML))
+    sandbox_recipe(recipe, sandbox, run)
     assert run_main([str(recipe)]) == 2
     said = capsys.readouterr().err
     assert "holds files no publish wrote (my_notes.txt)" in said and "move them out first" in said
@@ -384,7 +376,7 @@ def test_upscale_usage_errors_come_before_torch_is_imported(tmp_path):
 
     code = ("import sys\nfrom pipeline.upscale import main\ntry:\n    main(['nowhere.png', 'out.png', '--model', 'm'])\n"
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert "input nowhere.png does not exist" in result.stderr and result.stdout.strip() == "False"

@@ -16,16 +16,16 @@ from fake_hub import FakeHub
 from pipeline import upscale
 from pipeline.publish import PACKED_NAME, PublishError, push_folder, write_model_folder
 from pipeline.sr_pipeline import BiDiffSRPipeline, tile_batch_for, tiled_super_resolve
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.packing import unpack_student
 from teachers import DDPMProcess, ResShiftProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def published(tiny_config, tmp_path):
-    student = BIDiffSRUNet(**tiny_config).eval()
+    student = BiDiffSRUNet(**tiny_config).eval()
     metrics = {"scale": 4, "num_images": 1, "num_inference_steps": 2, "seed": 10, "metrics": ["psnr", "ssim"],
                "mean": {"bicubic": {"psnr": 25.0, "ssim": 0.7}, "student": {"psnr": 24.5, "ssim": 0.69}}}
     folder = write_model_folder(student, DDPMProcess(), 4, tmp_path / "publish", metrics=metrics,
@@ -47,7 +47,7 @@ def test_folder_contents_and_one_line_load(published):
     student, folder = published
     assert {"model_index.json", "unet", "scheduler", PACKED_NAME, "README.md", "recipe.json"} <= {p.name for p in folder.iterdir()}
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["unet"] == ["bidiffsr_unet", "BIDiffSRUNet"] and index["scale"] == 4
+    assert index["unet"] == ["bidiffsr_unet", "BiDiffSRUNet"] and index["scale"] == 4
     assert index["_class_name"] == ["pipeline_bidiffsr", "BiDiffSRPipeline"]
     assert index["scheduler"] == ["bidiffsr_process", "DDPMProcess"]
     card = (folder / "README.md").read_text()
@@ -63,7 +63,7 @@ def test_folder_contents_and_one_line_load(published):
 
 
 def test_tiling_matches_untiled_where_tiles_do_not_overlap_edges(tiny_config):
-    student = BIDiffSRUNet(**tiny_config).eval()
+    student = BiDiffSRUNet(**tiny_config).eval()
     cond = torch.rand(1, 3, 40, 56)
     process = DDPMProcess()
     full = tiled_super_resolve(student, process, cond, 2, generator=torch.Generator().manual_seed(0), tile=64)
@@ -81,7 +81,7 @@ def test_tiling_matches_untiled_where_tiles_do_not_overlap_edges(tiny_config):
 def test_published_students_sample_on_their_own_process(tiny_config, tmp_path, process, calls):
     """One line loads a ResShift-process student or a one-step student, and it samples as its process says."""
     config = dict(tiny_config, num_train_timesteps=process.num_train_timesteps, timestep_groups=2)
-    folder = write_model_folder(BIDiffSRUNet(**config).eval(), process, 4, tmp_path / "publish")
+    folder = write_model_folder(BiDiffSRUNet(**config).eval(), process, 4, tmp_path / "publish")
     pipe = BiDiffSRPipeline.from_pretrained(folder)
     assert type(pipe.scheduler) is type(process) and pipe.scheduler.config.one_step == process.config.one_step
     seen = []
@@ -143,6 +143,7 @@ torch.save(generic(x, num_inference_steps=2, seed=4, output_type="pt").images[0]
 """
 
 
+@pytest.mark.slow
 def test_push_to_hub_and_load_back(published, tmp_path):
     _, folder = published
     before = folder_digest(folder)
@@ -212,7 +213,7 @@ def test_the_generic_diffusers_call_loads_a_published_folder(published):
         DiffusionPipeline.from_pretrained(folder)
     generic = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     ours = BiDiffSRPipeline.from_pretrained(folder)
-    assert isinstance(generic, BiDiffSRPipeline) and isinstance(generic.unet, BIDiffSRUNet)
+    assert isinstance(generic, BiDiffSRPipeline) and isinstance(generic.unet, BiDiffSRUNet)
     assert isinstance(generic.scheduler, DDPMProcess) and generic.config.scale == 4
     x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(3))
     assert torch.equal(generic(x, num_inference_steps=2, seed=4, output_type="pt").images[0],
@@ -309,7 +310,7 @@ def test_progress_counts_every_network_evaluation_and_bf16_runs(published):
 
 
 def test_cards_carry_the_teachers_licence_and_no_local_paths_and_files_follow_the_umask(tiny_config, tmp_path):
-    student = BIDiffSRUNet(**tiny_config).eval()
+    student = BiDiffSRUNet(**tiny_config).eval()
     metrics = {"scale": 4, "num_images": 1, "num_inference_steps": 2, "seed": 10, "metrics": ["psnr", "ssim"],
                "mean": {"student": {"psnr": 24.5, "ssim": 0.69}}}
     recipe = {"teacher": {"path": "/home/someone/private/teacher"}, "stages": [{"type": "one_step"}],
@@ -333,7 +334,7 @@ def test_cards_carry_the_teachers_licence_and_no_local_paths_and_files_follow_th
 
 
 def test_a_student_holding_a_nan_is_never_published(tiny_config, tmp_path):
-    student = BIDiffSRUNet(**tiny_config).eval()
+    student = BiDiffSRUNet(**tiny_config).eval()
     with torch.no_grad():
         next(student.parameters()).view(-1)[0] = float("inf")
     with pytest.raises(PublishError, match="NaN or infinite weights"):
@@ -434,3 +435,33 @@ def test_fetch_data_downloads_a_datasets_images_whole_and_only_them(tmp_path):
         missing = fetch("bench/none", "--out", str(tmp_path / "other"))
         assert missing.returncode == 1 and "cannot fetch bench/none" in missing.stderr
         assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))
+
+
+def test_folders_saved_under_the_earlier_class_spelling_still_load(published, tiny_config, tmp_path, make_recipe):
+    """Folders saved before the student class was spelled BiDiffSRUNet name BIDiffSRUNet in model_index.json, the
+    unet config and the loader file: a folder written now, respelled so, loads every way a user loads one."""
+    from diffusers import DiffusionPipeline
+
+    from pipeline.preflight import load_checked
+    from students.checksums import write_checksums
+    from teachers import Teacher, load_teacher
+
+    student, folder = published
+    teacher_folder = tmp_path / "teacher"
+    Teacher(BiDiffSRUNet(**BiDiffSRUNet.twin_config(tiny_config)), DDPMProcess()).save_pretrained(teacher_folder)
+    for saved in (folder, teacher_folder):
+        for file in [saved / "model_index.json", saved / "unet" / "config.json", *saved.glob("unet/*.py")]:
+            file.write_text(file.read_text().replace("BiDiffSRUNet", "BIDiffSRUNet"))
+    write_checksums(folder)
+    assert json.loads((folder / "model_index.json").read_text())["unet"] == ["bidiffsr_unet", "BIDiffSRUNet"]
+    assert json.loads((teacher_folder / "unet" / "config.json").read_text())["_class_name"] == "BIDiffSRUNet"
+
+    loaded = BiDiffSRPipeline.from_pretrained(folder).unet
+    assert type(loaded) is BiDiffSRUNet
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), student.state_dict().values()))
+    generic = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(generic.unet).__name__ == "BiDiffSRUNet"
+    assert type(load_teacher(teacher_folder).unet) is BiDiffSRUNet
+    recipe = make_recipe(teacher={"path": teacher_folder}, student={"init_from_teacher": True},
+                         stages=[{"type": "feature_distill", "steps": 1}])  # a twin saved then is still a twin
+    assert load_checked(recipe).student_config["base_channels"] == 16

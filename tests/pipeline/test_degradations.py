@@ -262,7 +262,7 @@ def test_the_release_option_file_reads_as_the_defaults_and_errors_name_the_key()
 def test_recipe_keys_are_checked_before_training(tmp_path):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     tiny = root / "recipes" / "tiny.toml"
     out = [f"run.output_dir=\"{tmp_path / 'run'}\""]
     with pytest.raises(RecipeError, match=r"data.degradation: must be one of \('bicubic', 'realesrgan'\), got 'jpeg'"):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pipeline.preflight import load_checked
 from pipeline.recipe import RecipeError, load_recipe
 from pipeline.sr_pipeline import super_resolve
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.binarizers import BINARIZERS, _identity
 from students.binary import BinaryConv2d, BinaryLinear, MatrixBranches
 from students.complexity import measure_student
@@ -19,7 +19,7 @@ from students.packing import save_packed, unpack_student
 from teachers import DDPMProcess, ResShiftProcess
 from teachers.process import denoise_batch, noisy_batch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def full_precision(model: torch.nn.Module) -> torch.nn.Module:
@@ -86,8 +86,8 @@ def test_a_bimacosr_inside_unit_starts_equal_to_its_full_precision_twin_unit():
 
 
 def test_a_bimacosr_inside_student_starts_equal_to_its_twin(tiny_config):
-    student = BIDiffSRUNet(**tiny_config, binarizer="bimacosr_inside").double()
-    twin = randomize(BIDiffSRUNet(**BIDiffSRUNet.twin_config(student.config))).double().eval()
+    student = BiDiffSRUNet(**tiny_config, binarizer="bimacosr_inside").double()
+    twin = randomize(BiDiffSRUNet(**BiDiffSRUNet.twin_config(student.config))).double().eval()
     assert student.init_from_teacher(twin) == []  # every student tensor comes from the twin
     student.eval()
     x, cond, t = torch.randn(2, 3, 32, 32).double(), torch.rand(2, 3, 32, 32).double(), torch.tensor([3, 1900])
@@ -119,13 +119,13 @@ def test_the_official_bimacosr_unit_at_a_stride_keeps_the_official_rules(cin, co
 
 
 def test_the_official_bimacosr_binarizes_every_linear_and_splits_it_exactly(tiny_config):
-    student = BIDiffSRUNet(**tiny_config, binarizer="bimacosr").double()
+    student = BiDiffSRUNet(**tiny_config, binarizer="bimacosr").double()
     linears = {n for n, m in student.named_modules() if isinstance(m, BinaryLinear)}
     assert {"time_embedding.linear_1", "time_embedding.linear_2", "mid_blocks.0.time_proj"} <= linears
     # the full-precision decoder levels keep full-precision linears, as their convs
     fp = [n for n, m in student.named_modules() if isinstance(m, torch.nn.Linear)]
     assert fp and all(n.startswith("decoder.") for n in fp)
-    twin = randomize(BIDiffSRUNet(**BIDiffSRUNet.twin_config(student.config))).double()
+    twin = randomize(BiDiffSRUNet(**BiDiffSRUNet.twin_config(student.config))).double()
     assert student.init_from_teacher(twin) == []
     layer, original = student.time_embedding.linear_1, twin.time_embedding.linear_1
     v = torch.randn(3, layer.in_features, dtype=torch.float64)
@@ -183,7 +183,7 @@ def test_the_bidm_shortcut_follows_the_output_shape(cin, cout, stride):
 
 
 def tbs_student(tiny_config, blocks=2, **extra):
-    return BIDiffSRUNet(**{**tiny_config, **extra}, binarizer="bidm", cross_timestep_blocks=blocks)
+    return BiDiffSRUNet(**{**tiny_config, **extra}, binarizer="bidm", cross_timestep_blocks=blocks)
 
 
 def test_cross_timestep_mixing_is_per_sample_detached_and_learnable(tiny_config):
@@ -211,7 +211,7 @@ def test_cross_timestep_mixing_is_per_sample_detached_and_learnable(tiny_config)
 
 
 def test_a_cache_needs_the_connection(tiny_config):
-    model = BIDiffSRUNet(**tiny_config, binarizer="bidm")
+    model = BiDiffSRUNet(**tiny_config, binarizer="bidm")
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(ValueError, match="no cross-timestep connection"):
         model(x, x, torch.tensor([3]), cache={})
@@ -282,7 +282,7 @@ def test_a_one_step_recipe_refuses_the_connection(tmp_path):
 
 @pytest.mark.parametrize("binarizer, blocks", [("bidm", 2), ("bimacosr", 0), ("bimacosr_inside", 0)])
 def test_packed_students_are_bit_identical_with_their_branches_and_cache(tiny_config, tmp_path, binarizer, blocks):
-    model = randomize(BIDiffSRUNet(**tiny_config, binarizer=binarizer, cross_timestep_blocks=blocks)).eval()
+    model = randomize(BiDiffSRUNet(**tiny_config, binarizer=binarizer, cross_timestep_blocks=blocks)).eval()
     loaded = unpack_student(save_packed(model, tmp_path / "s.safetensors"))
     x, cond, t = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.tensor([7, 1800])
     out, features = model(x, cond, t, return_features=True)
@@ -296,7 +296,7 @@ def test_complexity_counts_the_branches_in_full_precision(binarizer):
     base, bimacosr = measure_student(), measure_student(binarizer=binarizer)
     extra = linear_weights = 0
     with torch.device("meta"):
-        model = BIDiffSRUNet(binarizer=binarizer)
+        model = BiDiffSRUNet(binarizer=binarizer)
     for m in model.modules():
         if isinstance(m, MatrixBranches):
             extra += m.sparse_values.numel() + m.rank * (m.in_channels + m.out_channels)
@@ -311,6 +311,7 @@ def test_complexity_counts_the_branches_in_full_precision(binarizer):
     assert bidm.binary_macs == base.binary_macs and bidm.fp_params > measure_student(binarizer="bnn").fp_params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binarizer, blocks", [("bidm", 2), ("bimacosr", 0)])
 def test_both_designs_train_distil_evaluate_and_publish(tmp_path, monkeypatch, binarizer, blocks):
     from pipeline.sr_pipeline import BiDiffSRPipeline

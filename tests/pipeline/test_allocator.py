@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FAULTS = """
 import resource, sys, torch
@@ -33,6 +33,7 @@ def page_faults(keep: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_a_freed_activation_is_reused_instead_of_faulted_in_again():
     kept, with_setting = page_faults("1")

@@ -12,7 +12,7 @@ from rich.console import Console
 from pipeline import upscale
 from pipeline.progress import Phase, Progress
 from pipeline.publish import write_model_folder
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers import DDPMProcess
 
 
@@ -62,7 +62,7 @@ def test_a_phase_prints_its_start_and_its_duration():
 
 
 def test_the_upscale_command_reports_evaluations_on_stderr(tiny_config, tmp_path, capsys):
-    folder = write_model_folder(BIDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
+    folder = write_model_folder(BiDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
     Image.fromarray((torch.rand(7, 9, 3) * 255).byte().numpy()).save(tmp_path / "lr.png")
     args = [str(tmp_path / "lr.png"), str(tmp_path / "sr.png"), "--model", str(folder), "--steps", "3"]
     assert upscale.main(args + ["--device", "cpu"]) == 0

@@ -12,7 +12,7 @@ from pipeline.metrics import LPIPSUnavailable, load_lpips, lpips_distance, psnr_
 from pipeline.resize import imresize_up, make_lr, upsample_cond
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 ALEX = SHARED / "weights" / "alexnet_features_imagenet1k_v1.pth"
 needs_shared = pytest.mark.skipif(not (SHARED / "data" / "Set5").is_dir(), reason="../shared/data not present")
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -25,7 +26,7 @@ from pipeline.metrics import psnr_y
 from teachers import load_teacher
 from test_latent_resshift import OPTIONS, import_args, write_release
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def official_inference(net, vae, process, lr: torch.Tensor, generator: torch.Generator, multiple: int,
@@ -72,6 +73,7 @@ def read_png(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
 
 
+@pytest.mark.slow
 def test_an_imported_teacher_samples_as_the_official_code_in_a_fresh_process(tmp_path):
     """A size multiple of lq_size (8 here) and one that is not; the LR given, and recovered from the unclamped
     condition; the SinSR one-step import too."""
@@ -107,6 +109,7 @@ for folder in ("teacher", "sinsr"):
                 torch.testing.assert_close(ours[how], official, atol=2e-4, rtol=0, msg=f"{folder} {name} {how}")
 
 
+@pytest.mark.slow
 def test_evaluate_scores_an_imported_teacher_on_the_official_output(tmp_path):
     """`python -m pipeline.evaluate --teacher` on an LR folder: the teacher row's PSNR is the official output's."""
     write_release(tmp_path)
@@ -133,18 +136,19 @@ main(["--teacher", "teacher", "--val", "hr", "--val-lr", "lr", "--scale", "4", "
         assert abs(scores[stem] - float(psnr_y(official, hrs[stem], 4))) < 0.01, stem
 
 
+@pytest.mark.slow
 def test_upscale_of_a_latent_student_follows_the_official_conventions(tmp_path):
     """A student published on the imported teacher's latents, run by `python -m pipeline.upscale`: the real LR
     padded at LR size and given to the network, the unclamped bicubic condition, the student's own size multiple."""
     from conftest import TINY_STUDENT
     from pipeline.publish import write_model_folder
-    from students.bidiffsr import BIDiffSRUNet
+    from students.bidiffsr import BiDiffSRUNet
 
     write_release(tmp_path)
     assert import_main(import_args(tmp_path)) == 0
     teacher = load_teacher(tmp_path / "teacher")
     torch.manual_seed(2)
-    student = BIDiffSRUNet(**dict(TINY_STUDENT, num_train_timesteps=teacher.process.num_train_timesteps)).eval()
+    student = BiDiffSRUNet(**dict(TINY_STUDENT, num_train_timesteps=teacher.process.num_train_timesteps)).eval()
     write_model_folder(student, teacher.process, 4, tmp_path / "publish")
     lr = save_png(torch.rand(1, 3, 9, 11), tmp_path / "lr.png")
     run_fresh("""

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from students.binarizers import BINARIZERS
 from students.binary import BinaryConv2d
 from students.complexity import count_params
@@ -20,7 +20,7 @@ def test_pack_bits_round_trip_and_order():
 
 @pytest.mark.parametrize("binarizer", sorted(n for n, b in BINARIZERS.items() if b.binary))
 def test_unpacked_student_is_bit_identical(tiny_config, binarizer, tmp_path):
-    model = BIDiffSRUNet(**tiny_config, binarizer=binarizer).eval()
+    model = BiDiffSRUNet(**tiny_config, binarizer=binarizer).eval()
     model.set_training_progress(0.7)
     conv = next(m for m in model.modules() if isinstance(m, BinaryConv2d))
     with torch.no_grad():
@@ -34,7 +34,7 @@ def test_unpacked_student_is_bit_identical(tiny_config, binarizer, tmp_path):
 
 
 def test_packed_file_is_close_to_the_paper_rule_size(tiny_config, tmp_path):
-    model = BIDiffSRUNet(**{**tiny_config, "base_channels": 32, "norm_groups": 8, "channel_mults": (1, 2, 4),
+    model = BiDiffSRUNet(**{**tiny_config, "base_channels": 32, "norm_groups": 8, "channel_mults": (1, 2, 4),
                             "image_size": 64, "fp_resolutions": (64,)})
     path = save_packed(model, tmp_path / "s.safetensors")
     binary, fp = count_params(model)
@@ -49,7 +49,7 @@ def test_packed_file_is_close_to_the_paper_rule_size(tiny_config, tmp_path):
 
 def test_the_full_precision_twin_is_not_packed(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="binarizer='none'.* no binarized convolution to pack"):
-        save_packed(BIDiffSRUNet(**tiny_config, binarizer="none"), tmp_path / "twin.safetensors")
+        save_packed(BiDiffSRUNet(**tiny_config, binarizer="none"), tmp_path / "twin.safetensors")
     assert not (tmp_path / "twin.safetensors").exists()
 
 
@@ -67,7 +67,7 @@ def test_one_loader_reads_the_published_folder_and_its_packed_file(tiny_config, 
     from teachers import DDPMProcess
 
     torch.manual_seed(0)
-    folder = write_model_folder(BIDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
+    folder = write_model_folder(BiDiffSRUNet(**tiny_config).eval(), DDPMProcess(), 4, tmp_path / "publish")
     x, cond, t = torch.randn(2, 3, 16, 16), torch.rand(2, 3, 16, 16), torch.tensor([3, 900])
     outputs = []
     for path, packed in ((folder, False), (folder / "student_1bit.safetensors", False),

@@ -12,42 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_UNET_TOML
+from conftest import ROOT, SHARED, subprocess_env
 from pipeline.preflight import load_checked
 from pipeline.recipe import RecipeError, load_recipe
-from test_trainer import ROOT, SHARED, subprocess_env
+from recipe_builder import write_recipe
 
 pytestmark = pytest.mark.skipif(not (SHARED / "data" / "Set5").is_dir(), reason="../shared/data not present")
 
-RECIPE = """
-[run]
-output_dir = "{out}"
-log_with = {trackers}
-log_every = 1
-[data]
-train = "{shared}/data/Set14"
-patch_size = 32
-num_workers = 0
-val = "{shared}/data/Set5"
-val_max_images = 1
-val_crop = 32
-{unet}[[stages]]
-type = "direct"
-steps = 2
-batch_size = 2
-[eval]
-lpips = {lpips}
-num_inference_steps = 2
-"""
+def write(tmp_path, trackers=(), lpips=False, name="r") -> Path:
+    """Two direct steps of the tiny student on Set14, evaluated on a 32-pixel crop of one Set5 image."""
+    return write_recipe(tmp_path, name, run={"log_with": list(trackers), "log_every": 1},
+                        data={"train": SHARED / "data" / "Set14", "val": SHARED / "data" / "Set5",
+                              "val_max_images": 1, "val_crop": 32},
+                        stages=[{"type": "direct", "steps": 2, "batch_size": 2}],
+                        eval={"lpips": lpips, "num_inference_steps": 2})
 
 
-def write(tmp_path, trackers="[]", lpips="false", name="r") -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(RECIPE.format(out=tmp_path / name, shared=SHARED, trackers=trackers, lpips=lpips,
-                                  unet=TINY_UNET_TOML))
-    return path
-
-
+@pytest.mark.slow
 def test_precision_follows_the_launcher_and_a_conflict_is_named(tmp_path, monkeypatch):
     recipe = write(tmp_path)
     env = dict(subprocess_env(tmp_path), ACCELERATE_MIXED_PRECISION="bf16")
@@ -67,7 +48,7 @@ def test_precision_follows_the_launcher_and_a_conflict_is_named(tmp_path, monkey
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_a_tracker_that_is_not_installed_is_named(tmp_path):
     with pytest.raises(RecipeError, match=r"run.log_with\[0\]: 'wandb' needs the wandb package"):
-        load_checked(write(tmp_path, trackers='["wandb"]'))
+        load_checked(write(tmp_path, trackers=["wandb"]))
 
 
 def test_an_unreachable_uncached_hub_dataset_stops_before_training(tmp_path, monkeypatch):
@@ -88,7 +69,7 @@ def test_trackers_get_speed_memory_metrics_and_the_grid_and_the_card_keeps_its_t
 
     from pipeline.trainer import Trainer
 
-    recipe = write(tmp_path, trackers='["tensorboard"]')
+    recipe = write(tmp_path, trackers=["tensorboard"])
     Trainer(load_recipe(recipe)).run()
     out = tmp_path / "r"
     events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents*")).parent)).Reload()
@@ -110,7 +91,7 @@ def test_a_skipped_lpips_is_loud_in_the_table_the_metrics_and_the_card(tmp_path,
     from pipeline.trainer import Trainer
 
     monkeypatch.setenv("BIDISTILL_LPIPS_ALEX", str(tmp_path / "missing_alex.pth"))
-    Trainer(load_recipe(write(tmp_path, lpips="true"))).run()
+    Trainer(load_recipe(write(tmp_path, lpips=True))).run()
     said = " ".join(capsys.readouterr().out.split())
     assert "LPIPS SKIPPED" in said and "skipped" in said
     metrics = json.loads((tmp_path / "r" / "eval" / "metrics.json").read_text())

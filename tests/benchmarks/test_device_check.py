@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import device_check  # noqa: E402
 
@@ -15,7 +15,7 @@ from benchmarks import device_check  # noqa: E402
 def test_the_smoke_run_prints_every_table_and_passes(capsys):
     assert device_check.main(["--smoke", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    for row in ("ours (BIDiffSRUNet)", "released (re-stated)", "Tiled sampling", "Feature distillation",
+    for row in ("ours (BiDiffSRUNet)", "released (re-stated)", "Tiled sampling", "Feature distillation",
                 "every loss finite"):
         assert row in out
     assert out.count("bf16") >= 4  # both networks' training rows and a sampling row in bf16, and the stage

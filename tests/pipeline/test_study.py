@@ -14,11 +14,11 @@ from conftest import TINY_STUDENT
 from pipeline.recipe import StageConfig, load_recipe
 from pipeline.run_folder import ADDED_STAGE_SETTINGS, SHARED_TABLE_STAGE_SETTINGS, stage_fingerprints
 from pipeline.stages import FeatureDistillStage
-from students.bidiffsr import BIDiffSRUNet
+from students.bidiffsr import BiDiffSRUNet
 from teachers import DDPMProcess, ResShiftProcess
 from teachers.base import Teacher
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
@@ -45,8 +45,8 @@ def test_the_interval_resamples_seeds_too():
 
 def test_the_teacher_target_objective_drops_the_data_term():
     process = ResShiftProcess(prediction_type="residual")
-    student = BIDiffSRUNet(**TINY_STUDENT, binarizer="bidiffsr")
-    teacher = Teacher(BIDiffSRUNet(**BIDiffSRUNet.twin_config(student.config)), process, scale=4).freeze()
+    student = BiDiffSRUNet(**TINY_STUDENT, binarizer="bidiffsr")
+    teacher = Teacher(BiDiffSRUNet(**BiDiffSRUNet.twin_config(student.config)), process, scale=4).freeze()
     batch = {"hr": torch.rand(2, 3, 32, 32), "cond": torch.rand(2, 3, 32, 32), "lr": torch.rand(2, 3, 8, 8)}
 
     def losses(**weights):
@@ -59,21 +59,13 @@ def test_the_teacher_target_objective_drops_the_data_term():
     assert torch.allclose(both, logs["direct"] + logs["output"])
 
 
-def test_a_new_stage_setting_at_its_default_leaves_fingerprints_as_they_were(tmp_path):
-    (tmp_path / "train").mkdir()
-    from PIL import Image
-
-    Image.new("RGB", (64, 64)).save(tmp_path / "train" / "a.png")
-    text = (f'[run]\noutput_dir = "{tmp_path / "out"}"\n[data]\ntrain = "{tmp_path / "train"}"\npatch_size = 32\n'
-            "[student.unet]\nbase_channels = 16\nchannel_mults = [1, 2]\nnorm_groups = 4\nimage_size = 32\n"
-            "fp_resolutions = [32]\n[[stages]]\ntype = \"direct\"\nsteps = 3\n")
-    path = tmp_path / "r.toml"
-    path.write_text(text)
+def test_a_new_stage_setting_at_its_default_leaves_fingerprints_as_they_were(make_recipe):
+    path = make_recipe()
     process = ResShiftProcess()
     default = stage_fingerprints(load_recipe(path), process, TINY_STUDENT)[0]["stage"]
     every_type = set(SHARED_TABLE_STAGE_SETTINGS) | {f.name for f in fields(StageConfig)}  # as before per-type settings
     assert set(default) == every_type - {"name", *ADDED_STAGE_SETTINGS}
-    path.write_text(text.replace('type = "direct"', 'type = "feature_distill"'))
+    path = make_recipe(stages=[{"type": "feature_distill", "steps": 3}])
     distill = stage_fingerprints(load_recipe(path), process, TINY_STUDENT)[0]["stage"]
     assert distill == dict(default, type="feature_distill")
     changed = stage_fingerprints(load_recipe(path, ["stages.0.direct_weight=0.5"]), process, TINY_STUDENT)[0]
@@ -84,6 +76,7 @@ def test_a_new_stage_setting_at_its_default_leaves_fingerprints_as_they_were(tmp
     assert pil["condition_resize"] == "pil"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "data" / "Set14").is_dir(), reason="../shared/data not present")
 def test_the_study_runs_end_to_end_and_reuses_what_it_finished(tmp_path, monkeypatch, capsys):
     from benchmarks import distillation
