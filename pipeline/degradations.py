@@ -1,27 +1,7 @@
-"""Real-ESRGAN's second-order degradation ("Real-ESRGAN: Training Real-World Blind Super-Resolution with Pure
-Synthetic Data"), the LR model ResShift's and SinSR's real-SR releases were trained on and BiMaCoSR distils them on,
-as zsyOAOA/ResShift runs it (`trainer.py` `prepare_data`, `basicsr/data/realesrgan_dataset.py` for the kernels,
-`basicsr/data/degradations.py`, `basicsr/utils/diffjpeg.py`): batched torch on the training device.
-
-One pass: blur with a random kernel (isotropic / anisotropic Gaussian, generalised Gaussian, plateau, or a sinc),
-random resize (up / down / keep; area, bilinear or bicubic), Gaussian or Poisson noise (colour or grey), JPEG with a
-random quality. The second pass (probability `second_order_prob`) repeats it with its own settings, ending at the LR
-size; the last steps are [resize to the LR size + the final sinc filter] and JPEG, in a random order; the LR is
-rounded to 8 bits.
-
-Draws: choices that change a tensor's size or the code path (resize kind, factor and mode, Gaussian or Poisson, the
-second pass, the final order) are one per batch, as in the release, drawn on a CPU generator so no device value is
-read back; everything else (kernel kind, size and shape, sinc cutoffs, noise levels, grey or colour, JPEG quality,
-the noise itself) is drawn per sample on the device generator. Both generators are seeded by the caller from (seed,
-stage, step, micro-step, rank), so a resumed run draws the same LR images. Where we differ from the release on
-purpose: the Gaussian grey noise is drawn per sample (the release draws one grey field for the whole batch), and every
-random quantity is always drawn (the release skips unused ones), so one draw never shifts another.
-
-Library choices: JPEG is the release's DiffJPEG (fixed tables scaled by the quality, 4:2:0 chroma, 8x8 DCT, true
-rounding, zero padding to 16 pixels) re-stated in batched tensor ops, because libjpeg (PIL, torchvision.io) takes one
-integer quality per call and uint8 input, and kornia's codec rounds differentiably (a polynomial approximation); the
-difference to libjpeg is bounded in the tests. Blurs are one grouped convolution with reflect padding, the release's
-`filter2D`; the Bessel function of the sinc kernel is `torch.special.bessel_j1`.
+"""Real-ESRGAN's second-order degradation, the LR model of ResShift's and SinSR's real-SR releases, as zsyOAOA/ResShift
+runs it: batched torch on the training device, every draw seeded by the caller so a resumed run draws the same LR
+images. The pipeline's steps, which draws are per batch or per sample, and where we differ from the release on
+purpose: docs/degradations.md.
 """
 
 from __future__ import annotations

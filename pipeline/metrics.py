@@ -10,6 +10,7 @@ package's own download; it never runs on a random backbone.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,9 +75,7 @@ class LPIPSUnavailable(RuntimeError):
 def load_lpips(backbone_file: str | Path | None = None, device: str | torch.device = "cpu"):
     """LPIPS-alex v0.1 with the ImageNet AlexNet backbone from `backbone_file` (or $BIDISTILL_LPIPS_ALEX); without
     one, the `lpips` package downloads torchvision's backbone, and a failure says how to supply a file."""
-    import warnings
-
-    import lpips
+    import lpips  # imported when used: it loads torchvision's models
 
     warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning,
                             module="torchvision.models._utils")  # lpips 0.1.4 still calls alexnet(pretrained=...)

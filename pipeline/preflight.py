@@ -103,36 +103,36 @@ def _build_recipe_process(recipe: Recipe) -> DiffusionProcess:
             raise SettingError("teacher.path", f"cannot read the teacher's process: {err}") from None
     if not p.type and teacher_process is not None:
         require(not p.options, "process.type",
-               "set process.type when giving process settings (or leave [process] out to use the teacher's)")
+                "set process.type when giving process settings (or leave [process] out to use the teacher's)")
         return teacher_process.for_student()
     require((p.type or "ddpm") in PROCESSES, "process.type",
-           f"must be one of {tuple(sorted(PROCESSES))}, got {p.type!r}")
+            f"must be one of {tuple(sorted(PROCESSES))}, got {p.type!r}")
     cls = PROCESSES[p.type or "ddpm"]
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "one_step"}
     for name in p.options:
         require(name in allowed, f"process.{name}",
-               f"unknown {cls.__name__} setting; known: {', '.join(sorted(allowed))}")
+                f"unknown {cls.__name__} setting; known: {', '.join(sorted(allowed))}")
     try:
         process = build_process(p.type or "ddpm", **p.options)
     except (ValueError, TypeError) as err:
         raise SettingError("process", str(err)) from None
     if teacher_process is not None:
         require(type(teacher_process) is type(process), "process.type",
-               f"the teacher in {t.path} lives on the {teacher_process.name!r} process, not {process.name!r}; a "
-               "student learns from a teacher on its own process (leave [process] out to use the teacher's)")
+                f"the teacher in {t.path} lives on the {teacher_process.name!r} process, not {process.name!r}; a "
+                "student learns from a teacher on its own process (leave [process] out to use the teacher's)")
         for key, value in teacher_process.config.items():
             if key.startswith("_") or key in _SCHEDULE_KEYS_IGNORED:
                 continue
             require(process.config[key] == value, f"process.{key}",
-                   f"is {process.config[key]!r} but the teacher in {t.path} was trained with {value!r}")
+                    f"is {process.config[key]!r} but the teacher in {t.path} was trained with {value!r}")
         process.share_space(teacher_process)  # a latent process takes the teacher's autoencoder
     try:
         process.check_ready()
     except ValueError as err:
         raise SettingError("process.type", f"{err}; set teacher.path to such a teacher") from None
     require(process.for_student() is process or all(s.trains_teacher for s in recipe.stages),
-           "process.time_input", "a BI-DiffSR student is given timesteps (its TaR/TaA groups index them); leave "
-           "time_input at 'index' (a loaded teacher that takes noise levels converts for itself)")
+            "process.time_input", "a BI-DiffSR student is given timesteps (its TaR/TaA groups index them); leave "
+            "time_input at 'index' (a loaded teacher that takes noise levels converts for itself)")
     return process
 
 
@@ -143,7 +143,7 @@ def _student_unet_config(recipe: Recipe, process: DiffusionProcess) -> dict:
     steps = config.setdefault("num_train_timesteps", process.num_train_timesteps)
     config.setdefault("timestep_groups", min(5, steps))  # the paper's K = 5, or one group per step of a shorter chain
     require(steps == process.num_train_timesteps, "student.unet.num_train_timesteps",
-           f"is {steps} but the process has {process.num_train_timesteps} steps (leave it out to follow the process)")
+            f"is {steps} but the process has {process.num_train_timesteps} steps (leave it out to follow the process)")
     return config
 
 
@@ -164,9 +164,9 @@ def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
     loaded = _teacher_unet_config(recipe)
     if loaded is None:
         require(recipe.teacher.kind == "twin", key,
-               f"{what} needs a teacher whose features correspond to the student's channel for channel: the "
-               f"student's full-precision twin. teacher.kind is {recipe.teacher.kind!r}; set teacher.kind = "
-               "'twin' (an SR3 or other unrelated teacher still works for output_weight and one_step)")
+                f"{what} needs a teacher whose features correspond to the student's channel for channel: the "
+                f"student's full-precision twin. teacher.kind is {recipe.teacher.kind!r}; set teacher.kind = "
+                "'twin' (an SR3 or other unrelated teacher still works for output_weight and one_step)")
         return
     name, config = loaded
     why = ""
@@ -176,8 +176,8 @@ def _check_alignment(recipe: Recipe, key: str, student, what: str) -> None:
         field, mine, theirs = difference
         why = f"its {field} is {theirs!r} but student.unet.{field} is {mine!r}"
     require(not why, key, f"{what} needs the student's full-precision twin as the teacher, but in "
-           f"{recipe.teacher.path} {why}. Train a twin with a 'teacher' stage (teacher.kind = 'twin') or drop it "
-           "(output_weight and one_step work with any teacher on the same process)")
+            f"{recipe.teacher.path} {why}. Train a twin with a 'teacher' stage (teacher.kind = 'twin') or drop it "
+            "(output_weight and one_step work with any teacher on the same process)")
 
 
 def _check_hub_dataset(recipe: Recipe) -> None:
@@ -194,8 +194,8 @@ def _check_hub_dataset(recipe: Recipe) -> None:
         why = f"{type(err).__name__}"
     cached = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
     require(cached.is_dir(), "data.train_hub",
-           f"cannot reach the Hub for {repo!r} ({why}) and it is not in the local cache ({cached}); connect once to "
-           "download it (it is then reused offline; set HF_HUB_OFFLINE=1), or point data.train at a folder of images")
+            f"cannot reach the Hub for {repo!r} ({why}) and it is not in the local cache ({cached}); connect once to "
+            "download it (it is then reused offline; set HF_HUB_OFFLINE=1), or point data.train at a folder of images")
 
 
 def _check_validation_folder(recipe: Recipe) -> None:
@@ -212,14 +212,14 @@ def _check_validation_folder(recipe: Recipe) -> None:
         except UNREADABLE as err:
             raise SettingError("data.val", f"cannot read validation image {f}: {err}") from None
         require(min(w, h) >= d.val_crop, "data.val_crop",
-               f"is {d.val_crop} but validation image {f} is only {w}x{h}")
+                f"is {d.val_crop} but validation image {f} is only {w}x{h}")
         side = d.val_crop or min(w, h)
         need = SSIM_WINDOW + 2 * recipe.run.scale
         require(d.val_lr_only or side >= need, "data.val_crop" if d.val_crop else "data.val",
-               f"validation images must be at least {need} pixels a side (SSIM's 11x11 window inside the "
-               f"{recipe.run.scale}-pixel border), but {f} gives {side}")
+                f"validation images must be at least {need} pixels a side (SSIM's 11x11 window inside the "
+                f"{recipe.run.scale}-pixel border), but {f} gives {side}")
         require(d.degradation != "realesrgan" or d.val_lr_only or min(w, h) >= MIN_PATCH, "data.val",
-               f"validation image {f} is {w}x{h}: realesrgan degradations need at least {MIN_PATCH} pixels a side")
+                f"validation image {f} is {w}x{h}: realesrgan degradations need at least {MIN_PATCH} pixels a side")
 
 
 def _check_training_folder(recipe: Recipe) -> None:
@@ -231,7 +231,7 @@ def _check_training_folder(recipe: Recipe) -> None:
     except DataError as err:
         raise SettingError("data.train", str(err)) from None
     require(bool(files), "data.train",
-           f"folder {d.train} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)")
+            f"folder {d.train} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, in subfolders too)")
     sides = []
     for f in files:
         try:
@@ -240,11 +240,11 @@ def _check_training_folder(recipe: Recipe) -> None:
         except UNREADABLE:
             continue  # reported and skipped when the data is prepared
     require(bool(sides), "data.train", f"none of the {len(files)} images in {d.train} can be read "
-           f"(the first is {files[0]})")
+            f"(the first is {files[0]})")
     patch, key = max((s.patch_size or d.patch_size, f"stages[{i}].patch_size" if s.patch_size else "data.patch_size")
                      for i, s in enumerate(recipe.stages))
     require(max(sides) >= patch, key, f"is {patch} but no training image in {d.train} is that large on both "
-           f"sides (the largest allows {max(sides)}px at x{r.scale})")
+            f"sides (the largest allows {max(sides)}px at x{r.scale})")
 
 
 def _check_student_init(recipe: Recipe, student) -> None:

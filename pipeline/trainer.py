@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -72,8 +73,6 @@ def peak_memory_gb(device: torch.device) -> float:
     """Peak memory so far: allocated CUDA memory on a GPU, the process's peak resident set on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
@@ -279,6 +278,8 @@ class Trainer:
     def train_stage(self, i: int, stage: Stage, model: torch.nn.Module, process) -> torch.nn.Module:
         """Train `model` through stage i with `stage`'s loss; `process` is the one its checkpoints record."""
         acc, run, cfg = self.accelerator, self.recipe.run, self.recipe.stages[i]
+        patch = cfg.patch_size or self.recipe.data.patch_size
+        stage.check_patch(patch)
         acc.free_memory()
         acc.gradient_accumulation_steps = cfg.grad_accum
         model.to(acc.device).train().requires_grad_(True)
@@ -306,7 +307,6 @@ class Trainer:
         if ema is not None:
             ema.to(acc.device)
 
-        patch = cfg.patch_size or self.recipe.data.patch_size
         dataset = PatchDataset(self.training_pairs(), patch, run.scale, seed=seed_of(run.seed, i))
         loader = DataLoader(
             dataset,

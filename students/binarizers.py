@@ -1,46 +1,7 @@
 """The binarizers a student can be built with, selected by name: BI-DiffSR and the baselines of its Table 2.
 
-A `Binarizer` says how a `BinaryConv2d` quantizes its input and its weight and which extras the unit has.
-Definitions follow the original papers; where a diffusion-SR re-implementation (Kai-Liu001/BiMaCoSR) differs and
-we follow it, the entry says so.
-
-| name      | activation                         | weight (forward; gradient reaching W)    | unit extras              |
-| --------- | ---------------------------------- | ---------------------------------------- | ------------------------ |
-| bidiffsr  | ApproxSign                         | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, TaA RPReLU (K) |
-| bbcu      | ApproxSign                         | same                                     | shift, RPReLU (K = 1)    |
-| reactnet  | ApproxSign                         | same                                     | shift, FP bias, shortcut then RPReLU |
-| xnor      | mean_c|x| (detached) * sign, clip  | alpha * sign(W); g * (1/n + alpha 1[|W| <= 1]) | FP bias            |
-| bnn       | sign, clip STE                     | sign(W); g * 1[|W| <= 1]                 |                          |
-| dorefa    | round(clip(x, 0, 1)), STE in [0,1] | mean|W| of the layer * sign(W); g        |                          |
-| irnet     | sign, EDE                          | Libra-PB: s * sign(W^), s = 2^round(log2 mean|W^|); s * EDE'(W^) through the standardisation |  |
-| bidm      | ApproxSign                         | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, x conv_k(mean_c|x|), + |lambda| shortcut |
-| bimacosr  | mean_c|x| (detached) * ApproxSign  | alpha * sign(W); g * 1[|W| <= 1]         | TaR shift, TaA RPReLU, then + sparse + low-rank FP branches of the raw input; linears binarized |
-| bimacosr_inside | the same                     | the same                                 | TaR shift, + sparse + low-rank FP branches, TaA RPReLU; linears FP |
-| none      | identity (full precision)          | W; g                                     | as bidiffsr: the FP twin |
-
-Weight gradients follow each method's own definition (g = dL/dW_b): BI-DiffSR, BBCU and ReActNet detach the scale
-(their `HardBinaryConv`: `W_b.detach() - clip(W).detach() + clip(W)`); DoReFa passes g straight through; XNOR-Net's
-paper gives g (1/n + alpha 1[|W| <= 1]); IR-Net's code multiplies the EDE output by the detached power-of-two scale.
-
-`bidm` is the binary convolution of BiDM's Timestep-friendly Binary Structure ("BiDM: Pushing the Limit of
-Quantization for Diffusion Models"; Xingyu-Zheng/BiDM util_ours.py `BNNConv2d`): no bias and no RPReLU in binary
-mode, the output multiplied by a learnable k x k filtering of the channel-mean |x|, the shortcut weighted by a
-learnable |lambda| (0.3). Its other half, the cross-timestep feature connection, is the UNet's
-`cross_timestep_blocks`. `bimacosr` is BiMaCoSR's layer ("BiMaCoSR: Binary One-Step Diffusion Model Leveraging
-Flexible Matrix Compression for Real Super-Resolution"; Kai-Liu001/BiMaCoSR ours.py): the binary main branch plus a
-sparse and a low-rank full-precision branch split off the full-precision weights, so it needs them to start
-(`needs_full_precision_init`); as its code does, the branches join after the activation and every linear layer of a
-binarized level is binarized too (`BinaryLinear`). `bimacosr_inside` puts the branches inside the activation and
-keeps the linears full precision, so it starts exactly equal to the twin. Both are plugged into the BI-DiffSR unit
-and keep its timestep-aware parts where their paper has the plain counterpart: the TaR shift for BiDM's threshold
-tau (BiMaCoSR's code has a shift it does not apply) and the TaA RPReLU for BiMaCoSR's RPReLU. So they start from
-the same full-precision twin as the BI-DiffSR student (the same K groups).
-
-`none` switches binarization off and keeps every parameter (shift, RPReLU, shortcut) and name: a `BiDiffSRUNet`
-built with it is the student's full-precision twin, whose weights a binarized student can start from.
-
-Every unit keeps the identity shortcut where shapes allow unless the model disables it (the ablation switch), so
-the baselines differ from BI-DiffSR only in the binarizer, as in the paper's comparison.
+Each is a `Binarizer` (how a `BinaryConv2d` quantizes its input and weight, which extras the unit has) registered by
+`register_binarizer`. Each method's definitions, gradients and sources: docs/binarizers.md.
 """
 
 from __future__ import annotations
@@ -136,28 +97,36 @@ def _irnet_weight(w: Tensor, conv: BinaryConv2d) -> Tensor:
     return (scale * EDESign.apply(standardized, t, k)).reshape_as(w)
 
 
-BINARIZERS: dict[str, Binarizer] = {
-    b.name: b
-    for b in (
-        Binarizer("bidiffsr", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
-                  timestep_aware=True, sign_activations=True),
-        Binarizer("bbcu", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
-                  sign_activations=True),
-        Binarizer("reactnet", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
-                  conv_bias=True, shortcut_before_activation=True, sign_activations=True),
-        Binarizer("xnor", _xnor_input, _xnor_weight, conv_bias=True),
-        Binarizer("bnn", _clip_sign, _sign_weight, sign_activations=True),
-        Binarizer("dorefa", _dorefa_input, _dorefa_weight),
-        Binarizer("irnet", _irnet_input, _irnet_weight, needs_progress=True, sign_activations=True),
-        Binarizer("bidm", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, timestep_aware=True,
-                  activation_scale_map=True, scaled_shortcut=True, sign_activations=True),
-        Binarizer("bimacosr", _scaled_approx_sign_input, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
-                  timestep_aware=True, matrix_branches=True, branches_after_activation=True, binary_linears=True),
-        Binarizer("bimacosr_inside", _scaled_approx_sign_input, _scaled_clip_sign_weight, learnable_shift=True,
-                  rprelu=True, timestep_aware=True, matrix_branches=True),
-        Binarizer("none", _identity, _identity, learnable_shift=True, rprelu=True, timestep_aware=True, binary=False),
-    )
-}
+BINARIZERS: dict[str, Binarizer] = {}
+
+
+def register_binarizer(binarizer: Binarizer) -> Binarizer:
+    """Make `binarizer` selectable by its name (student.unet.binarizer); a module defining one calls this."""
+    if binarizer.name in BINARIZERS:
+        raise ValueError(f"a binarizer named {binarizer.name!r} is registered already")
+    BINARIZERS[binarizer.name] = binarizer
+    return binarizer
+
+
+register_binarizer(Binarizer("bidiffsr", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
+                             timestep_aware=True, sign_activations=True))
+register_binarizer(Binarizer("bbcu", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
+                             sign_activations=True))
+register_binarizer(Binarizer("reactnet", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, rprelu=True,
+                             conv_bias=True, shortcut_before_activation=True, sign_activations=True))
+register_binarizer(Binarizer("xnor", _xnor_input, _xnor_weight, conv_bias=True))
+register_binarizer(Binarizer("bnn", _clip_sign, _sign_weight, sign_activations=True))
+register_binarizer(Binarizer("dorefa", _dorefa_input, _dorefa_weight))
+register_binarizer(Binarizer("irnet", _irnet_input, _irnet_weight, needs_progress=True, sign_activations=True))
+register_binarizer(Binarizer("bidm", _approx_sign, _scaled_clip_sign_weight, learnable_shift=True, timestep_aware=True,
+                             activation_scale_map=True, scaled_shortcut=True, sign_activations=True))
+register_binarizer(Binarizer("bimacosr", _scaled_approx_sign_input, _scaled_clip_sign_weight, learnable_shift=True,
+                             rprelu=True, timestep_aware=True, matrix_branches=True, branches_after_activation=True,
+                             binary_linears=True))
+register_binarizer(Binarizer("bimacosr_inside", _scaled_approx_sign_input, _scaled_clip_sign_weight,
+                             learnable_shift=True, rprelu=True, timestep_aware=True, matrix_branches=True))
+register_binarizer(Binarizer("none", _identity, _identity, learnable_shift=True, rprelu=True, timestep_aware=True,
+                             binary=False))
 
 
 def get_binarizer(name: str, field: str = "binarizer") -> Binarizer:

@@ -1,25 +1,6 @@
-"""Real 1-bit inference on CPU: binarized convolutions computed on packed sign bits (XNOR / popcount).
-
-The float path runs a binary conv as a float conv of +-alpha weights, which costs what a float conv costs. Here the
-signs of the activations and of the weights are packed along channels, 64 per word, and each output is
-alpha_o (K - 2 popcount(a XOR w)) (`students/csrc/binary_conv.cpp`), so a 3x3 tap over 64 channels is one XOR and one
-popcount instead of 64 multiply-adds. The result equals the float emulation up to float summation order: the signs are
-the same bits (torch.sign's exact zeros kept in a second bit plane), and zero padding is skipped, as a float conv of
-zero-padded +-1 values computes. The unit's TaR shift is added while packing, and its RPReLU and identity shortcut
-are applied in the kernel's output loop (the same float steps, in the same order, as unfused), with the res-block's
-time embedding after them, so a BI-DiffSR unit reads and writes its activations once; a scale map or matrix
-branches run after the kernel as before.
-
-It serves binarizers whose forward is sign(u) x (scale_o sign(W)): BI-DiffSR, BBCU, ReActNet, BNN, IR-Net and BiDM.
-XNOR-Net's and BiMaCoSR's activations carry a per-pixel scale inside the kernel window and DoReFa's are {0, 1}: those
-convs keep their float path (`BiDiffSRUNet.use_packed_kernels` reports which).
-
-The kernel is a C++ extension built from this package's own source on first use (torch.utils.cpp_extension, with the
-compiler of the machine and `-O3 -march=native`) and cached by torch; no prebuilt registry package fits (see the
-README's "Real 1-bit speed"). Builds that never break a user: with OpenMP first; a compiler without it (Apple's
-clang) gets a one-thread build and a warning; where nothing builds (no compiler), `BiDiffSRUNet.use_packed_kernels`
-warns once, naming why, and the float path runs (the same outputs). Without AVX2 (ARM, old x86) the source's scalar
-path is compiled; `BIDISTILL_PACKED_CFLAGS` adds compile flags (`-mno-avx2` forces that path, as a test does).
+"""Real 1-bit inference on CPU: binarized convolutions computed on packed sign bits (XNOR / popcount), equal to the
+float emulation up to summation order, built from `students/csrc` on first use with a float-path fallback that never
+breaks a user. What is fused, which binarizers it serves and how builds fall back: docs/packed_kernels.md.
 """
 
 from __future__ import annotations

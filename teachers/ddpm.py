@@ -1,25 +1,6 @@
-"""The pixel-space conditional DDPM of BI-DiffSR and SR3: linear betas, epsilon prediction, L1, DDIM sampling.
-
-Settings default to the official BI-DiffSR ones (T = 2000, betas linspace(1e-6, 1e-2) in float32, images and
-conditions in [0, 1], L1 on the noise, 50-step DDIM with "leading" spacing and a final alpha_bar of 1); the
-arithmetic of `add_noise` and of the DDIM step is diffusers' (`DDPMScheduler.add_noise`, `DDIMScheduler.step`), so
-`clip_sample="official"` reproduces the official sampler bit for bit (tested against diffusers).
-
-The x0 estimate is clipped to the data's range [0, 1] by default (`clip_sample="data"`). The official code inherits
-diffusers' default clip to [-1, 1], which never binds on [0, 1] data: one bad early step of an undertrained model
-then pushes every later input off the data (measured on a small teacher: DDIM-20 10.7 dB with the official clip,
-21.9 dB with the data-range clip). Released official weights were evaluated with the official clip:
-`clip_sample="official"` keeps that reachable. As in the official sampler, the noise estimate is not recomputed
-from the clipped x0.
-
-SR3 as Janspiry/Image-Super-Resolution-via-Iterative-Refinement trains and samples it (the process of an imported
-SR3 teacher): `data_range="signed"` (images and conditions in [-1, 1]), `time_input="noise_level"` (the denoiser
-is given sqrt(alpha_bar_t), not t) and `sampler="ddpm"` (ancestral steps through the posterior of the clipped x0, all
-T of them by default), and `condition_resize="pil"`: SR3's data preparation makes the condition with PIL's bicubic
-resize of the 8-bit LR, saved as 8 bits (`data/prepare_data.py`), not with the OpenCV-style bicubic of BI-DiffSR, so
-the process remakes it from the LR (torch's antialiased bicubic is PIL's kernel, a = -0.5). A student distilled from
-such a teacher keeps `time_input="index"` (its TaR/TaA groups need timesteps); the teacher converts for itself
-(`Teacher.predict`).
+"""The pixel-space conditional DDPM of BI-DiffSR and SR3: linear betas, epsilon prediction, L1, DDIM sampling (and
+SR3's ancestral sampler, signed data and noise-level time input for imported SR3 teachers). Official settings, the
+x0 clip and why it differs from the official default: docs/processes.md.
 """
 
 from __future__ import annotations

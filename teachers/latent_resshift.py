@@ -1,26 +1,6 @@
-"""ResShift in the latent space of a VQ autoencoder: the process the released ResShift and SinSR models live on
-(zsyOAOA/ResShift, wyf0912/SinSR; `../shared/spec/resshift.md` sections 5 and 8).
-
-The chain is `teachers.resshift.ResShiftProcess`'s, run on autoencoder latents:
-- `encode(image)`: the encoder and quant_conv on the image in [-1, 1], *without* quantisation, times `scale_factor`
-  (1.0 in the releases); `decode(z)`: z / scale_factor through quantisation, post_quant_conv and the decoder, as the
-  official code does, then [-1, 1] -> [0, 1] clamped.
-- the condition y is two tensors stacked along channels: z_y = encode(bicubic(LR)), the point the chain shifts to,
-  and the LR image in [-1, 1] at the latent size, which the denoiser is given (`model_condition`). Callers pass the
-  LR itself when they have it (sampling, evaluation, training batches); otherwise it is recovered as the
-  least-squares preimage of torch's bicubic x`spatial_factor` upsampling of cond (exact to float rounding, since
-  cond is never clamped: the official sampler upsamples the LR in [-1, 1] without clipping).
-- padding (`pad_condition`) as the official sampler: the LR is reflect-padded to the size multiple (the release's
-  `lq_size`, 64) and then upsampled, never the upsampled image padded; images up to 512 LR pixels are sampled
-  whole and larger ones in 512-pixel LR tiles at stride 448 (`official_tiling`, the official command line's
-  `--chop_size 512`).
-- no x0 clip (`clip_sample = "none"`, as the official sampler with an autoencoder); the input scaling
-  x_t / sqrt(kappa^2 eta_t + 1) is the pixel process's.
-
-The autoencoder (diffusers' `VQModel`, frozen, run in float32 outside autocast) is part of the process's space: it
-is saved beside `scheduler_config.json` in `autoencoder/` and loaded with the process, so a teacher folder, a student
-stage folder and a published student each carry it, and every sampler and stage reaches it through `encode` /
-`decode` only.
+"""ResShift in the latent space of a VQ autoencoder, the process the released ResShift and SinSR models live on
+(zsyOAOA/ResShift, wyf0912/SinSR); the autoencoder is part of the process and saved with it. How encoding, the
+two-part condition, padding, tiling and the missing clip follow the official sampler: docs/processes.md.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ class Stage:
              generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
+    def check_patch(self, patch: int) -> None:
+        """Raise a ValueError when the stage cannot train on patch x patch HR crops (checked once, before training)."""
+
 
 @dataclass
 class StageSetup:

@@ -1,23 +1,7 @@
-"""Stage `one_step` (SinSR / BiMaCoSR distillation, on any process): the student maps the start state
-x_T = prior(y, eps) in one evaluation at the top timestep T-1 to what the teacher's deterministic sampler makes of
-the same x_T. On ResShift this is SinSR's distillation term exactly (x_T = y + kappa sqrt(eta_T) eps, the teacher's
-output from SinSR's sampler over all T steps); on BI-DiffSR's DDPM x_T is pure noise and the teacher's sampler the
-deterministic 50-step DDIM. The student's process becomes its one-step variant (output read as x0).
-
-SinSR's loss ("SinSR: Diffusion-Based Image Super-Resolution in a Single Step"; wyf0912/SinSR
-`models/gaussian_diffusion.py` `training_losses_distill`, with `configs/SinSR.yaml`: learn_xT True,
-finetune_use_gt 1, no uncertainty, no covariance term, losses on latents), in numbered facts:
-1. The student runs at the fixed top step t = T-1 (no reflow); eps ~ N(0, I) at the latent size, x_T = z_y +
-   kappa sqrt(eta_T) eps, and z0_teacher = the teacher's deterministic sampler from that x_T (no gradient).
-2. Distillation: L_distill = MSE(f(s(x_T), T-1), z0_teacher), s(x) = x / sqrt(kappa^2 eta_{T-1} + 1) the input
-   scaling at t = T-1 and f the student with the LR as its condition.
-3. Inverse (learn_xT): L_xT = MSE(f(s(z0_teacher), 0), x_T): the same network, told timestep 0, maps the teacher's
-   output (scaled as at T-1) back to the x_T it came from. Weight 1 (`xt_weight`).
-4. Ground truth (finetune_use_gt): z_gt = encode(HR) (no upsampling); x_T^gt = f(s(z_gt), 0) without gradient; then
-   L_gt = MSE(f(s(x_T^gt), T-1), z_gt): the HR image through the student's inverse and back. Weight 1 (`gt_weight`).
-5. Loss = L_distill + xt_weight L_xT + gt_weight L_gt, each the mean over every element (the official mean over
-   non-batch dimensions, then over the batch, at equal sizes). All three are in the process's space (latents).
-BiMaCoSR trains its one-step student with these losses; `xt_weight = gt_weight = 0` is the distillation term alone.
+"""Stage `one_step` (SinSR / BiMaCoSR distillation, on any process): the student maps the start state x_T in one
+evaluation at the top timestep to what the teacher's deterministic sampler makes of the same x_T, with SinSR's
+optional inverse (`xt_weight`) and ground-truth (`gt_weight`) terms. SinSR's loss in numbered facts:
+docs/one_step_distillation.md.
 """
 
 from __future__ import annotations
@@ -42,12 +26,13 @@ class OneStepStage(Stage):
         self.xt_weight, self.gt_weight = xt_weight, gt_weight
         self.top = student_process.num_train_timesteps - 1
 
+    def check_patch(self, patch: int) -> None:
+        size = self.teacher.unet.size_multiple * self.teacher.process.spatial_factor
+        if patch % size:
+            raise ValueError(f"one_step needs patches that are multiples of the teacher's {size} pixels; got {patch}")
+
     def loss(self, model, batch, generator) -> tuple[Tensor, dict[str, Tensor]]:
         cond, p = batch["cond"], self.process
-        size = self.teacher.unet.size_multiple * self.teacher.process.spatial_factor
-        if cond.shape[-1] % size or cond.shape[-2] % size:
-            raise ValueError(f"one_step needs patches that are multiples of the teacher's {size}; got "
-                             f"{tuple(cond.shape[-2:])}")
         noise = randn_tensor(p.noise_shape(cond.shape), generator=generator, device=cond.device, dtype=cond.dtype)
         y = p.encode_condition(cond, batch["lr"])  # teacher and student share the process's space
         y_in = p.model_condition(y)

@@ -1,6 +1,7 @@
 """The `one_step` stage's SinSR terms against SinSR's `training_losses_distill` written out step by step (learn_xT and
 finetune_use_gt as `configs/SinSR.yaml` sets them), at test sizes on a pixel-space ResShift chain."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -67,3 +68,11 @@ def test_the_one_step_stage_computes_sinsr_losses():
         student, batch, torch.Generator().manual_seed(4))
     torch.testing.assert_close(alone, distill)  # the weights at 0: the distillation term only
     assert set(alone_logs) == {"loss"}
+
+
+def test_patches_the_teacher_cannot_take_are_refused_before_training():
+    teacher, _ = models()
+    stage = OneStepStage(teacher, ResShiftProcess(num_train_timesteps=T).one_step_variant())
+    stage.check_patch(32)
+    with pytest.raises(ValueError, match="multiples of the teacher's 2 pixels; got 33"):
+        stage.check_patch(33)

@@ -233,7 +233,8 @@ model = BiDiffSRUNet(**TINY_STUDENT).eval()
 x = torch.rand(1, 3, 384, 384)
 with torch.no_grad():
     model(x, x, torch.tensor([3]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM is this process's own peak: ru_maxrss would include the parent's, kept across the exec of a vfork child
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
