@@ -13,6 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import save_file
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--binarizer", default="bidiffsr")
     parser.add_argument("--config", help="a saved student folder (default: the paper configuration)")
     args = parser.parse_args()
+    torch.manual_seed(0)  # a random init can hold exact zeros, which take a bit plane of their own: the same each run
     model = BiDiffSRUNet.from_pretrained(args.config) if args.config else BiDiffSRUNet(binarizer=args.binarizer)
     model.eval()
     binary, fp = count_params(model)

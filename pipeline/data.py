@@ -232,8 +232,19 @@ def load_lr_images(lr_dir: str | Path, max_images: int = 0) -> list[ValImage]:
 
 def load_validation(hr_dir: str | Path, scale: int, lr_dir: str | Path = "", max_images: int = 0,
                     crop: int = 0) -> list[ValImage]:
-    """Benchmark images (sorted by name): HR modcropped; LR from `lr_dir` (`<stem>x<scale>.png`) when present,
-    else made with MATLAB-compatible bicubic. `crop` > 0 takes a centred crop x crop HR region (and makes its LR)."""
+    """Benchmark images, sorted by name, HR modcropped to `scale`.
+
+    Args:
+        hr_dir: a folder of HR images (Set5 layout).
+        scale: the SR factor.
+        lr_dir: a folder of pre-made LR images named `<stem>x<scale>.png`; those missing (or all, when "") are made
+            from HR with MATLAB-compatible bicubic.
+        max_images: the first N images only; 0: all.
+        crop: > 0 takes a centred crop x crop HR region (and makes its LR).
+
+    Returns:
+        One `ValImage` per file.
+    """
     hr_dir = Path(hr_dir)
     files = image_files(hr_dir)
     if not files:

@@ -75,13 +75,24 @@ def evaluate(images: list[ValImage], scale: int, student: BiDiffSRUNet | None = 
              lpips_model=None, out_dir: str | Path | None = None, grid_images: int = 4,
              device: str | torch.device = "cpu", console: Console | None = None, tile_size: int | None = None,
              tile_overlap: int | None = None, lpips_skipped: str = "", record: dict | None = None) -> dict:
-    """Score bicubic, the condition, the teacher and the student (on `student_process`) on `images`; returns
-    {"mean": {method: {metric: value}}, ...}. `num_inference_steps` None: each process's default. Models sample in
-    overlapping `tile_size` tiles (HR pixels; default: the process's official chopping if it has one, else 512), as
-    the published pipeline does, so memory stays bounded on large images; an image that fits in one tile is sampled
-    whole, with the same result as without tiling. Models get the unclamped bicubic condition and the LR itself.
-    `lpips_skipped`: why LPIPS could not be computed, shown in the table and recorded in metrics.json; `record`:
-    further entries for the result and metrics.json."""
+    """Score bicubic, the condition, the teacher and the student on `images` and print the table.
+
+    Models get the unclamped bicubic condition and the LR itself, and sample in overlapping tiles as the published
+    pipeline does (an image that fits in one tile is sampled whole, with the same result as without tiling).
+
+    Args:
+        images: HR/LR pairs (`load_validation`), or LR images alone (no reference metrics).
+        student, teacher: the models to score (either may be None); `student_process` is the student's process.
+        num_inference_steps: sampling steps; None: each process's default.
+        seed: seeds every model's sampling noise.
+        lpips_model: an LPIPS network, or None (LPIPS not computed; `lpips_skipped` says why, in the table and file).
+        out_dir: where metrics.json and samples.png (`grid_images` rows) go; None writes nothing.
+        tile_size, tile_overlap: HR pixels; None: the process's official chopping if it has one, else 512.
+        record: further entries for the result and metrics.json.
+
+    Returns:
+        {"mean": {method: {metric: value}}, "per_image": ..., ...}, as written to metrics.json.
+    """
     methods = (["bicubic", "condition"] + (["teacher"] if teacher is not None else [])
                + (["student"] if student is not None else []))
     if student is not None and student_process is None:

@@ -22,7 +22,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline.data import IMAGE_SUFFIXES, UNREADABLE, DataError, image_files, training_image_files
+from pipeline.image_files import IMAGE_SUFFIXES, UNREADABLE, DataError, image_files, training_image_files
 from pipeline.degradations import MIN_PATCH, DegradationError, build_degradation
 from pipeline.importers import CheckpointError
 from pipeline.metrics import SSIM_WINDOW

@@ -162,7 +162,19 @@ def _sampling(process) -> str:
 def write_model_folder(student: BiDiffSRUNet, scheduler, scale: int, folder: str | Path,
                        metrics: dict | None = None, recipe: dict | None = None, repo_id: str = "",
                        license: str = "") -> Path:
-    """Write the publishable folder atomically and return its path (`license`: see `model_card`)."""
+    """Write the publishable folder atomically (replacing an earlier publish; refusing files a user added).
+
+    Args:
+        student, scheduler: the trained student and the process it samples with.
+        scale: the SR factor it was trained for.
+        folder: where to write it.
+        metrics: `evaluate`'s result for the model card's table, or None.
+        recipe: the resolved recipe (recipe.json and the card); repo_id: the Hub name the card uses.
+        license: the card's licence (see `model_card`).
+
+    Returns:
+        The folder's path.
+    """
     folder = Path(folder)
     student = student.eval()
     foreign = files_not_published(folder)
@@ -188,8 +200,18 @@ def write_model_folder(student: BiDiffSRUNet, scheduler, scale: int, folder: str
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
                 revision: str | None = None, commit_message: str = "Upload BiDistill student",
                 create_pr: bool = False) -> str:
-    """Upload a published folder to `repo_id` (onto branch `revision`, or as a pull request); returns the commit or
-    pull-request URL. Never modifies the folder."""
+    """Upload a published folder to the Hub; never modifies the folder.
+
+    Args:
+        folder: a folder `write_model_folder` wrote.
+        repo_id: "owner/name", created (`private` or not) when missing.
+        token: a Hugging Face token; None: the stored login or $HF_TOKEN.
+        revision: the branch to push to (created if absent); None: main.
+        commit_message, create_pr: the commit's message; open a pull request instead of committing.
+
+    Returns:
+        The commit's or pull request's URL.
+    """
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise PublishError(f"{folder} is not a published model folder (no model_index.json)")

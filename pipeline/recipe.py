@@ -31,7 +31,6 @@ from teachers import TEACHER_KINDS
 
 __all__ = ["Recipe", "RecipeError", "StageConfig", "apply_override", "load_recipe", "parse_recipe"]
 
-STAGE_TYPES = tuple(STAGE_CONFIGS)
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = ("tensorboard", "wandb")
 
@@ -259,7 +258,7 @@ def _build_stage(table: Any, source: str, where: str) -> StageConfig:
         raise RecipeError(source, where, f"must be a table, got {table!r}")
     kind = table.get("type", "")
     if kind not in STAGE_CONFIGS:
-        raise RecipeError(source, f"{where}.type", f"must be one of {STAGE_TYPES}, got {kind!r}")
+        raise RecipeError(source, f"{where}.type", f"must be one of {tuple(STAGE_CONFIGS)}, got {kind!r}")
     stage = _build(STAGE_CONFIGS[kind], table, source, where, what=f"a {kind!r} stage's")
     stage.name = stage.name or stage.type
     return stage

@@ -278,16 +278,28 @@ def sample(model: Denoiser, process: DiffusionProcess, cond: Tensor, num_inferen
            size_multiple: int = 1, generator: torch.Generator | None = None, noise: Tensor | None = None,
            deterministic: bool | None = None, decode: bool = True,
            progress: Callable[[], object] | None = None, y: Tensor | None = None, lr: Tensor | None = None) -> Tensor:
-    """Super-resolve a batch with any denoiser on any process: `cond` = bicubic(LR) at HR size (unclamped), and the
-    LR in [0, 1] itself when the caller has it -> [0, 1] images (or, with `decode=False`, the final x0 in the
-    process's space at the padded size).
+    """Super-resolve a batch with any denoiser on any process (the one sampling loop of teachers and students).
 
-    The condition is padded to `size_multiple` positions of the process's space (x `spatial_factor` pixels) as the
-    process pads (`pad_condition`), x_T = prior(y, noise) with `noise` (`noise_shape` of the padded condition) or noise
-    drawn with `generator`; a one-step process (`config.one_step`) evaluates the model once at the top timestep, others
-    run `inference_timesteps` with the process's deterministic or stochastic step. `progress` is called after every
-    network evaluation (a progress bar's update). `y`: `encode_condition` of the (already padded) condition, when the
-    caller has it (a latent process's encoder is not run twice)."""
+    A one-step process (`config.one_step`) evaluates the model once at the top timestep from x_T = prior(y, noise);
+    others run `inference_timesteps` with the process's deterministic or stochastic step.
+
+    Args:
+        model: the denoiser, called as model(x_in, y_in, time).
+        cond: bicubic(LR) at HR size, unclamped; `lr`: the LR in [0, 1] itself, when the caller has it.
+        num_inference_steps: None: the process's default.
+        size_multiple: the condition is padded (as the process pads, `pad_condition`) to this many positions of the
+            process's space (x `spatial_factor` pixels).
+        generator, noise: the start noise is `noise` (`noise_shape` of the padded condition) or drawn with
+            `generator`.
+        deterministic: the process's deterministic sampler (True) or its stochastic one; None: its default.
+        decode: False returns the final x0 in the process's space at the padded size.
+        progress: called after every network evaluation (a progress bar's update).
+        y: `encode_condition` of the (already padded) condition, when the caller has it (a latent process's encoder
+            is not run twice).
+
+    Returns:
+        [0, 1] images at the condition's size (or, with `decode=False`, the latent/pixel x0 as above).
+    """
     h, w = cond.shape[-2:]
     padded, lr = process.pad_condition(cond, size_multiple * process.spatial_factor, lr)
     shape = process.noise_shape(padded.shape)
