@@ -25,7 +25,7 @@ def load_student(path: str | Path, packed_kernels: bool = False) -> tuple[BiDiff
         return model, load_process(path.parent / "scheduler")
     if (path / "model_index.json").is_file() and (path / "unet").is_dir():  # a published (or imported) folder
         pipe = BiDiffSRPipeline.from_pretrained(path, packed_kernels=packed_kernels)
-        return pipe.unet, pipe.scheduler
+        return pipe.unet, pipe.process
     if (path / SAFETENSORS_WEIGHTS_NAME).is_file():
         model = BiDiffSRUNet.from_pretrained(path)
     elif (path / "config.json").is_file() and (path / "model.safetensors").is_file():

@@ -159,13 +159,13 @@ def _sampling(process) -> str:
     return f"{process.default_inference_steps} {kind} sampling steps by default"
 
 
-def write_model_folder(student: BiDiffSRUNet, scheduler, scale: int, folder: str | Path,
+def write_model_folder(student: BiDiffSRUNet, process, scale: int, folder: str | Path,
                        metrics: dict | None = None, recipe: dict | None = None, repo_id: str = "",
                        license: str = "") -> Path:
     """Write the publishable folder atomically (replacing an earlier publish; refusing files a user added).
 
     Args:
-        student, scheduler: the trained student and the process it samples with.
+        student, process: the trained student and the diffusion process it samples with.
         scale: the SR factor it was trained for.
         folder: where to write it.
         metrics: `evaluate`'s result for the model card's table, or None.
@@ -187,10 +187,10 @@ def write_model_folder(student: BiDiffSRUNet, scheduler, scale: int, folder: str
         raise PublishError(f"not publishing {folder}: the student holds NaN or infinite weights "
                            f"({name_tensors(bad)}); its training diverged")
     with folder_written_whole(folder) as tmp:
-        BiDiffSRPipeline(unet=student, scheduler=scheduler, scale=scale).save_pretrained(tmp)  # with its loader files
+        BiDiffSRPipeline(unet=student, scheduler=process, scale=scale).save_pretrained(tmp)  # with its loader files
         if _binary(student):  # a full-precision twin (binarizer "none") has nothing to pack
             save_packed(student, tmp / PACKED_NAME)
-        model_card(student, scheduler, scale, metrics, recipe, repo_id, license).save(tmp / "README.md")
+        model_card(student, process, scale, metrics, recipe, repo_id, license).save(tmp / "README.md")
         if recipe is not None:
             (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
         write_checksums(tmp)

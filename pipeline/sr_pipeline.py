@@ -168,11 +168,16 @@ class BiDiffSRPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(scale=scale)
 
+    @property
+    def process(self) -> DiffusionProcess:
+        """The student's diffusion process (diffusers names the component slot `scheduler`)."""
+        return self.scheduler
+
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """diffusers' save, plus the loader files diffusers' generic `from_pretrained(..., trust_remote_code=True)`
         needs, so a folder saved (or pushed with `push_to_hub`) this way loads both ways."""
         super().save_pretrained(save_directory, **kwargs)
-        write_loaders(Path(save_directory), self.scheduler)
+        write_loaders(Path(save_directory), self.process)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None,
@@ -248,11 +253,11 @@ class BiDiffSRPipeline(DiffusionPipeline):
                                                 or not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps must be a positive integer (or None for the process's default), "
                              f"got {num_inference_steps!r}")
-        if not isinstance(self.scheduler, DiffusionProcess):
+        if not isinstance(self.process, DiffusionProcess):
             raise TypeError(f"the scheduler must be a BiDistill diffusion process (teachers.process.DiffusionProcess: "
-                            f"DDPMProcess, ResShiftProcess), got {type(self.scheduler).__name__}")
-        multiple = self.unet.size_multiple * self.scheduler.spatial_factor
-        tile_size, tile_overlap = resolve_tiling(self.scheduler, self.config.scale, tile_size, tile_overlap, 256)
+                            f"DDPMProcess, ResShiftProcess), got {type(self.process).__name__}")
+        multiple = self.unet.size_multiple * self.process.spatial_factor
+        tile_size, tile_overlap = resolve_tiling(self.process, self.config.scale, tile_size, tile_overlap, 256)
         if tile_size < multiple or tile_size % multiple or not 0 <= tile_overlap < tile_size // 2:
             raise ValueError(f"tile_size={tile_size} must be a positive multiple of {multiple} and "
                              f"tile_overlap={tile_overlap} in [0, tile_size / 2)")
@@ -262,7 +267,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
             generator = torch.Generator(device).manual_seed(seed)
         tiles = [num_tiles(lr.shape[-2] * scale, lr.shape[-1] * scale, tile_size, tile_overlap) for lr in lrs]
         batches = [-(-n // tile_batch_for(device)) for n in tiles]
-        total = sum(batches) * num_evaluations(self.scheduler, num_inference_steps)
+        total = sum(batches) * num_evaluations(self.process, num_inference_steps)
         self.unet.eval()
         results = []
         done = [0]
@@ -274,7 +279,7 @@ class BiDiffSRPipeline(DiffusionPipeline):
         with contextlib.nullcontext() if progress else self.progress_bar(total=total) as bar:
             for lr in lrs:
                 lr = lr[None].to(device)
-                sr = tiled_super_resolve(self.unet, self.scheduler, upsample_cond(lr, scale), num_inference_steps,
+                sr = tiled_super_resolve(self.unet, self.process, upsample_cond(lr, scale), num_inference_steps,
                                          generator=generator, tile=tile_size, overlap=tile_overlap,
                                          progress=report if progress else bar.update, lr=lr)
                 results.append(sr[0].clamp(0, 1).cpu())

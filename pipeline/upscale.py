@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: cannot load --model {args.model}: {err}", file=sys.stderr)
         return 1
-    if args.steps is not None and not pipe.scheduler.config.get("one_step", False):
+    if args.steps is not None and not pipe.process.config.get("one_step", False):
         try:
-            pipe.scheduler.inference_timesteps(args.steps)
+            pipe.process.inference_timesteps(args.steps)
         except ValueError as err:
             print(f"error: --steps {args.steps}: {err}", file=sys.stderr)
             return 2

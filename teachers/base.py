@@ -46,6 +46,7 @@ class Teacher(DiffusionPipeline):
 
     @property
     def process(self) -> DiffusionProcess:
+        """The teacher's diffusion process (diffusers names the component slot `scheduler`)."""
         return self.scheduler
 
     def freeze(self) -> "Teacher":
@@ -67,7 +68,7 @@ class Teacher(DiffusionPipeline):
     @torch.no_grad()
     def predict(self, x_in: Tensor, y_in: Tensor, t: Tensor) -> Tensor:
         """The denoiser's raw output on model-ready inputs (a `NoisyBatch`'s x_in, y_in) at timesteps `t`, frozen."""
-        return self._denoise(x_in, y_in, self.scheduler.model_time(torch.as_tensor(t, device=x_in.device)))
+        return self._denoise(x_in, y_in, self.process.model_time(torch.as_tensor(t, device=x_in.device)))
 
     def _denoise(self, x_in: Tensor, y_in: Tensor, time: Tensor) -> Tensor:
         with self.autocast():
@@ -76,7 +77,7 @@ class Teacher(DiffusionPipeline):
     @torch.no_grad()
     def features(self, x_in: Tensor, y_in: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(output, res-block features by name) at timesteps `t`, frozen."""
-        time = self.scheduler.model_time(torch.as_tensor(t, device=x_in.device))
+        time = self.process.model_time(torch.as_tensor(t, device=x_in.device))
         with self.autocast():
             out, feats = self.unet(x_in, y_in, time, return_features=True)
         return out.float(), {k: v.float() for k, v in feats.items()}
@@ -84,7 +85,7 @@ class Teacher(DiffusionPipeline):
     def training_loss(self, hr: Tensor, cond: Tensor, generator: torch.Generator | None = None,
                       denoiser: torch.nn.Module | None = None, lr: Tensor | None = None) -> Tensor:
         """Its process's loss for `denoiser` (default: its own, trainable) on one (HR, condition[, LR]) batch."""
-        return training_loss(denoiser or self.unet, self.scheduler, hr, cond, generator, lr=lr)
+        return training_loss(denoiser or self.unet, self.process, hr, cond, generator, lr=lr)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
@@ -93,7 +94,7 @@ class Teacher(DiffusionPipeline):
         """Super-resolve `cond` = bicubic(LR) (and the LR itself, when the caller has it) -> [0, 1] with the
         process's sampler (see `teachers.process.sample`, also for `y`); `deterministic=True` with a fixed `noise`
         always gives the same output."""
-        return sample(self._denoise, self.scheduler, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
+        return sample(self._denoise, self.process, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
                       generator=generator, noise=noise, deterministic=deterministic, decode=decode, y=y, lr=lr)
 
 
