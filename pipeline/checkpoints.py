@@ -143,7 +143,14 @@ class StageStore:
 
     def save_checkpoint(self, i: int, step: int, model, process: DiffusionProcess, schedule, ema,
                         global_step: int, recipe_source: str) -> None:
-        """Stage i's training state at `step` (all processes take part; the main one writes the extras)."""
+        """Save stage i's training state at `step`, whole or not at all (every process takes part).
+
+        Args:
+            model, schedule, ema: the unwrapped model (its config is saved beside accelerate's state), the LR
+                schedule and the EMA (or None).
+            process: the process the model trains on (its config is saved too).
+            global_step, recipe_source: recorded in trainer_state.json with the stage's fingerprint.
+        """
         cfg, acc, root = self.stages[i], self.accelerator, self.checkpoint_root(i)
         final = root / f"step-{step:08d}"
         tmp = partial_sibling(final)

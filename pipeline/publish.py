@@ -87,8 +87,17 @@ def _licence_note(license: str) -> list[str]:
 
 def model_card(student: BiDiffSRUNet, process, scale: int, metrics: dict | None, recipe: dict | None,
                repo_id: str = "", license: str = "") -> ModelCard:
-    """The README.md of a published folder. `license`: the teacher's released weights' licence (a Hub id, or
-    "other:<name>"), which a student distilled from them and shipping their autoencoder carries; else apache-2.0."""
+    """The README.md of a published folder.
+
+    Args:
+        student, process, scale: the published model.
+        metrics, recipe, repo_id: as `write_model_folder` takes them (the evaluation table, the recipe, the Hub name).
+        license: the teacher's released weights' licence (a Hub id, or "other:<name>"), which a student distilled
+            from them and shipping their autoencoder carries; "": apache-2.0.
+
+    Returns:
+        The card.
+    """
     side = 256 // process.spatial_factor  # the student's input for a 256x256 output
     c = measure_student(dict(student.config), side, side)
     space = f" {process.space_note()}" if process.space_note() else ""

@@ -45,13 +45,26 @@ from teachers.process import DiffusionProcess, load_process, num_evaluations, sa
 
 
 @torch.no_grad()
-def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor, num_inference_steps: int | None = None,
-                  generator: torch.Generator | None = None, noise: Tensor | None = None,
+def super_resolve(student: torch.nn.Module, process: DiffusionProcess, cond: Tensor,
+                  num_inference_steps: int | None = None, generator: torch.Generator | None = None,
+                  noise: Tensor | None = None,
                   progress: Callable[[], object] | None = None, lr: Tensor | None = None) -> Tensor:
-    """SR images in [0, 1] from a student on its process, `cond` = bicubic(LR) unclamped and `lr` the LR itself when the
-    caller has it; `noise` (at the padded size) fixes the starting point. The network runs in its own dtype (bf16/fp16
-    weights too); the process's arithmetic stays float32. A student with BiDM's cross-timestep connection
-    (`cross_timestep_blocks`) mixes in the previous step's block outputs (none at the first step)."""
+    """Super-resolve a batch with a student on its process.
+
+    The network runs in its own dtype (bf16/fp16 weights too); the process's arithmetic stays float32. A student with
+    BiDM's cross-timestep connection (`cross_timestep_blocks`) mixes in the previous step's block outputs (none at
+    the first step).
+
+    Args:
+        student, process: the student and the process it samples on.
+        cond: bicubic(LR) at HR size, unclamped; `lr`: the LR itself, when the caller has it.
+        num_inference_steps: None: the process's default.
+        generator, noise: the start noise is `noise` (at the padded size) or drawn with `generator`.
+        progress: called after every network evaluation.
+
+    Returns:
+        [0, 1] images at the condition's size.
+    """
     dtype = next(student.parameters()).dtype
     mixes_previous_step = bool(getattr(student.config, "cross_timestep_blocks", 0))  # a teacher's unet has none
     previous: dict[str, dict[str, Tensor] | None] = {"features": None}
@@ -102,10 +115,19 @@ def tiled_super_resolve(student: torch.nn.Module, process: DiffusionProcess, con
                         generator: torch.Generator | None = None, tile: int = 256, overlap: int = 32,
                         tile_batch: int | None = None, progress: Callable[[], object] | None = None,
                         lr: Tensor | None = None) -> Tensor:
-    """`super_resolve` over overlapping tile x tile windows of one (1, 3, H, W) condition (and its LR `lr`, when
-    given, cut into the matching LR windows), blended. `student` is any denoiser with a `size_multiple` (a teacher's
-    `unet` too). `progress` is called after each batched network evaluation (ceil(tiles / tile_batch) x steps calls;
-    tile_batch defaults to `tile_batch_for` the device)."""
+    """`super_resolve` over overlapping windows of one image, blended; an image that fits one tile is sampled whole.
+
+    Args:
+        student: any denoiser with a `size_multiple` (a teacher's `unet` too); `process`: the one it samples on.
+        cond: one (1, 3, H, W) condition; `lr`: its LR, when given (cut into the matching LR windows).
+        num_inference_steps, generator: as `super_resolve`.
+        tile, overlap: the window's side and the windows' overlap, in HR pixels.
+        tile_batch: windows sampled together; None: `tile_batch_for` the device.
+        progress: called after each batched network evaluation (ceil(tiles / tile_batch) x steps calls).
+
+    Returns:
+        The (1, 3, H, W) image in [0, 1].
+    """
     _, c, h, w = cond.shape
     if h <= tile and w <= tile:
         return super_resolve(student, process, cond, num_inference_steps, generator=generator, progress=progress,
@@ -185,15 +207,27 @@ class BiDiffSRPipeline(DiffusionPipeline):
                         cache_dir: str | None = None, local_files_only: bool = False, packed_kernels: bool = False,
                         variant: str | None = None, use_safetensors: bool | None = None, device_map=None,
                         **unknown) -> "BiDiffSRPipeline":
-        """Load a published folder or a Hub id (fetched with huggingface_hub). Every file is checked against the
-        folder's checksums.json when it has one, and no code from the folder is run: the components are built from
-        this package's classes (diffusers' generic `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`
-        goes through the loader files the folder carries, which import the same classes). `packed_kernels=True`:
-        the binarized convs compute on packed sign bits (real 1-bit arithmetic, CPU only; `students.packed_conv`).
-        diffusers' keywords: `dtype` (or the older `torch_dtype`) is the network's dtype; `variant`,
-        `use_safetensors=False` and `device_map` have no meaning for a published folder (one safetensors variant, one
-        small model: `.to(device)`) and are refused, as is any other keyword."""
-        refused = dict(unknown, **{k: v for k, v in (("variant", variant), ("device_map", device_map)) if v is not None})
+        """Load a published folder or a Hub id (fetched with huggingface_hub).
+
+        Every file is checked against the folder's checksums.json when it has one, and no code from the folder is
+        run: the components are built from this package's classes (diffusers' generic
+        `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` goes through the loader files the folder
+        carries, which import the same classes).
+
+        Args:
+            pretrained_model_name_or_path: a folder, or "owner/name" on the Hub (`revision`, `token`, `cache_dir`,
+                `local_files_only` as huggingface_hub takes them).
+            dtype: the network's dtype (`torch_dtype`: diffusers' older name for it).
+            packed_kernels: the binarized convs compute on packed sign bits (real 1-bit arithmetic, CPU only;
+                `students.packed_conv`).
+            variant, use_safetensors=False, device_map: diffusers' keywords with no meaning for a published folder
+                (one safetensors variant, one small model: `.to(device)`): refused, as is any other keyword.
+
+        Returns:
+            The pipeline.
+        """
+        refused = dict(unknown, **{k: v for k, v in (("variant", variant), ("device_map", device_map))
+                                   if v is not None})
         if use_safetensors is False:
             refused["use_safetensors"] = False
         if refused:

@@ -235,9 +235,10 @@ class Trainer:
     def publish(self, student, teacher, metrics) -> None:
         """Write the publishable folder; push it when the recipe names a repository."""
         p = self.recipe.publish
+        license = teacher.config.get("license", "") if teacher is not None else ""
         folder = write_model_folder(student.to("cpu"), self.student_process, self.recipe.run.scale,
                                     self.out / "publish", metrics=metrics, recipe=self.recipe.to_dict(),
-                                    repo_id=p.push_to_hub, license=teacher.config.get("license", "") if teacher is not None else "")
+                                    repo_id=p.push_to_hub, license=license)
         self.console.print(f"published folder: {folder}")
         if p.push_to_hub:
             url = push_folder(folder, p.push_to_hub, private=p.private)

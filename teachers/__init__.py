@@ -3,10 +3,10 @@ DDPM, ResShift in pixel space and on VQ latents) and the denoiser kinds a `teach
 teachers (`python -m pipeline.importers`) bring their own denoiser: the original SR3 layout of `SR3UNet`, ResShift's
 `teachers.swin_unet.SwinUNet` on `LatentResShiftProcess`.
 
-| kind   | denoiser                                                | teaches by                        |
-| ------ | ------------------------------------------------------- | --------------------------------- |
-| `sr3`  | SR3's UNet (`teachers.sr3.SR3UNet`)                     | outputs, one-step targets         |
-| `twin` | the student's full-precision twin (`BiDiffSRUNet` with binarizer "none", the student's widths) | features (SPD), outputs, one-step |
+| kind   | denoiser                                                             | teaches by                        |
+| ------ | -------------------------------------------------------------------- | --------------------------------- |
+| `sr3`  | SR3's UNet (`teachers.sr3.SR3UNet`)                                  | outputs, one-step targets         |
+| `twin` | the student's full-precision twin (`BiDiffSRUNet`, binarizer "none") | features (SPD), outputs, one-step |
 
 Saved teachers record their components by module path (`["teachers.sr3", "SR3UNet"]`, `["teachers.ddpm",
 "DDPMProcess"]`, `["students.bidiffsr", "BiDiffSRUNet"]` in model_index.json) and import them from there: keep

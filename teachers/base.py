@@ -57,7 +57,8 @@ class Teacher(DiffusionPipeline):
     def check_scale(self, scale: int, source: str = "data") -> None:
         """A teacher trained for one SR factor must not be used on data of another."""
         if int(self.config.scale) != int(scale):
-            raise ValueError(f"teacher was trained for x{self.config.scale} super-resolution but the {source} is x{scale}")
+            raise ValueError(f"teacher was trained for x{self.config.scale} super-resolution but the {source} is "
+                             f"x{scale}")
 
     def autocast(self):
         """The teacher's autocast context (a no-op unless `autocast_dtype` is set)."""
@@ -91,9 +92,12 @@ class Teacher(DiffusionPipeline):
     def sample(self, cond: Tensor, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None, deterministic: bool | None = None, decode: bool = True,
                y: Tensor | None = None, lr: Tensor | None = None) -> Tensor:
-        """Super-resolve `cond` = bicubic(LR) (and the LR itself, when the caller has it) -> [0, 1] with the
-        process's sampler (see `teachers.process.sample`, also for `y`); `deterministic=True` with a fixed `noise`
-        always gives the same output."""
+        """Super-resolve with the teacher's process (`teachers.process.sample`, whose arguments these are).
+
+        Returns:
+            [0, 1] images (or the final x0 in the process's space, with `decode=False`); `deterministic=True` with a
+            fixed `noise` always gives the same output.
+        """
         return sample(self._denoise, self.process, cond, num_inference_steps, size_multiple=self.unet.size_multiple,
                       generator=generator, noise=noise, deterministic=deterministic, decode=decode, y=y, lr=lr)
 

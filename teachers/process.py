@@ -171,7 +171,16 @@ class DiffusionProcess(SchedulerMixin, ConfigMixin):
 
     def step(self, output: Tensor, t: int, t_prev: int, x_t: Tensor, y: Tensor, deterministic: bool = True,
              generator: torch.Generator | None = None) -> Tensor:
-        """x at `t_prev` (-1 after the last step: then the clipped x0 estimate) from the denoiser output at `t`."""
+        """One sampler step.
+
+        Args:
+            output: the denoiser's output at timestep `t` for `x_t`; `y`: the encoded condition.
+            t_prev: the next timestep; -1 after the last step.
+            deterministic: the deterministic sampler (DDIM, SinSR's) or the stochastic one (drawing with `generator`).
+
+        Returns:
+            x at `t_prev`, or the clipped x0 estimate when `t_prev` is -1.
+        """
         raise NotImplementedError
 
     def one_step_variant(self) -> "DiffusionProcess":
@@ -242,7 +251,15 @@ class NoisyBatch:
 
 def noisy_batch(process: DiffusionProcess, hr: Tensor, cond: Tensor, generator: torch.Generator | None,
                 t: Tensor | None = None, lr: Tensor | None = None) -> NoisyBatch:
-    """Encode an (HR, condition[, LR]) batch, draw one timestep per sample (unless given) and noise, and noise it."""
+    """Encode a training batch and noise it, one timestep per sample.
+
+    Args:
+        hr, cond: [0, 1] HR patches and their bicubic(LR) condition; `lr`: the LR patches, when the caller has them.
+        generator: draws the timesteps (unless `t` is given) and the noise.
+
+    Returns:
+        The noised batch: model inputs, timesteps and the training target.
+    """
     x0, y = process.encode(hr), process.encode_condition(cond, lr)
     if t is None:
         t = process.sample_timesteps(hr.shape[0], generator, hr.device)
@@ -268,7 +285,16 @@ def denoise_batch(model: Denoiser, process: DiffusionProcess, b: NoisyBatch, cro
 
 def training_loss(model: Denoiser, process: DiffusionProcess, hr: Tensor, cond: Tensor,
                   generator: torch.Generator | None, cross_timestep: bool = False, lr: Tensor | None = None) -> Tensor:
-    """The process's own loss for a denoiser on one batch (teacher training and the students' direct stage)."""
+    """The process's own loss for a denoiser on one batch (teacher training and the students' direct stage).
+
+    Args:
+        model: the denoiser; `process`: its process.
+        hr, cond, lr, generator: as `noisy_batch`.
+        cross_timestep: the model mixes in its own features from one step noisier (BiDM; `denoise_batch`).
+
+    Returns:
+        The scalar loss.
+    """
     b = noisy_batch(process, hr, cond, generator, lr=lr)
     return process.loss(denoise_batch(model, process, b, cross_timestep), b.target)
 

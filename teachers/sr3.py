@@ -46,7 +46,8 @@ class SR3UNet(ModelMixin, ConfigMixin):
         widths = [base_channels * m for m in channel_mults]
         bad = [w for w in widths if w % norm_groups]
         if bad:
-            raise ValueError(f"SR3UNet config: norm_groups={norm_groups} must divide every level width; {bad[0]} is not a multiple")
+            raise ValueError(f"SR3UNet config: norm_groups={norm_groups} must divide every level width; {bad[0]} is "
+                             "not a multiple")
         levels = set(attention_levels)
         if not levels <= set(range(len(widths))):
             raise ValueError(f"SR3UNet config: attention_levels={tuple(attention_levels)} must be level indices "

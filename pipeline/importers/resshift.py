@@ -182,8 +182,18 @@ def resshift_settings(options: dict, source: str) -> tuple[dict, dict, dict, int
 def import_resshift(checkpoint: str | Path, out: str | Path, autoencoder: str | Path | None,
                     config_file: str | Path | None = None, one_step: bool = False,
                     scale: int = 0) -> tuple[Path, list[str]]:
-    """Convert a released ResShift (or, with `one_step`, SinSR) denoiser and its VQ autoencoder into a teacher folder
-    (`load_teacher(out)`); returns (folder, notes about assumed settings)."""
+    """Convert a released ResShift (or SinSR) denoiser and its VQ autoencoder into a teacher folder.
+
+    Args:
+        checkpoint: the released denoiser; `autoencoder`: the VQ-f4 autoencoder file it was trained on.
+        out: the folder to write (`load_teacher(out)` loads it).
+        config_file: the release's option YAML; None: the released real-SR x4 settings, said in the notes.
+        one_step: the checkpoint is SinSR's: the folder's process is the one-step variant.
+        scale: overrides the option file's SR factor (0: the file's).
+
+    Returns:
+        (the folder, notes about settings that were assumed).
+    """
     if not autoencoder:
         raise CheckpointError("a ResShift import needs the autoencoder the model was trained on (--autoencoder, e.g. "
                               "autoencoder_vq_f4.pth): the denoiser works on its latents")
