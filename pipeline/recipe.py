@@ -257,7 +257,7 @@ def _build_stage(table: Any, source: str, where: str) -> StageConfig:
     if not isinstance(table, dict):
         raise RecipeError(source, where, f"must be a table, got {table!r}")
     kind = table.get("type", "")
-    if kind not in STAGE_CONFIGS:
+    if not isinstance(kind, str) or kind not in STAGE_CONFIGS:
         raise RecipeError(source, f"{where}.type", f"must be one of {tuple(STAGE_CONFIGS)}, got {kind!r}")
     stage = _build(STAGE_CONFIGS[kind], table, source, where, what=f"a {kind!r} stage's")
     stage.name = stage.name or stage.type

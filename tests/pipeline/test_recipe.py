@@ -72,6 +72,7 @@ def stage(**settings) -> dict:
         ([stage(steps="ten")], {}, "stages[1].steps", "must be an integer"),
         ([stage(lr=-1.0)], {}, "stages[1].lr", "must be > 0"),
         ([{"type": "distill", "steps": 2}], {}, "stages[1].type", "must be one of"),
+        ([{"type": ["direct"], "steps": 2}], {}, "stages[1].type", "must be one of"),
         ([{"type": "direct", "steps": 2}], {}, "stages[1].name", "used twice"),
         ([{"type": "feature_distill", "steps": 2}], {}, "stages[1].type", "needs a teacher"),
         ([], {"teacher": {"path": "/nonexistent/teacher"}}, "teacher.path", "is not a teacher folder"),
