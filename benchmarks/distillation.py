@@ -10,12 +10,12 @@ patch, lr schedule and seeds (one run per seed), differing only in its start and
 | ------------------------------------ | ------ | --------- |
 | random init + direct                 | random | the process loss to the data (BI-DiffSR's training) |
 | twin init + direct (reference)       | twin   | the same |
-| twin init + direct + output          | twin   | + the process loss to the teacher's output on the same (x_t, y, t) (the old quickstart) |
-| ... + SPD 0.1 / + SPD 1              | twin   | + BiDM's Space Patched Distillation against the twin's res-block features |
+| twin init + direct + output          | twin   | + the process loss to the teacher's output on the same (x_t, y, t) |
+| ... + SPD 0.1 / + SPD 1              | twin   | + BiDM's Space Patched Distillation on the twin's res-block features |
 | twin init + teacher target           | twin   | the process loss to the teacher's output alone (`direct_weight = 0`) |
-| one-step (BiMaCoSR's objective)      | twin   | one evaluation from x_T matched to the teacher's deterministic sampler |
-| BiDM design / BiMaCoSR designs       | twin   | the best objective above (the highest lower interval bound), with BiDM's or BiMaCoSR's layers |
-| ... at twice the steps (`--budget`)  | twin   | the reference and the best objective again at 2x the budget (compared with each other) |
+| one-step (BiMaCoSR's objective)      | twin   | one step from x_T matched to the teacher's deterministic sampler |
+| BiDM / BiMaCoSR designs             | twin   | the best objective above (highest lower bound), their layers |
+| ... at twice the steps (`--budget`)  | twin   | the reference and the best objective at 2x the budget, compared |
 
 Every model is scored on images no model trained on: Set5 (its own x4 LR files) and the two held-out bundled photos,
 all full size (tiled sampling, 15 steps; the same sampling noise for every model), PSNR/SSIM on Y and LPIPS-alex.

@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> None:
                   else load_validation(args.val, args.scale, args.val_lr, args.max_images, args.crop))
     except DataError as err:
         parser.error(str(err))
-    evaluate(images, args.scale, student, teacher, student_process=process, num_inference_steps=args.steps, seed=args.seed,
-             lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console,
+    evaluate(images, args.scale, student, teacher, student_process=process, num_inference_steps=args.steps,
+             seed=args.seed, lpips_model=lpips_model, out_dir=args.out or None, device=args.device, console=console,
              tile_size=args.tile, lpips_skipped=skipped,
              record={"teacher_autocast": args.teacher_autocast} if teacher is not None else None)
 

@@ -83,7 +83,8 @@ def load_lpips(backbone_file: str | Path | None = None, device: str | torch.devi
     if backbone_file:
         path = Path(backbone_file)
         if not path.is_file():
-            raise LPIPSUnavailable(f"LPIPS backbone file {path} does not exist (set by eval.lpips_backbone or ${LPIPS_ENV})")
+            raise LPIPSUnavailable(f"LPIPS backbone file {path} does not exist (set by eval.lpips_backbone or "
+                                   f"${LPIPS_ENV})")
         model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
         state = torch.load(path, map_location="cpu", weights_only=True)
         try:

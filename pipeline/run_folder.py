@@ -68,8 +68,8 @@ class RunFolder:
             foreign = sorted(p.name for p in path.iterdir())
             if foreign:
                 shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-                raise RunFolderError(f"run.output_dir {path} already holds files that BiDistill did not write ({shown}); "
-                                     "choose a new or empty folder, so that nothing of yours is replaced")
+                raise RunFolderError(f"run.output_dir {path} already holds files that BiDistill did not write "
+                                     f"({shown}); choose a new or empty folder, so that nothing of yours is replaced")
 
     def holder(self) -> str:
         """The pid of a live run holding the folder's lock ('' when none does); takes nothing."""

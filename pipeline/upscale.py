@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=32, help="HR tile overlap")
     parser.add_argument("--device", default=None, help="cuda when there is a GPU, else cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
-                        help="the network's dtype: bfloat16 / float16 halve its memory on a GPU (on this project's 2-core "
-                             "CPU they ran 50x slower than float32); the sampler stays float32")
+                        help="the network's dtype: bfloat16 / float16 halve its memory on a GPU (on this project's "
+                             "2-core CPU they ran 50x slower than float32); the sampler stays float32")
     parser.add_argument("--packed", action="store_true",
                         help="run the binarized convs on packed sign bits (XNOR/popcount, CPU only; "
                              "students/packed_conv.py): the same images, real 1-bit arithmetic")

@@ -362,7 +362,8 @@ class BiDiffSRUNet(ModelMixin, ConfigMixin):
             raise _config_error("dropout", c.dropout, "must be in [0, 1)")
         for w in widths:
             if w % c.norm_groups:
-                raise _config_error("norm_groups", c.norm_groups, f"must divide every level width; {w} is not a multiple")
+                raise _config_error("norm_groups", c.norm_groups,
+                                    f"must divide every level width; {w} is not a multiple")
         if c.downsample not in DOWNSAMPLE_CHOICES:
             raise _config_error("downsample", c.downsample, f"is not one of {DOWNSAMPLE_CHOICES}")
         if c.upsample not in UPSAMPLE_CHOICES:
@@ -377,7 +378,8 @@ class BiDiffSRUNet(ModelMixin, ConfigMixin):
                     f"level {i} has width {widths[i]}, level {i + 1} has {widths[i + 1]}",
                 )
         if len(widths) > 1 and widths[0] % 2:
-            raise _config_error("base_channels", c.base_channels, "must be even: CP-Down/CP-Up split channels in halves")
+            raise _config_error("base_channels", c.base_channels,
+                                "must be even: CP-Down/CP-Up split channels in halves")
         decoder_blocks = len(widths) * (c.num_res_blocks + 1)
         if not 0 <= c.cross_timestep_blocks <= decoder_blocks:
             raise _config_error("cross_timestep_blocks", c.cross_timestep_blocks,
@@ -467,7 +469,9 @@ class BiDiffSRUNet(ModelMixin, ConfigMixin):
             raise ValueError("a feature cache was given, but this model has no cross-timestep connection "
                              "(cross_timestep_blocks = 0)")
         t = per_sample_timesteps(t, b, x_t.device)
-        group = timestep_group(t, self.config.timestep_groups, self.config.num_train_timesteps) if self.uses_groups else None
+        group = None
+        if self.uses_groups:
+            group = timestep_group(t, self.config.timestep_groups, self.config.num_train_timesteps)
         temb = self.time_embedding(self.time_proj(t).to(x_t.dtype))
 
         x = pad_to_multiple(torch.cat([cond, x_t], dim=1), self.size_multiple)
@@ -524,7 +528,8 @@ class BiDiffSRUNet(ModelMixin, ConfigMixin):
         model moves to channels-last memory: the kernels read and write channels-last activations, and the
         full-precision convs around them run 1.1-11x faster on CPU that way than on contiguous ones (see
         `benchmarks/binary_speed.py`), so no layer converts between the two."""
-        binarized = [(name, m) for name, m in self.named_modules() if isinstance(m, BinaryConv2d) and m.binarizer.binary]
+        binarized = [(name, m) for name, m in self.named_modules()
+                     if isinstance(m, BinaryConv2d) and m.binarizer.binary]
         try:
             kept = [name for name, module in binarized if not module.use_packed_kernel()]
             self.merge_for_inference()

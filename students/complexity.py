@@ -65,7 +65,8 @@ def _matrix_branches(module, inputs, output):
     """BiMaCoSR's rule: the sparse branch costs its non-zeros and the low-rank one r (Cin + Cout) MACs per output
     position, both in full precision (the dense 1x1 map we run is an implementation detail)."""
     positions = output.numel() // module.out_channels
-    return "branch_macs", (module.sparse_values.numel() + module.rank * (module.in_channels + module.out_channels)) * positions
+    per_position = module.sparse_values.numel() + module.rank * (module.in_channels + module.out_channels)
+    return "branch_macs", per_position * positions
 
 
 @register_op_counter(nn.Conv2d)
@@ -170,7 +171,8 @@ def measure(model: nn.Module, height: int = 256, width: int = 256, forward: Call
     handles = []
 
     def hook_for(name: str, counter: OpCounter):
-        component = name.split(".")[0] if not name.startswith(("encoder.", "decoder.")) else ".".join(name.split(".")[:2])
+        parts = name.split(".")
+        component = ".".join(parts[:2]) if name.startswith(("encoder.", "decoder.")) else parts[0]
 
         def hook(module, inputs, output):
             kind, n = counter(module, inputs, output)

@@ -103,7 +103,8 @@ class FakeHub:
                     files = store[repo]
                     if len(parts) >= 6 and parts[4] == "tree":  # recursive file listing (snapshot_download)
                         return self._json([{"type": "file", "path": name, "size": len(data),
-                                            "oid": hashlib.sha1(data).hexdigest()} for name, data in sorted(files.items())])
+                                            "oid": hashlib.sha1(data).hexdigest()}
+                                           for name, data in sorted(files.items())])
                     return self._json({"id": repo, "modelId": repo, "sha": COMMIT, "private": False,
                                        "siblings": [{"rfilename": f} for f in sorted(files)], "tags": []})
                 if len(parts) >= 5 and parts[2] == "resolve":

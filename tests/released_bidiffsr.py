@@ -69,7 +69,8 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     def __init__(self, c, groups_norm):
         super().__init__()
-        self.norm, self.qkv, self.out = nn.GroupNorm(groups_norm, c), nn.Conv2d(c, 3 * c, 1, bias=False), nn.Conv2d(c, c, 1)
+        self.norm = nn.GroupNorm(groups_norm, c)
+        self.qkv, self.out = nn.Conv2d(c, 3 * c, 1, bias=False), nn.Conv2d(c, c, 1)
 
     def forward(self, x):
         b, c, h, w = x.shape

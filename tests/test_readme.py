@@ -33,7 +33,8 @@ def reader_folder(tmp_path, monkeypatch, tiny_config):
     """A reader's working folder after the quickstart: runs/quickstart/publish and an LR image my_lr.png."""
     monkeypatch.chdir(tmp_path)
     student = BiDiffSRUNet(**dict(tiny_config, num_train_timesteps=15, timestep_groups=5))
-    write_model_folder(student, ResShiftProcess(prediction_type="residual"), 4, tmp_path / "runs" / "quickstart" / "publish")
+    write_model_folder(student, ResShiftProcess(prediction_type="residual"), 4,
+                       tmp_path / "runs" / "quickstart" / "publish")
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((12, 10, 3)) * 255).astype(np.uint8)).save(tmp_path / "my_lr.png")
     return tmp_path

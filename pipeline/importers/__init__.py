@@ -66,7 +66,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     state = {}
     for name, value in data.items():
         if not isinstance(value, Tensor):
-            raise CheckpointError(f"{path}: {name!r} is a {type(value).__name__}, not a tensor (is this a weights file?)")
+            raise CheckpointError(f"{path}: {name!r} is a {type(value).__name__}, not a tensor (is this a weights "
+                                  "file?)")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"{path}: {name!r} holds NaN or infinite values; this checkpoint is damaged")
         for prefix in ("module.", "_orig_mod."):

@@ -85,13 +85,15 @@ def sr3_settings(options: dict) -> tuple[dict, dict, int]:
         config = dict(in_channels=unet.get("in_channel", 6), out_channels=unet.get("out_channel", 3),
                       base_channels=unet["inner_channel"], channel_mults=mults, num_res_blocks=unet["res_blocks"],
                       dropout=float(unet.get("dropout", 0.0)), norm_groups=unet.get("norm_groups") or 32,
-                      attention_levels=tuple(i for i in range(len(mults)) if image_size // 2**i in set(unet["attn_res"])),
+                      attention_levels=tuple(i for i in range(len(mults))
+                                             if image_size // 2**i in set(unet["attn_res"])),
                       time_act_in_blocks=False)
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"the SR3 config lacks {err} (model.unet, model.diffusion.image_size, "
                               "model.beta_schedule)") from None
     if schedule.get("schedule") != "linear":
-        raise CheckpointError(f"beta schedule {schedule.get('schedule')!r}: only the released 'linear' one is supported")
+        raise CheckpointError(f"beta schedule {schedule.get('schedule')!r}: only the released 'linear' one is "
+                              "supported")
     steps = int(schedule["n_timestep"])
     process = dict(num_train_timesteps=steps, beta_start=float(schedule["linear_start"]),
                    beta_end=float(schedule["linear_end"]), data_range="signed", time_input="noise_level",

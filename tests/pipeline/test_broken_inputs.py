@@ -147,7 +147,8 @@ RUN_CASES = [
          ["{S}/user", "already holds files that BiDistill did not write"]),
     Case("output is a file", RUN + ["--set", 'run.output_dir="{S}/a_file"'], ["{S}/a_file is a file"]),
     Case("missing training folder", RUN + ["--set", 'data.train="{S}/gone"'], ["data.train: folder {S}/gone"]),
-    Case("empty training folder", RUN + ["--set", 'data.train="{S}/empty"'], ["data.train", "{S}/empty holds no images"]),
+    Case("empty training folder", RUN + ["--set", 'data.train="{S}/empty"'],
+         ["data.train", "{S}/empty holds no images"]),
     Case("unreadable training images", RUN + ["--set", 'data.train="{S}/unreadable"'],
          ["data.train", "can be read", "{S}/unreadable/a.png"]),
     Case("patch larger than every image", RUN + ["--set", "data.patch_size=128"], ["data.patch_size: is 128", "96px"]),
@@ -230,8 +231,8 @@ RUN_CASES = [
 
 UPSCALE = ["--model", "{S}/finished/publish", "--steps", "1"]
 UPSCALE_CASES = [
-    Case("output is the input", ["{S}/lr2.png", "{S}/lr2.png"] + UPSCALE, ["output {S}/lr2.png would overwrite the input"],
-         command="upscale"),
+    Case("output is the input", ["{S}/lr2.png", "{S}/lr2.png"] + UPSCALE,
+         ["output {S}/lr2.png would overwrite the input"], command="upscale"),
     Case("output folder is the input folder", ["{S}/lr", "{S}/lr"] + UPSCALE, ["would overwrite the input"],
          command="upscale"),
     Case("two inputs, one output", ["{S}/lr", "{out}"] + UPSCALE, ["pic.jpg", "pic.png", "would both be written"],
@@ -374,8 +375,9 @@ def test_upscale_usage_errors_come_before_torch_is_imported(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom pipeline.upscale import main\ntry:\n    main(['nowhere.png', 'out.png', '--model', 'm'])\n"
-            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    code = ("import sys\nfrom pipeline.upscale import main\ntry:\n"
+            "    main(['nowhere.png', 'out.png', '--model', 'm'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})

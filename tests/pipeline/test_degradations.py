@@ -99,11 +99,13 @@ def test_gaussian_and_poisson_noise_equal_basicsr_for_fixed_draws():
     scale = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
     g = torch.Generator().manual_seed(2)
     rounded = torch.clamp((image * 255.0).round(), 0, 255) / 255.0  # generate_poisson_noise_pt, its loops
-    vals = torch.tensor([2 ** np.ceil(np.log2(len(torch.unique(rounded[i])))) for i in range(3)], dtype=torch.float32).view(3, 1, 1, 1)
+    vals = torch.tensor([2 ** np.ceil(np.log2(len(torch.unique(rounded[i])))) for i in range(3)],
+                        dtype=torch.float32).view(3, 1, 1, 1)
     out_colour = torch.poisson(rounded * vals, generator=g) / vals - rounded
     luma = 0.2989 * image[:, 0:1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]
     luma = torch.clamp((luma * 255.0).round(), 0, 255) / 255.0
-    vals_luma = torch.tensor([2 ** np.ceil(np.log2(len(torch.unique(luma[i])))) for i in range(3)], dtype=torch.float32).view(3, 1, 1, 1)
+    vals_luma = torch.tensor([2 ** np.ceil(np.log2(len(torch.unique(luma[i])))) for i in range(3)],
+                             dtype=torch.float32).view(3, 1, 1, 1)
     out_grey = torch.poisson(luma * vals_luma, generator=g) / vals_luma - luma
     noise = torch.where(gray[:, None, None, None], out_grey.expand(3, 3, 16, 12), out_colour)
     expected = (image + noise * scale.float()[:, None, None, None]).clamp(0, 1)
@@ -111,7 +113,8 @@ def test_gaussian_and_poisson_noise_equal_basicsr_for_fixed_draws():
 
 
 # ---- DiffJPEG, written out block by block --------------------------------------------------------------------------
-Y_TABLE = np.array([[16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+Y_TABLE = np.array([[16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
+                    [14, 13, 16, 24, 40, 57, 69, 56],
                     [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77],
                     [24, 35, 55, 64, 81, 104, 113, 92], [49, 64, 78, 87, 103, 121, 120, 101],
                     [72, 92, 95, 98, 112, 100, 103, 99]], dtype=np.float64).T

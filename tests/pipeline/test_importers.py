@@ -104,9 +104,12 @@ def test_wrong_files_are_named_never_partly_loaded(tmp_path, capsys):
     (tmp_path / "options.yml").write_text(OPTIONS)
     state = net.state_dict()
     cases = {
-        "extra": (dict(state, **{"downs.1.res_block.extra": torch.zeros(1)}), "unexpected key 'downs.1.res_block.extra'"),
-        "missing": ({k: v for k, v in state.items() if k != "mid.0.attn.qkv.weight"}, "missing key 'mid.0.attn.qkv.weight'"),
-        "shape": (dict(state, **{"downs.0.weight": torch.zeros(16, 6, 1, 1)}), "'downs.0.weight' has shape (16, 6, 1, 1)"),
+        "extra": (dict(state, **{"downs.1.res_block.extra": torch.zeros(1)}),
+                  "unexpected key 'downs.1.res_block.extra'"),
+        "missing": ({k: v for k, v in state.items() if k != "mid.0.attn.qkv.weight"},
+                    "missing key 'mid.0.attn.qkv.weight'"),
+        "shape": (dict(state, **{"downs.0.weight": torch.zeros(16, 6, 1, 1)}),
+                  "'downs.0.weight' has shape (16, 6, 1, 1)"),
         "not tensors": ({"params": {"step": 3}}, "'step' is a int, not a tensor"),
     }
     for name, (payload, message) in cases.items():
@@ -130,7 +133,8 @@ def test_wrong_files_are_named_never_partly_loaded(tmp_path, capsys):
 class SR3Block(nn.Module):
     def __init__(self, cin, cout, groups):
         super().__init__()
-        self.block = nn.Sequential(nn.GroupNorm(groups, cin), nn.SiLU(), nn.Identity(), nn.Conv2d(cin, cout, 3, padding=1))
+        self.block = nn.Sequential(nn.GroupNorm(groups, cin), nn.SiLU(), nn.Identity(),
+                                   nn.Conv2d(cin, cout, 3, padding=1))
 
     def forward(self, x):
         return self.block(x)
@@ -188,7 +192,8 @@ class ReleasedSR3(nn.Module):
                 feats.append(pre)
                 res //= 2
         self.downs = nn.ModuleList(downs)
-        self.mid = nn.ModuleList([SR3WithAttn(pre, pre, inner, groups, True), SR3WithAttn(pre, pre, inner, groups, False)])
+        self.mid = nn.ModuleList([SR3WithAttn(pre, pre, inner, groups, True),
+                                  SR3WithAttn(pre, pre, inner, groups, False)])
         ups = []
         for i in reversed(range(len(mults))):
             for _ in range(res_blocks + 1):
@@ -266,7 +271,8 @@ def test_released_sr3_imports_as_a_teacher_with_the_original_network_and_process
             + (1 - ab[k - 1]) * (1 - betas[k]).sqrt() / (1 - ab[k]) * x.double())
     ours = process.step(expected[0:1].expand_as(x), k, k - 1, x, None, deterministic=True)
     torch.testing.assert_close(ours.double(), mean, atol=1e-5, rtol=1e-4)
-    assert teacher.sample(cond[:1], num_inference_steps=4, generator=torch.Generator().manual_seed(0)).shape == (1, 3, 32, 32)
+    sampled = teacher.sample(cond[:1], num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (1, 3, 32, 32)
 
     # the condition as SR3's data preparation makes it (PIL's bicubic of the 8-bit LR), through the user path
     assert process.config.condition_resize == "pil"
@@ -287,7 +293,8 @@ def test_sr3_import_needs_its_config_and_checks_the_schedule(tmp_path, capsys):
     assert "needs the release's JSON config" in capsys.readouterr().err
     (tmp_path / "sr3.json").write_text(SR3_CONFIG)
     torch.save(dict(net.state_dict(), betas=torch.linspace(1e-6, 1e-2, 100, dtype=torch.float64)), tmp_path / "b.pth")
-    assert main(["sr3", str(tmp_path / "b.pth"), "--config", str(tmp_path / "sr3.json"), "--out", str(tmp_path / "b")]) == 2
+    assert main(["sr3", str(tmp_path / "b.pth"), "--config", str(tmp_path / "sr3.json"),
+                 "--out", str(tmp_path / "b")]) == 2
     assert "saved betas are not the config's linear schedule" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 

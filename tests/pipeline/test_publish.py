@@ -45,7 +45,8 @@ def lr_image(w=9, h=7, seed=0):
 
 def test_folder_contents_and_one_line_load(published):
     student, folder = published
-    assert {"model_index.json", "unet", "scheduler", PACKED_NAME, "README.md", "recipe.json"} <= {p.name for p in folder.iterdir()}
+    written = {p.name for p in folder.iterdir()}
+    assert {"model_index.json", "unet", "scheduler", PACKED_NAME, "README.md", "recipe.json"} <= written
     index = json.loads((folder / "model_index.json").read_text())
     assert index["unet"] == ["bidiffsr_unet", "BiDiffSRUNet"] and index["scale"] == 4
     assert index["_class_name"] == ["pipeline_bidiffsr", "BiDiffSRPipeline"]

@@ -22,7 +22,8 @@ needs_shared = pytest.mark.skipif(not (SHARED / "data" / "Set5").is_dir(), reaso
 def test_make_lr_matches_the_benchmark_lr_pack(scale):
     for hr_file in sorted((SHARED / "data" / "Set5").glob("*.png")):
         hr = to_uint8_tensor(Image.open(hr_file))
-        ref = to_uint8_tensor(Image.open(SHARED / "data" / "Set5_LR_bicubic" / f"X{scale}" / f"{hr_file.stem}x{scale}.png"))
+        lr_file = SHARED / "data" / "Set5_LR_bicubic" / f"X{scale}" / f"{hr_file.stem}x{scale}.png"
+        ref = to_uint8_tensor(Image.open(lr_file))
         diff = (make_lr(hr, scale).int() - ref.int()).abs()
         assert diff.shape == ref.shape
         assert diff.max() <= 2 and (diff > 0).float().mean() < 0.01, hr_file.name
@@ -40,7 +41,8 @@ def test_condition_is_half_pixel_bicubic_a075():
     # x = (o + 0.5) / 2 - 0.5; taps clamp at the border; pixel 1 holds the 1.0
     for o in range(8):
         x = (o + 0.5) / 2 - 0.5
-        expected = sum(k(x - j) * (1.0 if min(max(j, 0), 3) == 1 else 0.0) for j in range(math.floor(x) - 1, math.floor(x) + 3))
+        expected = sum(k(x - j) * (1.0 if min(max(j, 0), 3) == 1 else 0.0)
+                       for j in range(math.floor(x) - 1, math.floor(x) + 3))
         assert out[o].item() == pytest.approx(expected, abs=1e-5)
 
 

@@ -62,7 +62,8 @@ def test_tiny_recipe_end_to_end(tmp_path, monkeypatch):
     # evaluation runs alone on a mid-stage checkpoint
     evaluate_cli.main(["--student", str(ckpt), "--val", str(SHARED / "data" / "Set5"), "--scale", "4", "--steps", "2",
                        "--max-images", "1", "--crop", "32", "--no-lpips", "--out", str(tmp_path / "ev")])
-    assert set(json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]) == {"bicubic", "condition", "student"}
+    scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["mean"]
+    assert set(scored) == {"bicubic", "condition", "student"}
 
 
 def run_script(recipe: Path, tmp_path, *extra) -> subprocess.Popen:
@@ -131,7 +132,8 @@ def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_holds_it(tmp_path
 
     monkeypatch.setattr(direct, "training_loss", poisoned)
     recipe = load_recipe(direct_recipe(tmp_path, "nan", steps=8, every=2), ["run.log_every=5"])
-    with pytest.raises(NonFiniteLoss, match=r"stage 0 \(direct\): loss.* by step 4 .*checkpoints/0-direct/step-00000002"):
+    with pytest.raises(NonFiniteLoss,
+                       match=r"stage 0 \(direct\): loss.* by step 4 .*checkpoints/0-direct/step-00000002"):
         Trainer(recipe).run()
     ckpts = sorted(p.name for p in (tmp_path / "nan" / "checkpoints" / "0-direct").iterdir())
     assert ckpts == ["step-00000002"] and not (tmp_path / "nan" / "student").exists()
