@@ -99,3 +99,13 @@ def test_public_api_is_exported():
         assert getattr(pipeline, name) is not None
     with pytest.raises(AttributeError):
         pipeline.no_such_thing  # noqa: B018
+
+
+def test_every_console_script_points_at_a_function():
+    """The commands pyproject.toml installs (`bidistill`, `bidistill-complexity`) resolve to callables."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{name} = {target}"
