@@ -6,7 +6,6 @@ Every problem is a RecipeError naming the recipe file and the key at fault; the 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import inspect
 import json
@@ -27,7 +26,7 @@ from pipeline.degradations import MIN_PATCH, DegradationError, build_degradation
 from pipeline.importers import CheckpointError
 from pipeline.metrics import SSIM_WINDOW
 from pipeline.recipe import Recipe, load_recipe
-from pipeline.settings import RecipeError, SettingError, require
+from pipeline.settings import SettingError, named_in, require
 from pipeline.stages import StageSetup
 from students.bidiffsr import CLASS_NAMES as UNET_CLASS_NAMES
 from students.bidiffsr import BiDiffSRUNet, layout_difference
@@ -49,24 +48,15 @@ class CheckedRecipe:
     degradation: object | None
 
 
-@contextlib.contextmanager
-def _in(recipe: Recipe):
-    """SettingErrors raised inside, as RecipeErrors naming the recipe's file."""
-    try:
-        yield
-    except SettingError as err:
-        raise RecipeError(recipe.source, err.key, err.message) from None
-
-
 def build_recipe_process(recipe: Recipe) -> DiffusionProcess:
     """The process teacher and student live on: [process], or a loaded teacher's own when [process] sets no type."""
-    with _in(recipe):
+    with named_in(recipe.source):
         return _build_recipe_process(recipe)
 
 
 def student_unet_config(recipe: Recipe, process: DiffusionProcess) -> dict:
     """student.unet completed from the process (see `_student_unet_config`)."""
-    with _in(recipe):
+    with named_in(recipe.source):
         return _student_unet_config(recipe, process)
 
 
@@ -241,7 +231,7 @@ def _check_training_folder(recipe: Recipe) -> None:
             continue  # reported and skipped when the data is prepared
     require(bool(sides), "data.train", f"none of the {len(files)} images in {d.train} can be read "
             f"(the first is {files[0]})")
-    patch, key = max((s.patch_size or d.patch_size, f"stages[{i}].patch_size" if s.patch_size else "data.patch_size")
+    patch, key = max((s.patch(d.patch_size), f"stages[{i}].patch_size" if s.patch_size else "data.patch_size")
                      for i, s in enumerate(recipe.stages))
     require(max(sides) >= patch, key, f"is {patch} but no training image in {d.train} is that large on both "
             f"sides (the largest allows {max(sides)}px at x{r.scale})")
@@ -296,7 +286,7 @@ def _warn_degradation_mismatch(recipe: Recipe) -> None:
 
 def preflight(recipe: Recipe) -> CheckedRecipe:
     """Check everything the recipe refers to, raising a RecipeError naming the key at fault; return what was built."""
-    with _in(recipe):
+    with named_in(recipe.source):
         return _preflight(recipe)
 
 
@@ -347,10 +337,8 @@ def _preflight(recipe: Recipe) -> CheckedRecipe:
                 f"{recipe.student.init} is not a saved student folder (no config.json)")
         _check_student_init(recipe, student)
     if recipe.student.init_from_teacher:
-        first_student = next((i for i, s in enumerate(recipe.stages) if not s.trains_teacher), len(recipe.stages))
-        require(bool(t.path) or any(s.trains_teacher for s in recipe.stages[:first_student]),
-                "student.init_from_teacher", "needs a teacher before the first student stage: set teacher.path or "
-                "put a 'teacher' stage first")
+        require(bool(t.path) or recipe.stages[0].trains_teacher, "student.init_from_teacher",
+                "needs a teacher before the first student stage: set teacher.path or put a 'teacher' stage first")
         _check_alignment(recipe, "student.init_from_teacher", student, "starting the student from the teacher")
     binarizer = get_binarizer(student.config.binarizer)
     if binarizer.needs_full_precision_init:

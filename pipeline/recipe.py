@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.builtin_data import BUILTINS
 from pipeline.degradations import DEGRADATIONS, MIN_PATCH
-from pipeline.settings import RecipeError, SettingError, require, require_name
+from pipeline.settings import RecipeError, named_in, require, require_name
 from pipeline.stages import STAGE_CONFIGS, StageConfig
 from teachers import TEACHER_KINDS
 
@@ -283,10 +283,8 @@ def parse_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(stages_raw, list):
         raise RecipeError(source, "stages", "must be an array of tables ([[stages]])")
     recipe.stages = [_build_stage(s, source, f"stages[{i}]") for i, s in enumerate(stages_raw)]
-    try:
+    with named_in(source):
         recipe.check()
-    except SettingError as err:
-        raise RecipeError(source, err.key, err.message) from None
     return recipe
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 # Names that make paths: run.name, stage names.
@@ -22,6 +23,15 @@ class RecipeError(ValueError):
     def __init__(self, source: str, key: str, message: str):
         super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
         self.source, self.key = source, key
+
+
+@contextlib.contextmanager
+def named_in(source: str):
+    """SettingErrors raised inside become RecipeErrors naming the recipe file `source`."""
+    try:
+        yield
+    except SettingError as err:
+        raise RecipeError(source, err.key, err.message) from None
 
 
 def require(cond: bool, key: str, message: str) -> None:

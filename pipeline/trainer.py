@@ -125,7 +125,7 @@ class Trainer:
     def training_pairs(self):
         if self._pairs is None:
             d = self.recipe.data
-            patch = max(s.patch_size or d.patch_size for s in self.recipe.stages)
+            patch = max(s.patch(d.patch_size) for s in self.recipe.stages)
             with self.accelerator.main_process_first():  # the main process builds the datasets cache first
                 ds = load_hr_dataset(d.train, d.train_hub, d.train_split, d.image_column)
                 self._pairs = make_pairs(ds, self.recipe.run.scale, patch, d.image_column, d.train or d.train_hub,
@@ -283,7 +283,7 @@ class Trainer:
     def train_stage(self, i: int, stage: Stage, model: torch.nn.Module, process) -> torch.nn.Module:
         """Train `model` through stage i with `stage`'s loss; `process` is the one its checkpoints record."""
         acc, run, cfg = self.accelerator, self.recipe.run, self.recipe.stages[i]
-        patch = cfg.patch_size or self.recipe.data.patch_size
+        patch = cfg.patch(self.recipe.data.patch_size)
         stage.check_patch(patch)
         acc.free_memory()
         acc.gradient_accumulation_steps = cfg.grad_accum

@@ -74,6 +74,10 @@ class StageConfig:
             cls.type_name = type_name
             STAGE_CONFIGS[type_name] = cls
 
+    def patch(self, data_patch_size: int) -> int:
+        """The HR patch side this stage trains on: its own patch_size, else data.patch_size."""
+        return self.patch_size or data_patch_size
+
     def check(self, key: str) -> None:
         """Check the values alone; `key` is the stage's place in the recipe (`stages[1]`). Raises SettingError."""
         require_name(self.name, f"{key}.name", "folders")
@@ -95,7 +99,7 @@ class StageConfig:
     def check_setup(self, key: str, setup: StageSetup) -> None:
         """Check the stage against the rest of the recipe and the models it builds. Raises SettingError."""
         d, scale = setup.recipe.data, setup.recipe.run.scale
-        patch = self.patch_size or d.patch_size
+        patch = self.patch(d.patch_size)
         require(patch % scale == 0, f"{key}.patch_size", f"must be a multiple of run.scale={scale}, got {patch}")
         require(d.degradation != "realesrgan" or patch >= MIN_PATCH, f"{key}.patch_size",
                 f"must be at least {MIN_PATCH} with realesrgan degradations (the blurs must fit the shrunk patch), "

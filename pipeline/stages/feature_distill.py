@@ -84,7 +84,7 @@ class FeatureDistillStageConfig(StageConfig, type_name="feature_distill"):
             require(name in known, f"{key}.features",
                     f"{name!r} is not a res-block feature of the student; it has {', '.join(sorted(known))}")
         grid = self.spd_patches * setup.pixels_per_position
-        patch = self.patch_size or setup.recipe.data.patch_size
+        patch = self.patch(setup.recipe.data.patch_size)
         require(patch % grid == 0, f"{key}.patch_size",
                 f"SPD splits every feature map into a {self.spd_patches}x{self.spd_patches} grid, so the patch size "
                 f"must be a multiple of {grid} (spd_patches x 2^(levels - 1)); got {patch}")
