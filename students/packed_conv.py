@@ -119,10 +119,9 @@ class PackedFilters:
                  residual_first: bool = False, channel_add: Tensor | None = None) -> Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32:
             raise ValueError(f"packed 1-bit kernels run on the CPU in float32; this input is {x.dtype} on {x.device}")
-        bits, nonzero = pack_signs(x, _table(shift))
         shift_in, slope, shift_out = (None, None, None) if activation is None else map(_table, activation)
-        return kernels().binary_conv2d(bits, nonzero, self.bits, self.nonzero, self.scale, self.bias, self.channels,
-                                       self.stride, self.padding, shift_in, slope, shift_out,
+        return kernels().binary_conv2d(x.detach(), _table(shift), self.bits, self.nonzero, self.scale, self.bias,
+                                       self.channels, self.stride, self.padding, shift_in, slope, shift_out,
                                        None if residual is None else residual.detach(), residual_first,
                                        _table(channel_add))
 

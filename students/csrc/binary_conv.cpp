@@ -216,11 +216,14 @@ void finish(const Epilogue& e, float* out, int64_t b, int64_t oy, int64_t ho, in
 #define BIDISTILL_PIXEL_GROUPS 1
 constexpr int64_t kPixels = 4;  // output pixels that share each load of a filter block (unmasked, all taps inside)
 
-// count_block for kPixels output pixels at once, without masks: pixel p's runs start p * pixel_step words after a,
-// and differ[p * kBlock + c] receives its counts. Each filter vector is loaded once for all of them: a filter block
-// of a wide layer (294 KB at 512 channels) streams from L2 for every pixel otherwise, which bounds the one-pixel loop.
-inline void count_pixels(const uint64_t* a, int64_t pixel_step, int64_t a_step, const uint64_t* ft, int64_t f_step,
-                         int64_t runs, int64_t words, uint64_t* differ) {
+// count_block for kPixels output pixels at once, activations without zeros: pixel p's runs start p * pixel_step words
+// after a, and differ[p * kBlock + c] receives its counts. Each filter vector is loaded once for all of them: a filter
+// block of a wide layer (294 KB at 512 channels) streams from L2 for every pixel otherwise, which bounds the one-pixel
+// loop. Filters with exact zeros (kFiltMask) mask each difference with their non-zero plane fz (the layout of ft);
+// how many positions count is then the filters' own, the same for every pixel (`FilterCounts`).
+template <bool kFiltMask>
+inline void count_pixels(const uint64_t* a, int64_t pixel_step, int64_t a_step, const uint64_t* ft, const uint64_t* fz,
+                         int64_t f_step, int64_t runs, int64_t words, uint64_t* differ) {
   __m512i total[kPixels][2];
   for (int p = 0; p < kPixels; ++p) total[p][0] = total[p][1] = _mm512_setzero_si512();
   for (int64_t r = 0; r < runs; ++r) {
@@ -228,10 +231,20 @@ inline void count_pixels(const uint64_t* a, int64_t pixel_step, int64_t a_step, 
     const uint64_t* fr = ft + r * f_step;
     for (int64_t j = 0; j < words; ++j) {
       const __m512i f0 = _mm512_loadu_si512(fr + j * kBlock), f1 = _mm512_loadu_si512(fr + j * kBlock + 8);
+      __m512i m0 = f0, m1 = f1;
+      if (kFiltMask) {
+        m0 = _mm512_loadu_si512(fz + r * f_step + j * kBlock);
+        m1 = _mm512_loadu_si512(fz + r * f_step + j * kBlock + 8);
+      }
       for (int p = 0; p < kPixels; ++p) {
         const __m512i av = _mm512_set1_epi64(static_cast<long long>(ar[p * pixel_step + j]));
-        total[p][0] = _mm512_add_epi64(total[p][0], _mm512_popcnt_epi64(_mm512_xor_si512(av, f0)));
-        total[p][1] = _mm512_add_epi64(total[p][1], _mm512_popcnt_epi64(_mm512_xor_si512(av, f1)));
+        __m512i x0 = _mm512_xor_si512(av, f0), x1 = _mm512_xor_si512(av, f1);
+        if (kFiltMask) {
+          x0 = _mm512_and_si512(x0, m0);
+          x1 = _mm512_and_si512(x1, m1);
+        }
+        total[p][0] = _mm512_add_epi64(total[p][0], _mm512_popcnt_epi64(x0));
+        total[p][1] = _mm512_add_epi64(total[p][1], _mm512_popcnt_epi64(x1));
       }
     }
   }
@@ -244,18 +257,23 @@ constexpr int64_t kPixels32 = 8;  // the same for layers of at most 32 input cha
 
 // count_pixels for inputs of at most 32 channels, whose 64-bit words are half empty: each tap's word is one 32-bit
 // lane, so a vector holds a whole block of 16 output channels and does twice the work of the 64-bit path per
-// instruction. f32 holds the block's filter taps as 16 32-bit lanes each (runs at f32 + r * f_step, tap t at t * 16).
-inline void count_pixels32(const uint64_t* a, int64_t pixel_step, int64_t a_step, const uint32_t* f32, int64_t f_step,
-                           int64_t runs, int64_t taps, uint64_t* differ) {
+// instruction. f32 holds the block's filter taps as 16 32-bit lanes each (runs at f32 + r * f_step, tap t at t * 16),
+// m32 their non-zero plane alike (kFiltMask).
+template <bool kFiltMask>
+inline void count_pixels32(const uint64_t* a, int64_t pixel_step, int64_t a_step, const uint32_t* f32,
+                           const uint32_t* m32, int64_t f_step, int64_t runs, int64_t taps, uint64_t* differ) {
   __m512i total[kPixels32];
   for (int p = 0; p < kPixels32; ++p) total[p] = _mm512_setzero_si512();
   for (int64_t r = 0; r < runs; ++r) {
     const uint64_t* ar = a + r * a_step;
     for (int64_t t = 0; t < taps; ++t) {
       const __m512i f = _mm512_loadu_si512(f32 + r * f_step + t * kBlock);
+      const __m512i m = kFiltMask ? _mm512_loadu_si512(m32 + r * f_step + t * kBlock) : f;
       for (int p = 0; p < kPixels32; ++p) {
         const __m512i av = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(ar[p * pixel_step + t])));
-        total[p] = _mm512_add_epi32(total[p], _mm512_popcnt_epi32(_mm512_xor_si512(av, f)));
+        __m512i x = _mm512_xor_si512(av, f);
+        if (kFiltMask) x = _mm512_and_si512(x, m);
+        total[p] = _mm512_add_epi32(total[p], _mm512_popcnt_epi32(x));
       }
     }
   }
@@ -282,78 +300,6 @@ inline void write_block(float* dst, const uint64_t* differ, const uint64_t* vali
   }
 }
 
-template <bool kActMask, bool kFiltMask>
-void convolve(const uint64_t* a, const uint64_t* az, const uint64_t* ft, const uint64_t* fz, const uint32_t* f32,
-              const float* scale, const float* bias, const Epilogue& epilogue, float* out, int64_t n, int64_t h,
-              int64_t w, int64_t wd, int64_t o, int64_t kh, int64_t kw, int64_t channels, int64_t stride,
-              int64_t padding, int64_t ho, int64_t wo) {
-  const bool fused = epilogue.shift_in || epilogue.residual || epilogue.channel_add;
-  const int64_t row = kh * kw * wd, blocks = (o + kBlock - 1) / kBlock;
-  // the columns whose kernel window lies inside the input: [inner_begin, inner_end)
-  const int64_t inner_begin = std::min<int64_t>(wo, (padding + stride - 1) / stride);
-  const int64_t inner_end = std::max<int64_t>(inner_begin, std::min<int64_t>(wo, (w - kw + padding) / stride + 1));
-#if BIDISTILL_PIXEL_GROUPS
-  const int64_t group = f32 ? kPixels32 : kPixels;  // output pixels per pass over a filter block
-#endif
-  at::parallel_for(0, n * ho, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) uint64_t differ[kBlock], valid[kBlock];
-#if BIDISTILL_PIXEL_GROUPS
-    alignas(64) uint64_t differ_pixels[kPixels32 * kBlock];
-#endif
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / ho, oy = job % ho;
-      const int64_t y0 = oy * stride - padding;
-      const int64_t ky0 = std::max<int64_t>(0, -y0), ky1 = std::min<int64_t>(kh, h - y0);
-      const int64_t runs = std::max<int64_t>(0, ky1 - ky0);
-      for (int64_t ox = 0; ox < wo;) {
-        const int64_t x0 = ox * stride - padding;
-        float* px = out + ((b * ho + oy) * wo + ox) * o;
-#if BIDISTILL_PIXEL_GROUPS
-        if (!kActMask && !kFiltMask && ox >= inner_begin && ox + group <= inner_end) {
-          const int64_t src = ((b * h + y0 + ky0) * w + x0) * wd, unmasked = runs * kw * channels;
-          for (int64_t blk = 0; blk < blocks; ++blk) {
-            if (f32)
-              count_pixels32(a + src, stride, w, f32 + (blk * kh + ky0) * kw * kBlock, kw * kBlock, runs, kw,
-                             differ_pixels);
-            else
-              count_pixels(a + src, stride * wd, w * wd, ft + (blk * row + ky0 * kw * wd) * kBlock, kw * wd * kBlock,
-                           runs, kw * wd, differ_pixels);
-            const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
-            for (int64_t p = 0; p < group; ++p)
-              write_block<false>(px + p * o + blk * kBlock, differ_pixels + p * kBlock, nullptr, unmasked,
-                                 scale + blk * kBlock, bias ? bias + blk * kBlock : nullptr, stop);
-          }
-          ox += group;
-          continue;
-        }
-#endif
-        const int64_t kx0 = std::max<int64_t>(0, -x0), kx1 = std::min<int64_t>(kw, w - x0);
-        const int64_t run_words = std::max<int64_t>(0, kx1 - kx0) * wd;
-        // K per valid tap, times the valid taps: what the dot product counts when nothing is masked
-        int64_t unmasked = runs * (run_words / wd) * channels;
-        if (kActMask && !kFiltMask) {
-          int64_t act_valid = 0;
-          for (int64_t ky = ky0; ky < ky0 + runs; ++ky) {
-            const uint64_t* z = az + ((b * h + y0 + ky) * w + x0 + kx0) * wd;
-            for (int64_t j = 0; j < run_words; ++j) act_valid += __builtin_popcountll(z[j]);
-          }
-          unmasked = act_valid;
-        }
-        const int64_t src = ((b * h + y0 + ky0) * w + x0 + kx0) * wd;
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-          const int64_t fsrc = (blk * row + (ky0 * kw + kx0) * wd) * kBlock;
-          count_block<kActMask, kFiltMask>(a + src, kActMask ? az + src : nullptr, w * wd, ft + fsrc,
-                                           kFiltMask ? fz + fsrc : nullptr, kw * wd * kBlock, runs,
-                                           run_words, differ, valid);
-          write_block<kFiltMask>(px + blk * kBlock, differ, valid, unmasked, scale + blk * kBlock,
-                                 bias ? bias + blk * kBlock : nullptr, std::min<int64_t>(kBlock, o - blk * kBlock));
-        }
-        ++ox;
-      }
-      if (fused) finish(epilogue, out, b, oy, ho, wo, o);
-    }
-  });
-}
 
 // A per-channel float32 table with one row per sample or one row for all: its data and row step (0 or C).
 const float* table_rows(const c10::optional<torch::Tensor>& table, int64_t n, int64_t c, const char* name,
@@ -406,6 +352,26 @@ bool pixels_of_channels(const torch::Tensor& t) {
          t.stride(2) >= t.stride(3) * t.size(3) && t.stride(0) >= t.stride(2) * t.size(2) && !t.is_contiguous();
 }
 
+
+// One image row of a channels-last float input (pixels `pixel_step` floats apart, channels contiguous), plus the
+// per-channel shift when given -> its packed words (w, words) and non-zero words; true when the row holds an exact
+// zero (a non-zero bit missing).
+bool pack_row(const float* line, int64_t pixel_step, const float* shift, int64_t c, int64_t w, int64_t wd,
+              uint64_t* bits, uint64_t* nonzero) {
+  bool zero = false;
+  for (int64_t px = 0; px < w; ++px) {
+    for (int64_t k = 0; k < wd; ++k) {
+      const int64_t stop = std::min<int64_t>(64, c - 64 * k);
+      uint64_t p = 0, m = 0;
+      sign_word(line + px * pixel_step + 64 * k, shift ? shift + 64 * k : nullptr, stop, &p, &m);
+      bits[px * wd + k] = p;
+      nonzero[px * wd + k] = m;
+      zero |= m != low_bits(stop);
+    }
+  }
+  return zero;
+}
+
 // NCHW float (any memory format), with an optional per-channel shift added first (the TaR shift, a (1 or N, C)
 // table) -> (bits, nonzero bits or an empty tensor when there is no exact zero), both (N, H, W, words) int64: the
 // signs of x + shift, the same float sums torch makes. A channels-last input (or a channel slice of one) is read
@@ -436,18 +402,8 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input, const c10::opt
       uint64_t* brow = b + (img * h + y) * w * wd;
       uint64_t* zrow = z + (img * h + y) * w * wd;
       if (channels_last) {
-        const float* line = src + img * image_step + y * row_step;
         const float* sh = shifts ? shifts + img * shift_step : nullptr;
-        for (int64_t px = 0; px < w; ++px) {
-          for (int64_t k = 0; k < wd; ++k) {
-            const int64_t stop = std::min<int64_t>(64, c - 64 * k);
-            uint64_t p = 0, m = 0;
-            sign_word(line + px * pixel_step + 64 * k, sh ? sh + 64 * k : nullptr, stop, &p, &m);
-            brow[px * wd + k] = p;
-            zrow[px * wd + k] = m;
-            found |= m != low_bits(stop);
-          }
-        }
+        found |= pack_row(src + img * image_step + y * row_step, pixel_step, sh, c, w, wd, brow, zrow);
         continue;
       }
       for (int64_t k = 0; k < wd; ++k) {
@@ -482,12 +438,191 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input, const c10::opt
   return {bits, torch::Tensor()};
 }
 
-// Packed activations (N, H, W, words) and filters in `block_filters` layout (blocks, KH, KW, words, kBlock), with
-// optional non-zero planes of the same shapes (undefined tensors when there are no zeros), per-channel scale (O) and
-// optional bias (O) -> scale * dot + bias as float32 (N, O, Ho, Wo) in channels-last memory, then the unit's
-// epilogue: an RPReLU given by its three (1 or N, O) tables (all or none), a residual (N, O, Ho, Wo) added before
-// or after it, and a (1 or N, O) table added last.
-torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch::Tensor>& act_nonzero,
+
+// The shape of one convolution and what it reads and writes, shared by the row function and its driver.
+struct Conv {
+  const uint64_t* ft;   // filters in block_filters layout
+  const uint64_t* fz;   // their non-zero plane, or null
+  const uint32_t* f32;  // the filters' low halves for inputs of at most 32 channels (the 8-pixel path), or null
+  const uint32_t* m32;  // those of their non-zero plane, or null
+  // with a non-zero plane: per kernel row and output channel, the positions its taps count ((KH, blocks * kBlock))
+  const uint64_t* valid_rows;
+  const float* scale;
+  const float* bias;    // or null
+  float* out;           // (N, Ho, Wo, O)
+  int64_t h, w, wd, o, kh, kw, channels, stride, padding, ho, wo;
+};
+
+// Where the packed activation rows come from. A channels-last float input (x set) is packed by each thread, row by
+// row, just before its convolution reads the row (the input is read once, in the same pass over memory as the
+// convolution, with the TaR shift added), and only output rows whose window holds an exact zero take the masked path;
+// other inputs come packed, with one non-zero plane for all rows or none.
+struct Source {
+  const float* x = nullptr;
+  int64_t pixel_step = 0, row_step = 0, image_step = 0;
+  const float* shift = nullptr;
+  int64_t shift_step = 0;
+  const uint64_t* bits = nullptr;  // (N, H, W, words) when packed beforehand
+  const uint64_t* nonzero = nullptr;
+};
+
+// The float input row that the next packing reads, fetched into cache a slice per output pixel while this row's
+// convolution computes, so that reading it overlaps computing instead of following it.
+struct Prefetch {
+  const float* row = nullptr;  // null: nothing to fetch
+  int64_t floats = 0;          // the row's extent in floats
+  inline void fetch(int64_t ox, int64_t wo) const {
+    if (row == nullptr) return;
+    const int64_t from = floats * ox / wo, to = floats * (ox + 1) / wo;
+    for (int64_t f = from - from % 16; f < to; f += 16) __builtin_prefetch(row + f, 0, 3);
+  }
+};
+
+// Per-thread scratch of the row function.
+struct Counts {
+  std::vector<uint64_t> window;  // filters with zeros: the positions each output channel counts in this row's window
+
+  alignas(64) uint64_t differ[kBlock];
+  alignas(64) uint64_t valid[kBlock];
+#if BIDISTILL_PIXEL_GROUPS
+  alignas(64) uint64_t pixels[kPixels32 * kBlock];
+#endif
+};
+
+// Output row oy of image b. `a` / `az` hold the packed input rows from `first_row` on (az null without a mask).
+template <bool kActMask, bool kFiltMask>
+void convolve_row(const Conv& cv, const uint64_t* a, const uint64_t* az, int64_t first_row, int64_t b, int64_t oy,
+                  const Prefetch& next, Counts& counts) {
+  const int64_t h = cv.h, w = cv.w, wd = cv.wd, o = cv.o, kh = cv.kh, kw = cv.kw, stride = cv.stride;
+  const int64_t row = kh * kw * wd, blocks = (o + kBlock - 1) / kBlock;
+  // the columns whose kernel window lies inside the input: [inner_begin, inner_end)
+  const int64_t inner_begin = std::min<int64_t>(cv.wo, (cv.padding + stride - 1) / stride);
+  const int64_t inner_end =
+      std::max<int64_t>(inner_begin, std::min<int64_t>(cv.wo, (w - kw + cv.padding) / stride + 1));
+  const int64_t y0 = oy * stride - cv.padding;
+  const int64_t ky0 = std::max<int64_t>(0, -y0), ky1 = std::min<int64_t>(kh, h - y0);
+  const int64_t runs = std::max<int64_t>(0, ky1 - ky0);
+  const int64_t top = (y0 + ky0 - first_row) * w;  // the first input row read, in pixels from a
+  if (kFiltMask && !kActMask) {  // inside columns count the filters' own non-zero positions over the rows read
+    counts.window.assign(blocks * kBlock, 0);
+    for (int64_t ky = ky0; ky < ky0 + runs; ++ky)
+      for (int64_t c = 0; c < blocks * kBlock; ++c) counts.window[c] += cv.valid_rows[ky * blocks * kBlock + c];
+  }
+#if BIDISTILL_PIXEL_GROUPS
+  const int64_t group = cv.f32 ? kPixels32 : kPixels;  // output pixels per pass over a filter block
+#endif
+  for (int64_t ox = 0; ox < cv.wo;) {
+    const int64_t x0 = ox * stride - cv.padding;
+    float* px = cv.out + ((b * cv.ho + oy) * cv.wo + ox) * o;
+    next.fetch(ox, cv.wo);
+#if BIDISTILL_PIXEL_GROUPS
+    if (!kActMask && ox >= inner_begin && ox + group <= inner_end) {
+      const int64_t src = (top + x0) * wd, unmasked = runs * kw * cv.channels;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t fsrc = (blk * row + ky0 * kw * wd) * kBlock, f32src = (blk * kh + ky0) * kw * kBlock;
+        if (cv.f32)
+          count_pixels32<kFiltMask>(a + src, stride, w, cv.f32 + f32src, kFiltMask ? cv.m32 + f32src : nullptr,
+                                    kw * kBlock, runs, kw, counts.pixels);
+        else
+          count_pixels<kFiltMask>(a + src, stride * wd, w * wd, cv.ft + fsrc, kFiltMask ? cv.fz + fsrc : nullptr,
+                                  kw * wd * kBlock, runs, kw * wd, counts.pixels);
+        const int64_t stop = std::min<int64_t>(kBlock, o - blk * kBlock);
+        for (int64_t p = 0; p < group; ++p)
+          write_block<kFiltMask>(px + p * o + blk * kBlock, counts.pixels + p * kBlock,
+                                 kFiltMask ? counts.window.data() + blk * kBlock : nullptr, unmasked,
+                                 cv.scale + blk * kBlock, cv.bias ? cv.bias + blk * kBlock : nullptr, stop);
+      }
+      ox += group;
+      continue;
+    }
+#endif
+    const int64_t kx0 = std::max<int64_t>(0, -x0), kx1 = std::min<int64_t>(kw, w - x0);
+    const int64_t run_words = std::max<int64_t>(0, kx1 - kx0) * wd;
+    const int64_t src = (top + x0 + kx0) * wd;
+    // K per valid tap, times the valid taps: what the dot product counts when nothing is masked
+    int64_t unmasked = runs * (run_words / wd) * cv.channels;
+    if (kActMask && !kFiltMask) {
+      int64_t act_valid = 0;
+      for (int64_t r = 0; r < runs; ++r)
+        for (int64_t j = 0; j < run_words; ++j) act_valid += __builtin_popcountll(az[src + r * w * wd + j]);
+      unmasked = act_valid;
+    }
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t fsrc = (blk * row + (ky0 * kw + kx0) * wd) * kBlock;
+      count_block<kActMask, kFiltMask>(a + src, kActMask ? az + src : nullptr, w * wd, cv.ft + fsrc,
+                                       kFiltMask ? cv.fz + fsrc : nullptr, kw * wd * kBlock, runs, run_words,
+                                       counts.differ, counts.valid);
+      write_block<kFiltMask>(px + blk * kBlock, counts.differ, counts.valid, unmasked, cv.scale + blk * kBlock,
+                             cv.bias ? cv.bias + blk * kBlock : nullptr, std::min<int64_t>(kBlock, o - blk * kBlock));
+    }
+    ++ox;
+  }
+}
+
+template <bool kFiltMask>
+void convolve_row_masked_or_not(bool masked, const Conv& cv, const uint64_t* a, const uint64_t* az,
+                                int64_t first_row, int64_t b, int64_t oy, const Prefetch& next, Counts& counts) {
+  if (masked) convolve_row<true, kFiltMask>(cv, a, az, first_row, b, oy, next, counts);
+  else convolve_row<false, kFiltMask>(cv, a, nullptr, first_row, b, oy, next, counts);
+}
+
+// Every output row, in parallel; each thread's rows are consecutive, so with a float source it packs the input rows
+// they read once (plus a kernel's height at the edges of its share), into a buffer of its own.
+void convolve(const Conv& cv, const Source& in, const Epilogue& epilogue, int64_t n) {
+  const bool fused = epilogue.shift_in || epilogue.residual || epilogue.channel_add;
+  const int64_t h = cv.h, w = cv.w, wd = cv.wd, plane = h * w * wd;
+  at::parallel_for(0, n * cv.ho, 1, [&](int64_t begin, int64_t end) {
+    Counts counts;
+    std::vector<uint64_t> bits, nonzero;  // packed rows [first, packed) of image `image`
+    std::vector<char> zero_rows;
+    int64_t image = -1, first = 0, packed = 0, last_row = 0;
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / cv.ho, oy = job % cv.ho;
+      const int64_t y0 = oy * cv.stride - cv.padding;
+      const int64_t lo = std::max<int64_t>(0, y0), hi = std::min<int64_t>(h, y0 + cv.kh);  // the rows it reads
+      if (in.x == nullptr) {
+        const bool masked = in.nonzero != nullptr;
+        const uint64_t* az = masked ? in.nonzero + b * plane : nullptr;
+        if (cv.fz) convolve_row_masked_or_not<true>(masked, cv, in.bits + b * plane, az, 0, b, oy, {}, counts);
+        else convolve_row_masked_or_not<false>(masked, cv, in.bits + b * plane, az, 0, b, oy, {}, counts);
+      } else {
+        if (b != image) {  // this share's first row of an image: room for every row its rows of that image read
+          const int64_t last_oy = std::min<int64_t>(end - 1, (b + 1) * cv.ho - 1) % cv.ho;
+          last_row = std::min<int64_t>(h, last_oy * cv.stride - cv.padding + cv.kh);
+          image = b;
+          first = packed = lo;
+          bits.resize(std::max<int64_t>(1, last_row - first) * w * wd);
+          nonzero.resize(bits.size());
+          zero_rows.assign(std::max<int64_t>(1, last_row - first), 0);
+        }
+        for (; packed < hi; ++packed) {
+          const int64_t at = (packed - first) * w * wd;
+          zero_rows[packed - first] = pack_row(in.x + b * in.image_step + packed * in.row_step, in.pixel_step,
+                                               in.shift ? in.shift + b * in.shift_step : nullptr, cv.channels, w, wd,
+                                               bits.data() + at, nonzero.data() + at);
+        }
+        bool masked = false;
+        for (int64_t y = lo; y < hi; ++y) masked |= zero_rows[y - first] != 0;
+        Prefetch next;  // the row the next output row packs, if this share has one
+        if (job + 1 < end && (job + 1) / cv.ho == b && hi < h && hi < last_row) {
+          next.row = in.x + b * in.image_step + hi * in.row_step;
+          next.floats = (w - 1) * in.pixel_step + cv.channels;
+        }
+        if (cv.fz) convolve_row_masked_or_not<true>(masked, cv, bits.data(), nonzero.data(), first, b, oy, next, counts);
+        else convolve_row_masked_or_not<false>(masked, cv, bits.data(), nonzero.data(), first, b, oy, next, counts);
+      }
+      if (fused) finish(epilogue, cv.out, b, oy, cv.ho, cv.wo, cv.o);
+    }
+  });
+}
+
+// A float32 (N, C, H, W) input plus an optional per-channel shift (the TaR shift, a (1 or N, C) table) and filters
+// in `block_filters` layout (blocks, KH, KW, words, kBlock) with an optional non-zero plane of the same shape,
+// per-channel scale (O) and optional bias (O) -> scale * (sign(x + shift) conv W) + bias as float32 (N, O, Ho, Wo) in
+// channels-last memory, then the unit's epilogue: an RPReLU given by its three (1 or N, O) tables (all or none), a
+// residual (N, O, Ho, Wo) added before or after it, and a (1 or N, O) table added last. A channels-last input (or a
+// channel slice of one) is packed inside the convolution's pass; any other is packed first (`pack_signs`).
+torch::Tensor binary_conv2d(const torch::Tensor& input, const c10::optional<torch::Tensor>& shift,
                             const torch::Tensor& filt, const c10::optional<torch::Tensor>& filt_nonzero,
                             const torch::Tensor& scale, const c10::optional<torch::Tensor>& bias, int64_t channels,
                             int64_t stride, int64_t padding, const c10::optional<torch::Tensor>& shift_in,
@@ -495,12 +630,13 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
                             const c10::optional<torch::Tensor>& residual, bool residual_first,
                             const c10::optional<torch::Tensor>& channel_add) {
   const int64_t o = scale.numel();
-  TORCH_CHECK(act.dim() == 4 && filt.dim() == 5 && act.size(3) == filt.size(3),
-              "binary_conv2d: activation and filter words differ");
+  TORCH_CHECK(input.dim() == 4 && input.scalar_type() == torch::kFloat && input.size(1) == channels,
+              "binary_conv2d: expects a float32 (N, ", channels, ", H, W) input");
+  TORCH_CHECK(filt.dim() == 5 && filt.is_contiguous() && filt.size(3) == words_for(channels),
+              "binary_conv2d: the filters' words do not fit ", channels, " input channels");
   TORCH_CHECK(filt.size(0) == (o + kBlock - 1) / kBlock && filt.size(4) == kBlock,
               "binary_conv2d: filters are not in block_filters layout for this many output channels");
-  TORCH_CHECK(act.is_contiguous() && filt.is_contiguous(), "binary_conv2d: expects contiguous packed inputs");
-  const int64_t n = act.size(0), h = act.size(1), w = act.size(2), wd = act.size(3);
+  const int64_t n = input.size(0), h = input.size(2), w = input.size(3), wd = filt.size(3);
   const int64_t kh = filt.size(1), kw = filt.size(2);
   TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous(),
               "binary_conv2d: expects one float32 scale per output channel");
@@ -509,16 +645,23 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
               "binary_conv2d: expects one float32 bias per output channel");
   const int64_t ho = (h + 2 * padding - kh) / stride + 1, wo = (w + 2 * padding - kw) / stride + 1;
   auto out = torch::empty({n, ho, wo, o}, torch::kFloat);
-  const bool act_mask = act_nonzero.has_value() && act_nonzero->defined();
   const bool filt_mask = filt_nonzero.has_value() && filt_nonzero->defined();
   TORCH_CHECK(!filt_mask || filt_nonzero->sizes() == filt.sizes(), "binary_conv2d: filter planes differ in shape");
-  const auto* a = reinterpret_cast<const uint64_t*>(act.data_ptr<int64_t>());
-  const auto* az = act_mask ? reinterpret_cast<const uint64_t*>(act_nonzero->data_ptr<int64_t>()) : nullptr;
-  const auto* ft = reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>());
-  const auto* fz = filt_mask ? reinterpret_cast<const uint64_t*>(filt_nonzero->data_ptr<int64_t>()) : nullptr;
-  const float* s = scale.data_ptr<float>();
-  const float* bi = has_bias ? bias->data_ptr<float>() : nullptr;
-  float* dst = out.data_ptr<float>();
+
+  Source source;
+  std::vector<torch::Tensor> prepacked;
+  if (pixels_of_channels(input)) {
+    source.x = input.data_ptr<float>();
+    source.pixel_step = input.stride(3);
+    source.row_step = input.stride(2);
+    source.image_step = input.stride(0);
+    source.shift = table_rows(shift, n, channels, "binary_conv2d shift", &source.shift_step);
+  } else {
+    prepacked = pack_signs(input, shift);
+    source.bits = reinterpret_cast<const uint64_t*>(prepacked[0].data_ptr<int64_t>());
+    if (prepacked[1].defined()) source.nonzero = reinterpret_cast<const uint64_t*>(prepacked[1].data_ptr<int64_t>());
+  }
+
   Epilogue epilogue;
   int64_t steps[3] = {0, 0, 0};
   epilogue.shift_in = table_rows(shift_in, n, o, "binary_conv2d shift_in", &steps[0]);
@@ -542,24 +685,45 @@ torch::Tensor binary_conv2d(const torch::Tensor& act, const c10::optional<torch:
     epilogue.residual_image = res.stride(0);
     epilogue.residual_first = residual_first;
   }
-  // at most 32 input channels, nothing masked: the filters' low halves as 32-bit lanes, (blocks, KH, KW, kBlock)
-  std::vector<uint32_t> low_halves;
+  const auto* ft = reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>());
+  const int64_t blocks = filt.size(0);
+  const uint64_t* fz = filt_mask ? reinterpret_cast<const uint64_t*>(filt_nonzero->data_ptr<int64_t>()) : nullptr;
+  // at most 32 input channels: the filters' low halves (and their non-zero plane's) as 32-bit lanes,
+  // (blocks, KH, KW, kBlock)
+  std::vector<uint32_t> low_halves, mask_halves;
 #if BIDISTILL_PIXEL_GROUPS
-  if (wd == 1 && channels <= 32 && !act_mask && !filt_mask) {
+  if (wd == 1 && channels <= 32) {
     low_halves.resize(filt.numel());
     for (int64_t i = 0; i < filt.numel(); ++i) low_halves[i] = static_cast<uint32_t>(ft[i]);
+    if (fz) {
+      mask_halves.resize(filt.numel());
+      for (int64_t i = 0; i < filt.numel(); ++i) mask_halves[i] = static_cast<uint32_t>(fz[i]);
+    }
   }
 #endif
-  const uint32_t* f32 = low_halves.empty() ? nullptr : low_halves.data();
-#define BIDISTILL_CONVOLVE(A, F) \
-  convolve<A, F>(a, az, ft, fz, f32, s, bi, epilogue, dst, n, h, w, wd, o, kh, kw, channels, stride, padding, ho, wo)
-  if (act_mask && filt_mask) BIDISTILL_CONVOLVE(true, true);
-  else if (act_mask) BIDISTILL_CONVOLVE(true, false);
-  else if (filt_mask) BIDISTILL_CONVOLVE(false, true);
-  else BIDISTILL_CONVOLVE(false, false);
-#undef BIDISTILL_CONVOLVE
+  std::vector<uint64_t> valid_rows;
+  if (fz) {
+    valid_rows.assign(kh * blocks * kBlock, 0);
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      for (int64_t ky = 0; ky < kh; ++ky)
+        for (int64_t j = 0; j < kw * wd; ++j)
+          for (int64_t c = 0; c < kBlock; ++c)
+            valid_rows[ky * blocks * kBlock + blk * kBlock + c] +=
+                __builtin_popcountll(fz[((blk * kh + ky) * kw * wd + j) * kBlock + c]);
+  }
+  const Conv cv{ft,
+                fz,
+                low_halves.empty() ? nullptr : low_halves.data(),
+                mask_halves.empty() ? nullptr : mask_halves.data(),
+                valid_rows.empty() ? nullptr : valid_rows.data(),
+                scale.data_ptr<float>(),
+                has_bias ? bias->data_ptr<float>() : nullptr,
+                out.data_ptr<float>(),
+                h, w, wd, o, kh, kw, channels, stride, padding, ho, wo};
+  convolve(cv, source, epilogue, n);
   return out.permute({0, 3, 1, 2});
 }
+
 
 }  // namespace
 

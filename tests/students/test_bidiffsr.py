@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from students.bidiffsr import BiDiffSRUNet, CPDown, CPUp, SplitFusion
+from students.bidiffsr import BiDiffSRUNet, CPDown, CPUp, SelfAttention, SplitFusion, attention_by_convs
 from students.binarizers import get_binarizer
 from students.binary import BinaryConv2d, FPConv2d
 
@@ -128,14 +129,34 @@ def test_merged_full_precision_fusion_computes_the_same_function(shuffle):
     assert not binarized.merge_for_inference() and binarized.merged is None
 
 
-def test_a_model_merges_exactly_its_full_precision_fusions(tiny_config):
-    model = BiDiffSRUNet(**tiny_config).eval()
+def test_a_model_merges_exactly_its_full_precision_parts(tiny_config):
+    """Full-precision fusions and the middle attention take their inference forms: the same outputs."""
+    model = BiDiffSRUNet(**tiny_config, middle_attention=True).eval()
     x, cond, t = torch.randn(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.tensor([7, 1800])
     with torch.no_grad():
         reference = model(x, cond, t)
         fp_fusions = sum(len(lvl.fusions) for lvl in model.decoder if lvl.full_precision)
-        assert fp_fusions and model.merge_for_inference() == fp_fusions
+        assert fp_fusions and model.merge_for_inference() == fp_fusions + 1
         torch.testing.assert_close(model(x, cond, t), reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_attention_by_convs_equals_torchs_attention(memory_format):
+    """Both products as grouped 1x1 convs: softmax(q k^T / sqrt(C)) v per sample, for several samples and a
+    non-square map, as torch's attention computes it; gradients keep torch's path."""
+    attention = SelfAttention(24, 8).eval()
+    x = torch.randn(3, 24, 5, 7).contiguous(memory_format=memory_format)
+    qkv = torch.randn(3, 72, 5, 7).contiguous(memory_format=memory_format)
+    q, k, v = qkv.reshape(3, 3, 1, 24, 35).transpose(-1, -2).unbind(1)
+    expected = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(3, 24, 5, 7)
+    torch.testing.assert_close(attention_by_convs(qkv), expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        reference = attention(x)
+        assert attention.merge_for_inference()
+        torch.testing.assert_close(attention(x), reference, rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)
+    attention(x).sum().backward()  # torch's path: the conv form is for inference only
+    assert x.grad is not None
 
 
 class _Recorder(torch.nn.Module):

@@ -44,14 +44,16 @@ def test_pack_signs_layout_and_zero_plane():
     (32, 32, 3, 1, 4, 12), (24, 16, 1, 1, 2, 11)])  # at most 32 channels: the 32-bit path
 @pytest.mark.parametrize("binarizer", SIGN_BINARIZERS)
 def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride, h, w):
+    """A contiguous input is packed first; a channels-last one row by row inside the convolution's own pass."""
     unit = randomized(BinaryConv2d(cin, cout, k, BINARIZERS[binarizer], stride=stride))
-    x = torch.randn(2, cin, h, w)
+    x = torch.randn(3, cin, h, w)
     with torch.no_grad():
         reference = unit(x)
         assert unit.use_packed_kernel()
-        packed = unit(x)
-    assert packed.shape == reference.shape
-    torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            packed = unit(x.contiguous(memory_format=memory_format))
+            assert packed.shape == reference.shape
+            torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -80,24 +82,50 @@ def test_the_fused_unit_equals_the_packed_conv_followed_by_the_unit_step_by_step
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("zeros_in", ["activations", "weights", "both"])
-def test_exact_zeros_are_kept(zeros_in):
-    unit = randomized(BinaryConv2d(70, 20, 3, BINARIZERS["bnn"]))  # BNN: no shift, so zeros in x reach the sign
-    x = torch.randn(1, 70, 6, 6)
+@pytest.mark.parametrize("cin", [70, 24])  # two 64-bit words; one 32-bit lane (groups of eight output pixels)
+def test_exact_zeros_are_kept(zeros_in, memory_format, cin):
+    unit = randomized(BinaryConv2d(cin, 20, 3, BINARIZERS["bnn"]))  # BNN: no shift, so zeros in x reach the sign
+    x = torch.randn(1, cin, 6, 14)
     if zeros_in != "activations":
         with torch.no_grad():
             unit.weight[0, :5] = 0.0
-            unit.weight[17, 67, 1, 1] = 0.0
+            unit.weight[17, cin - 3, 1, 1] = 0.0
+            unit.weight[19, 2, 0, 2] = 0.0
     if zeros_in != "weights":
         x[0, :, 2, 3] = 0.0
         x[0, 11] = 0.0
-        x[0, 66, 0, 5] = 0.0
+        x[0, cin - 4, 0, 5] = 0.0
     with torch.no_grad():
         reference = unit(x)
         unit.use_packed_kernel()
         assert (unit.packed_filters.nonzero is not None) == (zeros_in != "activations")
         assert (pack_signs(x)[1] is not None) == (zeros_in != "weights")
-        torch.testing.assert_close(unit(x), reference, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(unit(x.contiguous(memory_format=memory_format)), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_rows_with_an_exact_zero_take_the_masked_path_alone(stride):
+    """Packed inside the convolution's pass, only the output rows whose window holds a zero are counted with the
+    non-zero plane: a zero in one row of one image (the first or the last of a thread's rows) changes those rows'
+    outputs only, and each equals the float emulation's; images follow each other in one thread's rows."""
+    unit = randomized(BinaryConv2d(40, 24, 3, BINARIZERS["bnn"], stride=stride))
+    x = torch.randn(3, 40, 9, 8)
+    for image, row in ((0, 0), (1, 4), (2, 8)):
+        x[image, :, row, 3] = 0.0
+        x[image, 7, row, 5] = 0.0
+    with torch.no_grad():
+        reference = unit(x)
+        unit.use_packed_kernel()
+        for threads in (1, 2, 3):
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                packed = unit(x.contiguous(memory_format=torch.channels_last))
+            finally:
+                torch.set_num_threads(previous)
+            torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_channels_last_inputs_pack_like_contiguous_ones():
