@@ -261,14 +261,15 @@ class BinaryConv2d(BinarizedWeight, nn.Module):
             self.packed_filters = PackedFilters(self.binary_weight(), self.bias, self.stride, self.kernel_size // 2)
         return True
 
-    def _packed_unit(self, x: Tensor, group: Tensor | None, channel_add: Tensor | None) -> Tensor:
-        """The whole unit in the packed kernel: TaR shift while packing, RPReLU, identity shortcut and `channel_add`
-        in its output loop (what `forward` computes step by step, in the same float order)."""
+    def _packed_unit(self, x: Tensor, group: Tensor | None, channel_add: Tensor | None,
+                     addend: Tensor | None) -> Tensor:
+        """The whole unit in the packed kernel: TaR shift while packing, RPReLU, identity shortcut, `channel_add` and
+        `addend` in its output loop (what `forward` computes step by step, in the same float order)."""
         return self.packed_filters(
             x, shift=None if self.shift is None else select_rows(self.shift.bias, group),
             activation=None if self.activation is None else self.activation.tables(group),
             residual=x if self.has_shortcut else None, residual_first=self.binarizer.shortcut_before_activation,
-            channel_add=channel_add)
+            channel_add=channel_add, addend=addend)
 
     @torch.no_grad()
     def start_from_full_precision(self) -> None:
@@ -277,12 +278,14 @@ class BinaryConv2d(BinarizedWeight, nn.Module):
         if self.branches is not None:
             self.weight.copy_(self.branches.absorb(self.weight))
 
-    def forward(self, x: Tensor, group: Tensor | None = None, channel_add: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, group: Tensor | None = None, channel_add: Tensor | None = None,
+                addend: Tensor | None = None) -> Tensor:
         """The unit's output for `x` (B, Cin, H, W), with TaR/TaA's group per sample (B,), plus `channel_add` (B, Cout)
-        per channel when given (a res-block's time embedding, added here so the packed kernel can fuse it)."""
+        per channel and then `addend` (a map of the output's shape) when given: a res-block's time embedding and its
+        input, added here so that the packed kernel fuses them."""
         if self.packed_filters is not None and self.scale_map is None and self.branches is None \
                 and self.shortcut_scale is None:
-            return self._packed_unit(x, group, channel_add)
+            return self._packed_unit(x, group, channel_add, addend)
         u = self.shift(x, group) if self.shift is not None else x
         if self.packed_filters is not None:
             y = self.packed_filters(u)
@@ -304,7 +307,9 @@ class BinaryConv2d(BinarizedWeight, nn.Module):
             y = y + self.official_branches(x)
         if self.has_shortcut and not self.binarizer.shortcut_before_activation:
             y = y + self.shortcut(x)
-        return y if channel_add is None else y + channel_add[:, :, None, None]
+        if channel_add is not None:
+            y = y + channel_add[:, :, None, None]
+        return y if addend is None else y + addend
 
     def official_branches(self, x: Tensor) -> Tensor:
         """BiMaCoSR's branches as its code adds them, after the activation and on the raw input: both at stride 1;
@@ -341,9 +346,12 @@ class FPConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
-    def forward(self, x: Tensor, group: Tensor | None = None, channel_add: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, group: Tensor | None = None, channel_add: Tensor | None = None,
+                addend: Tensor | None = None) -> Tensor:
         y = super().forward(x)
-        return y if channel_add is None else y.add_(channel_add[:, :, None, None])
+        if channel_add is not None:
+            y = y.add_(channel_add[:, :, None, None])
+        return y if addend is None else y.add_(addend)
 
 
 class BinaryLinear(BinarizedWeight, nn.Module):

@@ -97,8 +97,8 @@ class PackedFilters:
     Called on the unit's float32 input x, returns conv(sign(x + shift), W_b) + bias (N, O, Ho, Wo) in channels-last
     memory, followed by what the unit does next when given, fused into the kernel's output loop instead of separate
     passes over memory: `activation` (the RPReLU's shift_in, slope and shift_out tables), `residual` (added before
-    the activation when `residual_first`, after it otherwise) and `channel_add` (added last: a res-block's time
-    embedding). Per-channel tables are (1 or N, C).
+    the activation when `residual_first`, after it otherwise), `channel_add` (a res-block's time embedding) and
+    `addend` (a map of the output's shape, added last). Per-channel tables are (1 or N, C).
     """
 
     def __init__(self, binary_weight: Tensor, bias: Tensor | None, stride: int, padding: int):
@@ -116,14 +116,15 @@ class PackedFilters:
 
     def __call__(self, x: Tensor, shift: Tensor | None = None,
                  activation: tuple[Tensor, Tensor, Tensor] | None = None, residual: Tensor | None = None,
-                 residual_first: bool = False, channel_add: Tensor | None = None) -> Tensor:
+                 residual_first: bool = False, channel_add: Tensor | None = None,
+                 addend: Tensor | None = None) -> Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32:
             raise ValueError(f"packed 1-bit kernels run on the CPU in float32; this input is {x.dtype} on {x.device}")
         shift_in, slope, shift_out = (None, None, None) if activation is None else map(_table, activation)
         return kernels().binary_conv2d(x.detach(), _table(shift), self.bits, self.nonzero, self.scale, self.bias,
                                        self.channels, self.stride, self.padding, shift_in, slope, shift_out,
                                        None if residual is None else residual.detach(), residual_first,
-                                       _table(channel_add))
+                                       _table(channel_add), None if addend is None else addend.detach())
 
 
 if __name__ == "__main__":  # `python -m students.packed_conv`: build the kernels ahead of their first use

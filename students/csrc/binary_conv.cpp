@@ -147,12 +147,20 @@ torch::Tensor block_filters(const torch::Tensor& filt) {
   return out;
 }
 
+// A channels-last float map read by the epilogue (or a channel slice of one): channels contiguous, pixels, rows and
+// images at its own strides (in floats); null data: none.
+struct Map {
+  const float* data = nullptr;
+  int64_t pixel = 0, row = 0, image = 0;
+  const float* at(int64_t b, int64_t y) const { return data ? data + b * image + y * row : nullptr; }
+};
+
 // What a binarized unit does to the conv's output, applied to each output row while it is still in cache instead of
 // in separate passes over memory: [+ residual] -> RPReLU (+ shift_in, PReLU slope, + shift_out) -> [+ residual] ->
-// [+ a per-channel addend (the res-block's time embedding)], each
-// step one float rounding in the order torch computes them unfused (built with -ffp-contract=off, so no step merges
-// into an FMA). The per-channel tables have one row per sample or one row for all (row_step 0); the residual is
-// channels-last (or a channel slice of a channels-last tensor): channels contiguous, pixels at its own strides.
+// [+ a per-channel addend (the res-block's time embedding)] -> [+ a map (the res-block's input, or the other conv
+// of CP-Down)], each step one float rounding in the order torch computes them unfused (built with
+// -ffp-contract=off, so no step merges into an FMA). The per-channel tables have one row per sample or one row for
+// all (row_step 0).
 struct Epilogue {
   const float* shift_in = nullptr;  // null: no activation
   const float* slope = nullptr;
@@ -160,18 +168,21 @@ struct Epilogue {
   int64_t row_step = 0;
   const float* channel_add = nullptr;  // null: none
   int64_t add_row_step = 0;
-  const float* residual = nullptr;
-  int64_t residual_pixel = 0, residual_row = 0, residual_image = 0;  // its strides, in floats
+  Map residual;
   bool residual_first = false;  // added before the activation (ReActNet) or after it (BI-DiffSR, BBCU)
+  Map addend;
+  bool any() const { return shift_in || residual.data || channel_add || addend.data; }
 };
 
-template <bool kAct, int kResidual, bool kAdd>  // kResidual: 0 none, 1 before the activation, 2 after it
+template <bool kAct, int kResidual, bool kAdd, bool kAddend>  // kResidual: 0 none, 1 before the activation, 2 after
 void finish_row(float* __restrict__ out, const float* __restrict__ res, int64_t res_step,
                 const float* __restrict__ shift_in, const float* __restrict__ slope,
-                const float* __restrict__ shift_out, const float* __restrict__ add, int64_t pixels, int64_t o) {
+                const float* __restrict__ shift_out, const float* __restrict__ add, const float* __restrict__ addend,
+                int64_t addend_step, int64_t pixels, int64_t o) {
   for (int64_t p = 0; p < pixels; ++p) {
     float* v = out + p * o;
     const float* r = kResidual ? res + p * res_step : nullptr;
+    const float* m = kAddend ? addend + p * addend_step : nullptr;
     for (int64_t c = 0; c < o; ++c) {
       float y = v[c];
       if (kResidual == 1) y = y + r[c];
@@ -182,33 +193,40 @@ void finish_row(float* __restrict__ out, const float* __restrict__ res, int64_t 
       }
       if (kResidual == 2) y = y + r[c];
       if (kAdd) y = y + add[c];
+      if (kAddend) y = y + m[c];
       v[c] = y;
     }
   }
 }
 
+// finish_row for the steps this epilogue has: one instantiation per combination, so no test runs per value.
 template <bool kAct, int kResidual>
-void finish_with(const float* res, int64_t rs, const float* si, const float* sl, const float* so, const float* add,
+void finish_with(const Epilogue& e, int64_t b, int64_t oy, const float* si, const float* sl, const float* so,
                  float* out, int64_t wo, int64_t o) {
-  if (add) finish_row<kAct, kResidual, true>(out, res, rs, si, sl, so, add, wo, o);
-  else finish_row<kAct, kResidual, false>(out, res, rs, si, sl, so, add, wo, o);
+  const float* res = e.residual.at(b, oy);
+  const float* add = e.channel_add ? e.channel_add + b * e.add_row_step : nullptr;
+  const float* addend = e.addend.at(b, oy);
+  const int64_t rs = e.residual.pixel, ms = e.addend.pixel;
+  if (add && addend) finish_row<kAct, kResidual, true, true>(out, res, rs, si, sl, so, add, addend, ms, wo, o);
+  else if (add) finish_row<kAct, kResidual, true, false>(out, res, rs, si, sl, so, add, addend, ms, wo, o);
+  else if (addend) finish_row<kAct, kResidual, false, true>(out, res, rs, si, sl, so, add, addend, ms, wo, o);
+  else finish_row<kAct, kResidual, false, false>(out, res, rs, si, sl, so, add, addend, ms, wo, o);
 }
 
 void finish(const Epilogue& e, float* out, int64_t b, int64_t oy, int64_t ho, int64_t wo, int64_t o) {
-  const int64_t at = (b * ho + oy) * wo * o, row = b * e.row_step, rs = e.residual_pixel;
-  const float* res = e.residual ? e.residual + b * e.residual_image + oy * e.residual_row : nullptr;
+  float* row_out = out + (b * ho + oy) * wo * o;
+  const int64_t row = b * e.row_step;
   const float *si = e.shift_in ? e.shift_in + row : nullptr, *sl = e.slope ? e.slope + row : nullptr,
               *so = e.shift_out ? e.shift_out + row : nullptr;
-  const float* add = e.channel_add ? e.channel_add + b * e.add_row_step : nullptr;
-  const int kind = res ? (e.residual_first ? 1 : 2) : 0;
+  const int kind = e.residual.data ? (e.residual_first ? 1 : 2) : 0;
   if (si) {
-    if (kind == 0) finish_with<true, 0>(res, rs, si, sl, so, add, out + at, wo, o);
-    else if (kind == 1) finish_with<true, 1>(res, rs, si, sl, so, add, out + at, wo, o);
-    else finish_with<true, 2>(res, rs, si, sl, so, add, out + at, wo, o);
-  } else if (kind != 0) {
-    finish_with<false, 2>(res, rs, si, sl, so, add, out + at, wo, o);
-  } else if (add) {
-    finish_with<false, 0>(res, rs, si, sl, so, add, out + at, wo, o);
+    if (kind == 0) finish_with<true, 0>(e, b, oy, si, sl, so, row_out, wo, o);
+    else if (kind == 1) finish_with<true, 1>(e, b, oy, si, sl, so, row_out, wo, o);
+    else finish_with<true, 2>(e, b, oy, si, sl, so, row_out, wo, o);
+  } else if (kind != 0) {  // without an activation, before and after are the same
+    finish_with<false, 2>(e, b, oy, si, sl, so, row_out, wo, o);
+  } else {
+    finish_with<false, 0>(e, b, oy, si, sl, so, row_out, wo, o);
   }
 }
 
@@ -569,7 +587,7 @@ void convolve_row_masked_or_not(bool masked, const Conv& cv, const uint64_t* a, 
 // Every output row, in parallel; each thread's rows are consecutive, so with a float source it packs the input rows
 // they read once (plus a kernel's height at the edges of its share), into a buffer of its own.
 void convolve(const Conv& cv, const Source& in, const Epilogue& epilogue, int64_t n) {
-  const bool fused = epilogue.shift_in || epilogue.residual || epilogue.channel_add;
+  const bool fused = epilogue.any();
   const int64_t h = cv.h, w = cv.w, wd = cv.wd, plane = h * w * wd;
   at::parallel_for(0, n * cv.ho, 1, [&](int64_t begin, int64_t end) {
     Counts counts;
@@ -616,19 +634,37 @@ void convolve(const Conv& cv, const Source& in, const Epilogue& epilogue, int64_
   });
 }
 
+// A float32 map of the output's shape for the epilogue, read in place when channels-last (or a channel slice of a
+// channels-last map), else from a channels-last copy (returned, to keep it alive while the kernel reads it).
+torch::Tensor output_map(const c10::optional<torch::Tensor>& map, int64_t n, int64_t o, int64_t ho, int64_t wo,
+                         const char* name, Map* into) {
+  if (!map.has_value() || !map->defined()) return torch::Tensor();
+  const torch::Tensor t = pixels_of_channels(*map) ? *map : map->contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(t.scalar_type() == torch::kFloat && t.dim() == 4 && t.size(0) == n && t.size(1) == o &&
+                  t.size(2) == ho && t.size(3) == wo,
+              name, ": expects a float32 map of the output's shape");
+  into->data = t.data_ptr<float>();
+  into->pixel = t.stride(3);
+  into->row = t.stride(2);
+  into->image = t.stride(0);
+  return t;
+}
+
 // A float32 (N, C, H, W) input plus an optional per-channel shift (the TaR shift, a (1 or N, C) table) and filters
 // in `block_filters` layout (blocks, KH, KW, words, kBlock) with an optional non-zero plane of the same shape,
 // per-channel scale (O) and optional bias (O) -> scale * (sign(x + shift) conv W) + bias as float32 (N, O, Ho, Wo) in
 // channels-last memory, then the unit's epilogue: an RPReLU given by its three (1 or N, O) tables (all or none), a
-// residual (N, O, Ho, Wo) added before or after it, and a (1 or N, O) table added last. A channels-last input (or a
-// channel slice of one) is packed inside the convolution's pass; any other is packed first (`pack_signs`).
+// residual (N, O, Ho, Wo) added before or after it, a (1 or N, O) table and last a map (N, O, Ho, Wo) added. A
+// channels-last input (or a channel slice of one) is packed inside the convolution's pass; any other is packed first
+// (`pack_signs`).
 torch::Tensor binary_conv2d(const torch::Tensor& input, const c10::optional<torch::Tensor>& shift,
                             const torch::Tensor& filt, const c10::optional<torch::Tensor>& filt_nonzero,
                             const torch::Tensor& scale, const c10::optional<torch::Tensor>& bias, int64_t channels,
                             int64_t stride, int64_t padding, const c10::optional<torch::Tensor>& shift_in,
                             const c10::optional<torch::Tensor>& slope, const c10::optional<torch::Tensor>& shift_out,
                             const c10::optional<torch::Tensor>& residual, bool residual_first,
-                            const c10::optional<torch::Tensor>& channel_add) {
+                            const c10::optional<torch::Tensor>& channel_add,
+                            const c10::optional<torch::Tensor>& addend) {
   const int64_t o = scale.numel();
   TORCH_CHECK(input.dim() == 4 && input.scalar_type() == torch::kFloat && input.size(1) == channels,
               "binary_conv2d: expects a float32 (N, ", channels, ", H, W) input");
@@ -673,18 +709,9 @@ torch::Tensor binary_conv2d(const torch::Tensor& input, const c10::optional<torc
               "binary_conv2d: the activation's three tables come together, with as many rows each");
   epilogue.row_step = steps[0];
   epilogue.channel_add = table_rows(channel_add, n, o, "binary_conv2d channel_add", &epilogue.add_row_step);
-  torch::Tensor res;
-  if (residual.has_value() && residual->defined()) {
-    res = pixels_of_channels(*residual) ? *residual : residual->contiguous(at::MemoryFormat::ChannelsLast);
-    TORCH_CHECK(res.scalar_type() == torch::kFloat && res.dim() == 4 && res.size(0) == n && res.size(1) == o &&
-                    res.size(2) == ho && res.size(3) == wo,
-                "binary_conv2d: expects a float32 residual of the output's shape");
-    epilogue.residual = res.data_ptr<float>();
-    epilogue.residual_pixel = res.stride(3);
-    epilogue.residual_row = res.stride(2);
-    epilogue.residual_image = res.stride(0);
-    epilogue.residual_first = residual_first;
-  }
+  const torch::Tensor res = output_map(residual, n, o, ho, wo, "binary_conv2d residual", &epilogue.residual);
+  const torch::Tensor more = output_map(addend, n, o, ho, wo, "binary_conv2d addend", &epilogue.addend);
+  epilogue.residual_first = residual_first;
   const auto* ft = reinterpret_cast<const uint64_t*>(filt.data_ptr<int64_t>());
   const int64_t blocks = filt.size(0);
   const uint64_t* fz = filt_mask ? reinterpret_cast<const uint64_t*>(filt_nonzero->data_ptr<int64_t>()) : nullptr;

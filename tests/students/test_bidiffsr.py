@@ -160,9 +160,11 @@ def test_attention_by_convs_equals_torchs_attention(memory_format):
 
 
 class _Recorder(torch.nn.Module):
-    def forward(self, x, group):
+    """A conv unit that records its input and passes it on (plus `addend`, as a unit adds it last)."""
+
+    def forward(self, x, group, addend=None):
         self.seen = x
-        return x
+        return x if addend is None else x + addend
 
 
 def test_official_levels_are_full_precision_and_ups_binary():

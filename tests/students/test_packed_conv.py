@@ -59,18 +59,19 @@ def test_packed_layers_equal_the_float_emulation(binarizer, cin, cout, k, stride
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("binarizer", ["bidiffsr", "reactnet", "bbcu"])
 def test_the_fused_unit_equals_the_packed_conv_followed_by_the_unit_step_by_step(binarizer, memory_format):
-    """Shift while packing, RPReLU, shortcut and the res-block's time embedding in the kernel's output loop: bit for
-    bit what the unfused packed path computes, with a per-sample timestep group per sample (three samples, four groups)
-    and exact zeros."""
+    """Shift while packing, RPReLU, shortcut, the res-block's time embedding and its input (a map added last) in the
+    kernel's output loop: bit for bit what the unfused packed path computes, with a per-sample timestep group per
+    sample (three samples, four groups) and exact zeros."""
     unit = randomized(BinaryConv2d(70, 70, 3, BINARIZERS[binarizer], shift_groups=4, activation_groups=4))
     x = torch.randn(3, 70, 7, 6)
     x[1, :, 2, 2] = 0.0
     x = x.contiguous(memory_format=memory_format)
     group, temb = torch.tensor([3, 0, 2]), torch.randn(3, 70)
+    addend = torch.randn(3, 140, 7, 6).contiguous(memory_format=memory_format)[:, 35:105]  # a channel slice
     with torch.no_grad():
-        reference = unit(x, group, channel_add=temb)
+        reference = unit(x, group, channel_add=temb, addend=addend)
         unit.use_packed_kernel()
-        fused = unit(x, group, channel_add=temb)
+        fused = unit(x, group, channel_add=temb, addend=addend)
         y = unit.packed_filters(unit.shift(x, group))
         if unit.binarizer.shortcut_before_activation:
             y = y + x
@@ -78,6 +79,7 @@ def test_the_fused_unit_equals_the_packed_conv_followed_by_the_unit_step_by_step
         if not unit.binarizer.shortcut_before_activation:
             y = y + x
         y = y + temb[:, :, None, None]
+        y = y + addend
     assert unit.has_shortcut and torch.equal(fused, y)
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
