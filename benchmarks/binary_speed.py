@@ -3,8 +3,8 @@
 
 1. Every distinct binarized conv of the paper configuration at a 3x256x256 output, batch 1: the float path (sign of
    the input, conv with the +-alpha weight; the faster of a contiguous and a channels-last input) against the packed
-   path (pack the signs of a channels-last input, as the packed student hands it, popcount kernel, alpha), median
-   of `--layer-repeats` timings each (a layer takes 0.1-12 ms: fewer timings than this vary by 2x on a shared
+   path (a channels-last input, as the packed student hands it, packed inside the kernel's pass; popcount; alpha),
+   median of `--layer-repeats` timings each (a layer takes 0.1-12 ms: fewer timings than this vary by 2x on a shared
    machine), and the ratio; the outputs are checked equal (max |difference|). Each path is timed in its own loop, so
    its input is in cache, as a layer's input is after the layer before wrote it; timed in turn with float convs
    that evict it, the memory-bound layers (32 and 64 channels at 256x256) take twice as long.

@@ -281,8 +281,8 @@ class BinaryConv2d(BinarizedWeight, nn.Module):
     def forward(self, x: Tensor, group: Tensor | None = None, channel_add: Tensor | None = None,
                 addend: Tensor | None = None) -> Tensor:
         """The unit's output for `x` (B, Cin, H, W), with TaR/TaA's group per sample (B,), plus `channel_add` (B, Cout)
-        per channel and then `addend` (a map of the output's shape) when given: a res-block's time embedding and its
-        input, added here so that the packed kernel fuses them."""
+        per channel and then `addend` (a map of the output's shape) when given: a res-block's time embedding, and its
+        input or the other conv of a pair, added here so that the packed kernel fuses them."""
         if self.packed_filters is not None and self.scale_map is None and self.branches is None \
                 and self.shortcut_scale is None:
             return self._packed_unit(x, group, channel_add, addend)

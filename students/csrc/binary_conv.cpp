@@ -12,7 +12,9 @@
 // broadcast activation word: two AVX-512 vectors with the vector popcount (VPOPCNTDQ) where the CPU has it, else four
 // AVX2 vectors with a table-lookup popcount, else scalar popcounts (ARM, old x86); with AVX-512, output pixels whose
 // window lies inside the input go four at a time, sharing each filter load, and eight at a time on 32-bit lanes when
-// the input has at most 32 channels (half of each 64-bit word would be empty). The output is written channels-last.
+// the input has at most 32 channels (half of each 64-bit word would be empty), filters with exact zeros included.
+// A channels-last float input is packed by each thread, row by row, inside the convolution's own pass, and only the
+// output rows whose window holds an exact zero take the masked count. The output is written channels-last.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
