@@ -160,9 +160,9 @@ struct Map {
 // What a binarized unit does to the conv's output, applied to each output row while it is still in cache instead of
 // in separate passes over memory: [+ residual] -> RPReLU (+ shift_in, PReLU slope, + shift_out) -> [+ residual] ->
 // [+ a per-channel addend (the res-block's time embedding)] -> [+ a map (the res-block's input, or the other conv
-// of CP-Down)], each step one float rounding in the order torch computes them unfused (built with
-// -ffp-contract=off, so no step merges into an FMA). The per-channel tables have one row per sample or one row for
-// all (row_step 0).
+// of CP-Down or of a binarized CS-Fusion)], each step one float rounding in the order torch computes them unfused
+// (built with -ffp-contract=off, so no step merges into an FMA). The per-channel tables have one row per sample or
+// one row for all (row_step 0).
 struct Epilogue {
   const float* shift_in = nullptr;  // null: no activation
   const float* slope = nullptr;
@@ -240,7 +240,7 @@ constexpr int64_t kPixels = 4;  // output pixels that share each load of a filte
 // after a, and differ[p * kBlock + c] receives its counts. Each filter vector is loaded once for all of them: a filter
 // block of a wide layer (294 KB at 512 channels) streams from L2 for every pixel otherwise, which bounds the one-pixel
 // loop. Filters with exact zeros (kFiltMask) mask each difference with their non-zero plane fz (the layout of ft);
-// how many positions count is then the filters' own, the same for every pixel (`FilterCounts`).
+// how many positions count is then the filters' own, the same for every pixel (`Conv::valid_rows`).
 template <bool kFiltMask>
 inline void count_pixels(const uint64_t* a, int64_t pixel_step, int64_t a_step, const uint64_t* ft, const uint64_t* fz,
                          int64_t f_step, int64_t runs, int64_t words, uint64_t* differ) {
@@ -320,7 +320,6 @@ inline void write_block(float* dst, const uint64_t* differ, const uint64_t* vali
   }
 }
 
-
 // A per-channel float32 table with one row per sample or one row for all: its data and row step (0 or C).
 const float* table_rows(const c10::optional<torch::Tensor>& table, int64_t n, int64_t c, const char* name,
                         int64_t* row_step) {
@@ -371,7 +370,6 @@ bool pixels_of_channels(const torch::Tensor& t) {
   return t.dim() == 4 && (t.size(1) == 1 || t.stride(1) == 1) && t.stride(3) >= t.size(1) &&
          t.stride(2) >= t.stride(3) * t.size(3) && t.stride(0) >= t.stride(2) * t.size(2) && !t.is_contiguous();
 }
-
 
 // One image row of a channels-last float input (pixels `pixel_step` floats apart, channels contiguous), plus the
 // per-channel shift when given -> its packed words (w, words) and non-zero words; true when the row holds an exact
@@ -457,7 +455,6 @@ std::vector<torch::Tensor> pack_signs(const torch::Tensor& input, const c10::opt
   }
   return {bits, torch::Tensor()};
 }
-
 
 // The shape of one convolution and what it reads and writes, shared by the row function and its driver.
 struct Conv {
@@ -628,8 +625,9 @@ void convolve(const Conv& cv, const Source& in, const Epilogue& epilogue, int64_
           next.row = in.x + b * in.image_step + hi * in.row_step;
           next.floats = (w - 1) * in.pixel_step + cv.channels;
         }
-        if (cv.fz) convolve_row_masked_or_not<true>(masked, cv, bits.data(), nonzero.data(), first, b, oy, next, counts);
-        else convolve_row_masked_or_not<false>(masked, cv, bits.data(), nonzero.data(), first, b, oy, next, counts);
+        const uint64_t *a = bits.data(), *az = nonzero.data();
+        if (cv.fz) convolve_row_masked_or_not<true>(masked, cv, a, az, first, b, oy, next, counts);
+        else convolve_row_masked_or_not<false>(masked, cv, a, az, first, b, oy, next, counts);
       }
       if (fused) finish(epilogue, cv.out, b, oy, cv.ho, cv.wo, cv.o);
     }
@@ -752,7 +750,6 @@ torch::Tensor binary_conv2d(const torch::Tensor& input, const c10::optional<torc
   convolve(cv, source, epilogue, n);
   return out.permute({0, 3, 1, 2});
 }
-
 
 }  // namespace
 
